@@ -1,0 +1,52 @@
+"""The app factory: one FastAPI app, every dialect, one service behind it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+
+from rerankd import __version__
+from rerankd.api import cohere, ops, tei
+from rerankd.api.calls import ClientGone
+from rerankd.api.errors import install_error_handlers
+from rerankd.api.middleware import BodyLimit, RequestMetrics
+from rerankd.config import Settings
+from rerankd.metrics import Metrics
+from rerankd.pipeline.rerank import LocalService, RerankService
+
+DESCRIPTION = """Reranking with cross-encoders and bi-encoders. Cohere v2 (`/v2/rerank`), Cohere v1 and Jina
+(`/v1/rerank`), and TEI (`/rerank`) request shapes, one engine behind them."""
+
+
+def create_app(
+    settings: Settings | None = None, service: RerankService | None = None, metrics: Metrics | None = None
+) -> FastAPI:
+    """Build the app. Without a `service`, it serves `settings.model` in-process, loading in the background."""
+    settings = settings or Settings()
+    metrics = metrics or Metrics()
+    service = service or LocalService(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        service.start()
+        yield
+        service.close()
+
+    app = FastAPI(title="rerankd", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.service = service
+    app.state.metrics = metrics
+    install_error_handlers(app)
+
+    @app.exception_handler(ClientGone)
+    async def _gone(_: Request, __: ClientGone) -> Response:
+        return Response(status_code=499)  # nobody reads it; the status marks the log line and metrics
+
+    for router in (cohere.router, tei.router, ops.router):
+        app.include_router(router)
+    routes = {route.path for route in app.routes if hasattr(route, "path")}
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics, routes=routes)
+    return app

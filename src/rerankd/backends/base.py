@@ -1,0 +1,77 @@
+"""The backend contract: `forward(batch) -> np.ndarray`, one row per pair or text."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from rerankd.config import Settings
+    from rerankd.models import ModelSpec
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Padded token ids of one batch; `token_type_ids` is None for models without segment embeddings."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    token_type_ids: np.ndarray | None
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def padded_tokens(self) -> int:
+        return int(self.input_ids.size)
+
+
+class Backend(Protocol):
+    """Runs a model. Cross-encoders return logits `(n, num_labels)`; bi-encoders pooled embeddings `(n, dim)`."""
+
+    name: str
+    device: str
+    precision: str
+
+    def forward(self, batch: Batch) -> np.ndarray: ...
+
+
+def pool(hidden: np.ndarray, mask: np.ndarray, mode: str, normalize: bool) -> np.ndarray:
+    """sentence-transformers pooling over the token axis, in numpy so every backend shares it."""
+    if mode == "cls":
+        pooled = hidden[:, 0]
+    elif mode == "max":
+        pooled = np.where(mask[..., None] > 0, hidden, -np.inf).max(axis=1)
+    else:
+        weights = mask[..., None].astype(hidden.dtype)
+        pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+    pooled = pooled.astype(np.float32)
+    if normalize:
+        pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+    return pooled
+
+
+def available_cores() -> int:
+    """Cores this process may run on (respects taskset / cgroup CPU sets)."""
+    return len(os.sched_getaffinity(0))
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def load_backend(spec: ModelSpec, settings: Settings) -> Backend:
+    """Build the backend the settings ask for; `auto` choices are resolved by `engine.choose`."""
+    from rerankd.backends.torch import TorchBackend
+
+    device = "cuda" if settings.device == "cuda" or (settings.device == "auto" and cuda_available()) else "cpu"
+    precision = settings.precision if settings.precision != "auto" else ("fp16" if device == "cuda" else "fp32")
+    threads = settings.threads or available_cores()
+    return TorchBackend(spec, device=device, precision=precision, threads=threads)

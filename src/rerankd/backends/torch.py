@@ -1,0 +1,46 @@
+"""The torch reference backend: plain transformers models, fp32 (or fp16 on CUDA)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformers import AutoModel, AutoModelForSequenceClassification
+from transformers.utils import logging as hf_logging
+
+from rerankd.backends.base import Batch, pool
+from rerankd.models import ModelSpec
+
+hf_logging.disable_progress_bar()  # progress bars garble server logs
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+class TorchBackend:
+    """Runs a transformers model under `torch.inference_mode`."""
+
+    name = "torch"
+
+    def __init__(self, spec: ModelSpec, *, device: str = "cpu", precision: str = "fp32", threads: int = 1) -> None:
+        if precision not in _DTYPES:
+            raise ValueError(f"precision: the torch backend supports {', '.join(_DTYPES)}, not {precision!r}")
+        if precision == "fp16" and device != "cuda":
+            raise ValueError("precision: fp16 needs --device cuda with the torch backend")
+        self.spec = spec
+        self.device = device
+        self.precision = precision
+        if device == "cpu":
+            torch.set_num_threads(threads)
+        loader = AutoModelForSequenceClassification if spec.kind == "cross-encoder" else AutoModel
+        self.model = loader.from_pretrained(spec.path, dtype=_DTYPES[precision]).to(device).eval()
+
+    def forward(self, batch: Batch) -> np.ndarray:
+        inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        if batch.token_type_ids is not None:
+            inputs["token_type_ids"] = batch.token_type_ids
+        tensors = {key: torch.from_numpy(value).to(self.device) for key, value in inputs.items()}
+        with torch.inference_mode():
+            output = self.model(**tensors)
+        if self.spec.kind == "cross-encoder":
+            return output.logits.float().cpu().numpy()
+        hidden = output.last_hidden_state.float().cpu().numpy()
+        return pool(hidden, batch.attention_mask, self.spec.pooling, self.spec.normalize)

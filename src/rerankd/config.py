@@ -1,0 +1,94 @@
+"""One `Settings` object for every knob.
+
+Each knob has one name: the field `max_batch_tokens` is the CLI flag `--max-batch-tokens`, the environment
+variable `RERANKD_MAX_BATCH_TOKENS` and the YAML key `max_batch_tokens`. Precedence, highest first: CLI flag,
+environment variable, YAML file (`--config` / `RERANKD_CONFIG`), default. Nothing else reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ENV_PREFIX = "RERANKD_"
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "rerankd"
+
+
+class Settings(BaseModel):
+    """Server, engine and request-limit settings (see docs/configuration.md for the generated table)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    # Models
+    model: list[str] = Field(
+        default=["default"],
+        description="Models to serve: hub id, local folder or preset name; the first is the default.",
+    )
+    model_kind: Literal["auto", "cross-encoder", "bi-encoder"] = Field(
+        default="auto", description="Override the kind detected from the model's own config."
+    )
+    cache_dir: Path = Field(
+        default_factory=default_cache_dir, description="Where exports and built fixtures are cached."
+    )
+
+    # Engine
+    backend: Literal["auto", "torch", "onnx"] = Field(default="auto", description="Inference backend.")
+    precision: Literal["auto", "fp32", "fp16", "int8"] = Field(
+        default="auto", description="Numeric precision of the backend."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where the model runs.")
+    threads: int = Field(default=0, ge=0, description="Inference threads; 0 = the cores this process may use.")
+    max_batch_tokens: int = Field(default=8192, ge=64, description="Token budget of one batch (padded length x pairs).")
+    max_batch_size: int = Field(default=128, ge=1, description="Most pairs in one batch.")
+    max_queued_pairs: int = Field(
+        default=100_000, ge=1, description="Pairs waiting in one model's queue before new work gets 429."
+    )
+    warmup_seconds: float = Field(
+        default=1.0, ge=0, description="Time spent warming up and calibrating before /ready turns 200."
+    )
+
+    # HTTP server
+    host: str = Field(default="127.0.0.1", description="Address to listen on.")
+    port: int = Field(default=8080, ge=0, le=65535, description="Port to listen on.")
+    api_keys: list[str] = Field(default=[], description="Bearer tokens accepted on the API; empty = no authentication.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+    log_format: Literal["text", "json"] = Field(default="text", description="Log line format.")
+
+    # Request limits
+    max_documents: int = Field(default=10_000, ge=1, description="Most documents in one request.")
+    max_request_bytes: int = Field(default=16 * 2**20, ge=1024, description="Largest request body in bytes.")
+
+    @field_validator("model", "api_keys", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        # Environment variables carry lists as comma-separated text.
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @classmethod
+    def load(cls, overrides: dict[str, Any] | None = None, config_file: str | Path | None = None) -> Settings:
+        """Build settings from CLI overrides, the environment and an optional YAML file, in that order."""
+        overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        config_file = config_file or os.environ.get(f"{ENV_PREFIX}CONFIG")
+        from_file: dict[str, Any] = {}
+        if config_file:
+            from_file = yaml.safe_load(Path(config_file).read_text()) or {}
+            if not isinstance(from_file, dict):
+                raise ValueError(f"{config_file}: expected a mapping of setting names to values")
+        from_env = {
+            name: os.environ[f"{ENV_PREFIX}{name.upper()}"]
+            for name in cls.model_fields
+            if f"{ENV_PREFIX}{name.upper()}" in os.environ
+        }
+        # Values are merged explicitly so that each source keeps its own precedence.
+        merged = {**from_file, **from_env, **overrides}
+        return cls.model_validate(merged)

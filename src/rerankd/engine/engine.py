@@ -1,0 +1,173 @@
+"""An `Engine` is one loaded model: tokenizer + backend + scheduler, called from async code.
+
+It turns model outputs into relevance scores with the model's own convention (sentence-transformers'):
+cross-encoders give sigmoid (or raw) logits, bi-encoders the cosine of query and document embeddings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from rerankd.backends import Backend, load_backend
+from rerankd.config import Settings
+from rerankd.engine.scheduler import QueueStats, Scheduler
+from rerankd.engine.tokenize import Encoded, Tokenizer
+from rerankd.metrics import Metrics
+from rerankd.models import ModelSpec
+
+log = logging.getLogger(__name__)
+
+# Warm-up text: ordinary words, so lengths span the realistic 20-300 token range.
+_WARMUP_WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "the",
+    "lazy",
+    "dog",
+    "while",
+    "a",
+    "reranker",
+    "scores",
+    "documents",
+]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A tokenized request. For bi-encoders the query is the first input."""
+
+    inputs: list[Encoded]
+    truncated: list[bool]  # per document
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Measured speed of this engine on this machine, from the warm-up."""
+
+    pairs_per_second: float
+    tokens_per_second: float
+
+
+class Engine:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        tokenizer: Tokenizer,
+        backend: Backend,
+        settings: Settings,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.spec = spec
+        self.tokenizer = tokenizer
+        self.backend = backend
+        self.calibration: Calibration | None = None
+        self.scheduler = Scheduler(
+            self._forward,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_batch_size=settings.max_batch_size,
+            max_queued_pairs=settings.max_queued_pairs,
+            name=spec.short_name,
+            on_batch=metrics.batch_observer(spec.name) if metrics else None,
+        )
+        if metrics:
+            metrics.watch_queue(spec.name, self.scheduler.stats)
+
+    @classmethod
+    def load(cls, spec: ModelSpec, settings: Settings, metrics: Metrics | None = None) -> Engine:
+        backend = load_backend(spec, settings)
+        log.info(
+            "loaded %s (%s) backend=%s device=%s precision=%s max_length=%d",
+            spec.name,
+            spec.kind,
+            backend.name,
+            backend.device,
+            backend.precision,
+            spec.max_length,
+        )
+        return cls(spec, Tokenizer(spec), backend, settings, metrics)
+
+    @property
+    def description(self) -> str:
+        return f"{self.backend.name}/{self.backend.device}/{self.backend.precision}"
+
+    def stats(self) -> QueueStats:
+        return self.scheduler.stats()
+
+    async def prepare(self, query: str, documents: Sequence[str]) -> Prepared:
+        """Tokenize off the event loop."""
+        return await asyncio.to_thread(self.prepare_sync, query, documents)
+
+    def prepare_sync(self, query: str, documents: Sequence[str]) -> Prepared:
+        if self.spec.kind == "cross-encoder":
+            inputs = self.tokenizer.encode_pairs(query, documents)
+            truncated = [item.truncated for item in inputs]
+        else:
+            inputs = self.tokenizer.encode_texts([query, *documents])
+            truncated = [item.truncated for item in inputs[1:]]
+        return Prepared(inputs, truncated, sum(len(item) for item in inputs))
+
+    async def score(self, prepared: Prepared, *, raw: bool = False) -> np.ndarray:
+        """Relevance score per document, in document order."""
+        outputs = await self.scheduler.submit(prepared.inputs)
+        return self.to_scores(outputs, raw=raw)
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings of `texts` (bi-encoders only)."""
+        inputs = await asyncio.to_thread(self.tokenizer.encode_texts, texts)
+        return await self.scheduler.submit(inputs)
+
+    def to_scores(self, outputs: np.ndarray, *, raw: bool = False) -> np.ndarray:
+        if self.spec.kind == "bi-encoder":
+            return cosine(outputs[1:], outputs[0])
+        if self.spec.activation == "softmax":
+            # Several labels: the score is the probability of the positive (last) label.
+            if raw:
+                return outputs[:, -1].astype(np.float32)
+            shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
+            return (shifted[:, -1] / shifted.sum(axis=1)).astype(np.float32)
+        logits = outputs[:, 0].astype(np.float32)
+        if raw or self.spec.activation == "identity":
+            return logits
+        return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+
+    def warmup(self, seconds: float) -> Calibration:
+        """Run realistic batches for at least `seconds` (at least twice), and measure the speed."""
+        documents = [" ".join(_WARMUP_WORDS[: (i % 7) + 1] * (2 + 3 * (i % 13))) for i in range(64)]
+        prepared = self.prepare_sync("warm-up query about a fox", documents)
+        runs, started, pair_count, tokens = 0, 0.0, 0, 0
+        deadline = time.perf_counter() + seconds
+        while runs < 2 or time.perf_counter() < deadline:
+            if runs == 1:  # the first run pays one-off costs; measure from the second
+                started = time.perf_counter()
+            for batch in self.scheduler.plan(prepared.inputs):
+                self._forward(batch)
+                if runs >= 1:
+                    pair_count += len(batch)
+                    tokens += len(batch) * max(len(item) for item in batch)
+            runs += 1
+        elapsed = max(time.perf_counter() - started, 1e-6)
+        self.calibration = Calibration(pair_count / elapsed, tokens / elapsed)
+        log.info("warmed up %s: %.1f pairs/s, %.0f tokens/s", self.spec.name, *self.calibration.__dict__.values())
+        return self.calibration
+
+    def close(self) -> None:
+        self.scheduler.close()
+
+    def _forward(self, items: list[Encoded]) -> np.ndarray:
+        return self.backend.forward(self.tokenizer.collate(items))
+
+
+def cosine(documents: np.ndarray, query: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(documents, axis=1) * np.linalg.norm(query)
+    return (documents @ query / np.clip(norms, 1e-12, None)).astype(np.float32)

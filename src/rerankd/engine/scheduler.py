@@ -1,0 +1,259 @@
+"""The batching queue of one model.
+
+Requests submit their tokenized inputs from the event loop; one worker thread takes a window of queued inputs in
+arrival order (several requests' worth), sorts it by length so padding is small, cuts it into batches whose
+padded size stays within `max_batch_tokens`, runs them, and hands each request its rows when all are done.
+The event loop never waits on inference. Inputs of a request that was cancelled (its client went away) are
+dropped from the queue. The scheduler knows nothing of HTTP or of models: it runs a `run_batch` callable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import numpy as np
+
+from rerankd.errors import EngineFailure, NotReady, Overloaded
+
+# Each window holds this many batches' worth of tokens: enough to sort well, small enough that new arrivals wait
+# at most a few batches.
+WINDOW_BATCHES = 4
+
+
+class SizedInput(Protocol):
+    def __len__(self) -> int: ...
+
+
+T = TypeVar("T", bound=SizedInput)
+
+
+def plan_batches(items: Sequence[T], max_batch_tokens: int, max_batch_size: int) -> list[list[T]]:
+    """Length-sorted batches whose padded size (inputs x longest input) fits `max_batch_tokens`."""
+    batches: list[list[T]] = []
+    current: list[T] = []
+    for item in sorted(items, key=len):
+        too_many_tokens = (len(current) + 1) * len(item) > max_batch_tokens
+        if current and (too_many_tokens or len(current) >= max_batch_size):
+            batches.append(current)
+            current = []
+        current.append(item)
+    if current:
+        batches.append(current)
+    return batches
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """What the queue holds now: the signals for routing, autoscaling and health."""
+
+    queued_pairs: int
+    queued_tokens: int
+    inflight_pairs: int
+    inflight_tokens: int
+    batches_done: int
+    stalled_seconds: float  # time since the last finished batch while work is waiting; 0 when idle
+
+
+BatchObserver = Callable[[int, int, float], None]  # (inputs, padded tokens, seconds)
+
+
+class _Job:
+    """One submitted request: its rows arrive from the worker thread, the result goes back to its event loop."""
+
+    __slots__ = ("cancelled", "future", "loop", "remaining", "results")
+
+    def __init__(self, size: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[np.ndarray] = loop.create_future()
+        self.remaining = size
+        self.results: np.ndarray | None = None
+        self.cancelled = False
+
+    def put(self, index: int, row: np.ndarray, total: int) -> None:
+        if self.results is None:
+            self.results = np.empty((total, *row.shape), dtype=row.dtype)
+        self.results[index] = row
+        self.remaining -= 1
+        if self.remaining == 0:
+            self._settle(self.future.set_result, self.results)
+
+    def fail(self, error: BaseException) -> None:
+        self.cancelled = True
+        self._settle(self.future.set_exception, error)
+
+    def _settle(self, setter: Callable[..., None], value: object) -> None:
+        def apply() -> None:
+            if not self.future.done():
+                setter(value)
+
+        with contextlib.suppress(RuntimeError):  # the caller's loop is gone; nobody is waiting
+            self.loop.call_soon_threadsafe(apply)
+
+
+@dataclass(slots=True)
+class _Entry:
+    job: _Job
+    index: int
+    total: int
+    item: SizedInput
+
+    def __len__(self) -> int:
+        return len(self.item)
+
+
+class Scheduler:
+    """Token-budget, length-sorted batching across concurrent requests for one model."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[list], np.ndarray],
+        *,
+        max_batch_tokens: int,
+        max_batch_size: int,
+        max_queued_pairs: int,
+        name: str = "model",
+        on_batch: BatchObserver | None = None,
+    ) -> None:
+        self._run_batch = run_batch
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+        self.max_queued_pairs = max_queued_pairs
+        self._on_batch = on_batch
+        self._queue: deque[_Entry] = deque()
+        self._cond = threading.Condition()
+        self._queued_pairs = 0
+        self._queued_tokens = 0
+        self._inflight_pairs = 0
+        self._inflight_tokens = 0
+        self._batches_done = 0
+        self._last_progress = time.monotonic()
+        self._tokens_per_second = 0.0
+        self._closing = False
+        self._thread = threading.Thread(target=self._work, name=f"rerankd-batcher-{name}", daemon=True)
+        self._thread.start()
+
+    async def submit(self, items: Sequence[SizedInput]) -> np.ndarray:
+        """Queue `items` and return their output rows, in order. Raises `Overloaded` when the queue is full."""
+        if not items:
+            raise ValueError("submit needs at least one input")
+        job = _Job(len(items), asyncio.get_running_loop())
+        with self._cond:
+            if self._closing:
+                raise NotReady("the model is shutting down", retry_after=1)
+            if self._queued_pairs and self._queued_pairs + len(items) > self.max_queued_pairs:
+                raise Overloaded(
+                    f"queue full: {self._queued_pairs} pairs waiting, limit max_queued_pairs={self.max_queued_pairs}",
+                    retry_after=self._drain_estimate(),
+                )
+            if not (self._queued_pairs or self._inflight_pairs):
+                self._last_progress = time.monotonic()  # the stall clock starts when work arrives
+            for index, item in enumerate(items):
+                self._queue.append(_Entry(job, index, len(items), item))
+            self._queued_pairs += len(items)
+            self._queued_tokens += sum(len(item) for item in items)
+            self._cond.notify()
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            self._drop(job)
+            raise
+
+    def stats(self) -> QueueStats:
+        with self._cond:
+            busy = self._queued_pairs or self._inflight_pairs
+            return QueueStats(
+                queued_pairs=self._queued_pairs,
+                queued_tokens=self._queued_tokens,
+                inflight_pairs=self._inflight_pairs,
+                inflight_tokens=self._inflight_tokens,
+                batches_done=self._batches_done,
+                stalled_seconds=time.monotonic() - self._last_progress if busy else 0.0,
+            )
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop taking work, finish what was accepted, and stop the worker."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    # -- worker thread -------------------------------------------------------------------------------------------
+
+    def _drop(self, job: _Job) -> None:
+        """Forget a cancelled request's waiting inputs so they cost nothing."""
+        with self._cond:
+            job.cancelled = True
+            kept = deque(entry for entry in self._queue if entry.job is not job)
+            dropped = len(self._queue) - len(kept)
+            if dropped:
+                self._queued_tokens -= sum(len(entry) for entry in self._queue if entry.job is job)
+                self._queued_pairs -= dropped
+                self._queue = kept
+
+    def _drain_estimate(self) -> float:
+        rate = self._tokens_per_second or 1000.0
+        return max(1.0, math.ceil(self._queued_tokens / rate))
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                window = self._take_window()
+            for batch in self.plan(window):
+                self._run(batch)
+
+    def _take_window(self) -> list[_Entry]:
+        window: list[_Entry] = []
+        budget = WINDOW_BATCHES * self.max_batch_tokens
+        while self._queue and budget > 0:
+            entry = self._queue.popleft()
+            window.append(entry)
+            budget -= len(entry)
+        return window
+
+    def plan(self, items: Sequence[T]) -> list[list[T]]:
+        return plan_batches(items, self.max_batch_tokens, self.max_batch_size)
+
+    def _run(self, batch: list[_Entry]) -> None:
+        with self._cond:
+            live = [entry for entry in batch if not entry.job.cancelled]
+            self._queued_pairs -= len(batch)
+            self._queued_tokens -= sum(len(entry) for entry in batch)
+            if not live:
+                return
+            self._inflight_pairs = len(live)
+            self._inflight_tokens = len(live) * max(len(entry) for entry in live)
+        started = time.perf_counter()
+        try:
+            rows = self._run_batch([entry.item for entry in live])
+        except Exception as exc:  # a failed batch fails its requests, never the worker
+            error = EngineFailure(f"inference failed: {type(exc).__name__}: {exc}")
+            for job in {id(entry.job): entry.job for entry in live}.values():
+                job.fail(error)
+        else:
+            for entry, row in zip(live, rows, strict=True):
+                if not entry.job.cancelled:
+                    entry.job.put(entry.index, row, entry.total)
+        elapsed = time.perf_counter() - started
+        with self._cond:
+            padded = self._inflight_tokens
+            self._inflight_pairs = self._inflight_tokens = 0
+            self._batches_done += 1
+            self._last_progress = time.monotonic()
+            rate = padded / max(elapsed, 1e-6)
+            self._tokens_per_second = (
+                rate if not self._tokens_per_second else 0.8 * self._tokens_per_second + 0.2 * rate
+            )
+        if self._on_batch is not None:
+            self._on_batch(len(live), padded, elapsed)

@@ -1,0 +1,34 @@
+"""Named shortcuts for well-known fast rerankers, so `--model minilm-l6` just works."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    model_id: str
+    kind: str
+    note: str
+
+
+PACKAGED_DEFAULT_ID = "sentence-transformers/all-MiniLM-L6-v2"
+CE_FIXTURE_ID = "rerankd/ce-fixture"
+
+PRESETS: dict[str, Preset] = {
+    preset.name: preset
+    for preset in (
+        Preset("default", PACKAGED_DEFAULT_ID, "bi-encoder", "packaged offline; very fast, basic reranking"),
+        Preset("all-minilm-l6-v2", PACKAGED_DEFAULT_ID, "bi-encoder", "same as default"),
+        Preset("minilm-l6", "cross-encoder/ms-marco-MiniLM-L6-v2", "cross-encoder", "fast, good on web search"),
+        Preset(
+            "minilm-l12", "cross-encoder/ms-marco-MiniLM-L12-v2", "cross-encoder", "2x slower than L6, a bit better"
+        ),
+        Preset("tinybert-l2", "cross-encoder/ms-marco-TinyBERT-L2-v2", "cross-encoder", "fastest, least accurate"),
+        Preset("mxbai-xsmall", "mixedbread-ai/mxbai-rerank-xsmall-v1", "cross-encoder", "small, multilingual-ish"),
+        Preset("bge-base", "BAAI/bge-reranker-base", "cross-encoder", "accurate, 278M params, GPU recommended"),
+        Preset("bge-v2-m3", "BAAI/bge-reranker-v2-m3", "cross-encoder", "multilingual, 568M params, GPU"),
+        Preset("ce-fixture", CE_FIXTURE_ID, "cross-encoder", "test model: MiniLM-L6 CE shape, seeded head"),
+    )
+}

