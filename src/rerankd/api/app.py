@@ -44,9 +44,10 @@ def create_app(
     async def _gone(_: Request, __: ClientGone) -> Response:
         return Response(status_code=499)  # nobody reads it; the status marks the log line and metrics
 
-    for router in (cohere.router, tei.router, ops.router):
+    routers = (cohere.router, tei.router, ops.router)
+    for router in routers:
         app.include_router(router)
-    routes = {route.path for route in app.routes if hasattr(route, "path")}
+    routes = {route.path for router in routers for route in router.routes if hasattr(route, "path")}
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics, routes=routes)
     return app

@@ -1,0 +1,108 @@
+"""Shared fixtures: the ce-fixture model, a real `rerankd serve` process, and in-process servers on real ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from rerankd.models.fixture import build_ce_fixture
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+DEBIAN_DATA = SHARED / "data" / "debian-descriptions"
+TRAINED_CE = SHARED / "models" / "debian-minilm-ce"
+
+# The session server's limits are small so that limit tests stay cheap.
+SERVER_MAX_DOCUMENTS = 100
+SERVER_MAX_REQUEST_BYTES = 200_000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"condition not met within {timeout}s")
+
+
+def is_ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/ready", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def ce_fixture_path() -> Path:
+    return build_ce_fixture()
+
+
+@pytest.fixture(scope="session")
+def server(ce_fixture_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`rerankd serve` as a user starts it: the packaged default first, then the ce-fixture."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    command = [
+        sys.executable, "-m", "rerankd.cli", "serve",
+        "--model", "default", "--model", "ce-fixture",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--max-documents", str(SERVER_MAX_DOCUMENTS), "--max-request-bytes", str(SERVER_MAX_REQUEST_BYTES),
+        "--warmup-seconds", "0",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    with log.open("w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: is_ready(url) or process.poll() is not None, timeout=180, interval=0.2)
+        if process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+class ThreadServer:
+    """A uvicorn server for an app built in this process, on a real loopback port."""
+
+    def __init__(self, app) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ThreadServer:
+        self.thread.start()
+        wait_until(lambda: self.server.started, timeout=30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture
+def thread_server():
+    return ThreadServer

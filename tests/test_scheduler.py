@@ -1,0 +1,174 @@
+"""The batching queue: rows go back to the right request, budgets hold, cancelled work is dropped."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rerankd.engine.scheduler import Scheduler, plan_batches
+from rerankd.errors import EngineFailure, Overloaded
+
+
+class Item:
+    """An input of `length` tokens whose output row is its own id: a wrong row is visible at once."""
+
+    def __init__(self, ident: int, length: int) -> None:
+        self.ident = ident
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+
+class Recorder:
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        self.batches: list[list[Item]] = []
+        self.gate = gate
+
+    def __call__(self, items: list[Item]) -> np.ndarray:
+        if self.gate is not None:
+            self.gate.wait(10)
+        self.batches.append(items)
+        return np.array([[item.ident, len(item)] for item in items], dtype=np.float64)
+
+
+def make(run, **overrides) -> Scheduler:
+    options = {"max_batch_tokens": 256, "max_batch_size": 16, "max_queued_pairs": 10_000} | overrides
+    return Scheduler(run, **options)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 120), min_size=1, max_size=30), min_size=1, max_size=12))
+def test_concurrent_requests_each_get_their_own_rows_in_order(requests: list[list[int]]) -> None:
+    recorder = Recorder()
+    scheduler = make(recorder)
+
+    async def main() -> list[np.ndarray]:
+        jobs = []
+        for r, lengths in enumerate(requests):
+            items = [Item(r * 1000 + i, length) for i, length in enumerate(lengths)]
+            jobs.append(scheduler.submit(items))
+        return await asyncio.gather(*jobs)
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        scheduler.close()
+    for r, (lengths, rows) in enumerate(zip(requests, results, strict=True)):
+        assert rows[:, 0].tolist() == [r * 1000 + i for i in range(len(lengths))]
+        assert rows[:, 1].tolist() == lengths
+    for batch in recorder.batches:
+        assert len(batch) * max(map(len, batch)) <= 256 or len(batch) == 1
+        assert len(batch) <= 16
+    assert scheduler.stats().queued_pairs == 0
+
+
+def test_batches_mix_requests_and_are_length_sorted() -> None:
+    gate = threading.Event()
+    recorder = Recorder(gate)
+    scheduler = make(recorder, max_batch_tokens=4096, max_batch_size=64)
+
+    async def main() -> None:
+        first = asyncio.ensure_future(scheduler.submit([Item(0, 10)]))  # occupies the worker
+        await asyncio.sleep(0.1)
+        waiting = [
+            asyncio.ensure_future(scheduler.submit([Item(r, 50 - r), Item(100 + r, 5 + r)])) for r in range(1, 9)
+        ]
+        await asyncio.sleep(0.1)
+        gate.set()
+        await asyncio.gather(first, *waiting)
+
+    asyncio.run(main())
+    scheduler.close()
+    assert len(recorder.batches) == 2  # all eight waiting requests shared one batch
+    lengths = [len(item) for item in recorder.batches[1]]
+    assert lengths == sorted(lengths) and len(lengths) == 16
+
+
+def test_plan_respects_the_token_budget() -> None:
+    items = [Item(i, length) for i, length in enumerate([300, 5, 90, 90, 12, 200, 64, 64, 64, 64])]
+    batches = plan_batches(items, max_batch_tokens=256, max_batch_size=3)
+    assert sorted(i.ident for batch in batches for i in batch) == list(range(10))
+    for batch in batches:
+        assert len(batch) <= 3
+        assert len(batch) * max(map(len, batch)) <= 256 or len(batch) == 1
+
+
+def test_cancelled_request_frees_its_queue_entries() -> None:
+    gate = threading.Event()
+    recorder = Recorder(gate)
+    scheduler = make(recorder)
+
+    async def main() -> None:
+        running = asyncio.ensure_future(scheduler.submit([Item(1, 10)]))
+        await asyncio.sleep(0.1)  # the worker now blocks inside the first batch
+        doomed = asyncio.ensure_future(scheduler.submit([Item(2, 10), Item(3, 10), Item(4, 10)]))
+        await asyncio.sleep(0.05)
+        assert scheduler.stats().queued_pairs == 3
+        doomed.cancel()
+        await asyncio.sleep(0.05)
+        assert scheduler.stats().queued_pairs == 0
+        assert scheduler.stats().queued_tokens == 0
+        gate.set()
+        await running
+
+    asyncio.run(main())
+    scheduler.close()
+    assert [item.ident for batch in recorder.batches for item in batch] == [1]
+
+
+def test_full_queue_raises_overloaded_with_retry_after() -> None:
+    gate = threading.Event()
+    scheduler = make(Recorder(gate), max_queued_pairs=4)
+
+    async def main() -> None:
+        running = asyncio.ensure_future(scheduler.submit([Item(0, 8)]))
+        await asyncio.sleep(0.1)
+        queued = asyncio.ensure_future(scheduler.submit([Item(1, 8)] * 3))
+        await asyncio.sleep(0.05)
+        with pytest.raises(Overloaded) as info:
+            await scheduler.submit([Item(2, 8)] * 2)
+        assert info.value.retry_after >= 1
+        gate.set()
+        await asyncio.gather(running, queued)
+
+    asyncio.run(main())
+    scheduler.close()
+
+
+def test_a_failing_batch_fails_its_requests_and_the_worker_goes_on() -> None:
+    calls = []
+
+    def flaky(items: list[Item]) -> np.ndarray:
+        calls.append(len(items))
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return np.zeros((len(items), 1))
+
+    scheduler = make(flaky)
+
+    async def main() -> None:
+        with pytest.raises(EngineFailure, match="boom"):
+            await scheduler.submit([Item(0, 4)])
+        rows = await scheduler.submit([Item(1, 4), Item(2, 4)])
+        assert rows.shape == (2, 1)
+
+    asyncio.run(main())
+    scheduler.close()
+
+
+def test_close_finishes_accepted_work() -> None:
+    scheduler = make(Recorder())
+
+    async def main() -> np.ndarray:
+        job = asyncio.ensure_future(scheduler.submit([Item(i, 30) for i in range(40)]))
+        await asyncio.sleep(0)
+        await asyncio.to_thread(scheduler.close)
+        return await job
+
+    assert asyncio.run(main()).shape == (40, 2)
