@@ -2,34 +2,26 @@
 
 from __future__ import annotations
 
-import json
 import random
 
 import httpx
 import pytest
 from conftest import DEBIAN_DATA
 
+from rerankd.datasets import load_beir
+
 pytestmark = pytest.mark.skipif(not DEBIAN_DATA.is_dir(), reason="Debian descriptions data set not present")
 
 
 def load_cases(count: int = 6, distractors: int = 9) -> list[tuple[str, str, list[str]]]:
-    corpus = {}
-    with (DEBIAN_DATA / "corpus.jsonl").open() as lines:
-        for line in lines:
-            doc = json.loads(line)
-            corpus[doc["_id"]] = doc["text"]
-    relevant = {}
-    for line in (DEBIAN_DATA / "qrels" / "dev.tsv").read_text().splitlines()[1:]:
-        query_id, doc_id, _ = line.split("\t")
-        relevant[query_id] = doc_id
-    queries = [json.loads(line) for line in (DEBIAN_DATA / "queries-dev.jsonl").read_text().splitlines()[:count]]
+    data = load_beir(DEBIAN_DATA)
     rng = random.Random(7)
-    ids = sorted(corpus)
+    ids = sorted(data.corpus)
     cases = []
-    for query in queries:
-        answer = corpus[relevant[query["_id"]]]
-        others = [corpus[i] for i in rng.sample(ids, distractors) if corpus[i] != answer]
-        cases.append((query["text"], answer, others))
+    for query_id in list(data.queries)[:count]:
+        answer = data.corpus[next(iter(data.qrels[query_id]))]
+        others = [data.corpus[i] for i in rng.sample(ids, distractors) if data.corpus[i] != answer]
+        cases.append((data.queries[query_id], answer, others))
     return cases
 
 
