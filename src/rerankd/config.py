@@ -66,6 +66,10 @@ class Settings(BaseModel):
     max_documents: int = Field(default=10_000, ge=1, description="Most documents in one request.")
     max_request_bytes: int = Field(default=16 * 2**20, ge=1024, description="Largest request body in bytes.")
 
+    # Strategies: hybrid pre-filter, fusion, chunking (pipeline/, prefilter/)
+
+    # Fleet: Ray Serve replicas, routing, autoscaling (fleet/)
+
     @field_validator("model", "api_keys", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
