@@ -23,6 +23,7 @@ serve: install
 lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	if [ -x $(BIN)/hadolint ]; then $(BIN)/hadolint deploy/Dockerfile deploy/Dockerfile.cuda; fi
 
 test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/pytest
