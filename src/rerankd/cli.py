@@ -1,4 +1,4 @@
-"""`rerankd` command line: serve | rerank | fixture | config.
+"""`rerankd` command line: serve | rerank | eval | fixture | config.
 
 Every `Settings` field is a flag of `serve` (`max_batch_tokens` -> `--max-batch-tokens`), so flags, environment
 variables and YAML keys always agree.
@@ -58,10 +58,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
+    if settings.ray_address:  # joining a cluster: replicas resolve the model on their own nodes
+        return _serve_fleet(settings)
     # Resolve (and download) before the port opens, so a wrong model id fails at once with a clear message.
     specs = [resolve_model(name, kind=settings.model_kind, cache_dir=settings.cache_dir) for name in settings.model]
     for spec in specs:
         print(f"rerankd: serving {spec.name} ({spec.kind}) from {spec.path}", file=sys.stderr)
+    if settings.replicas or settings.autoscale:
+        return _serve_fleet(settings)
     metrics = Metrics()
     server: uvicorn.Server | None = None
 
@@ -82,6 +86,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = uvicorn.Server(config)
     server.run()
     return 1 if service.state == "failed" else 0
+
+
+def _serve_fleet(settings: Settings) -> int:
+    from rerankd.fleet.launch import serve_fleet
+
+    return serve_fleet(settings)
 
 
 def cmd_rerank(args: argparse.Namespace) -> int:
@@ -107,6 +117,12 @@ def cmd_rerank(args: argparse.Namespace) -> int:
         text = documents[r.index]
         print(f"{rank:>4}  {r.index:>5}  {r.score:>9.4f}  {text[:width] + ('…' if len(text) > width else '')}")
     return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rerankd.evaluation.command import EVAL_SETTINGS, run
+
+    return run(args, _settings(args, EVAL_SETTINGS))
 
 
 def cmd_fixture(args: argparse.Namespace) -> int:
@@ -148,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     rerank.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_settings_flags(rerank, _RERANK_FLAGS)
     rerank.set_defaults(run=cmd_rerank)
+
+    from rerankd.evaluation.command import EVAL_SETTINGS, add_arguments
+
+    evaluate = commands.add_parser("eval", help="Measure every strategy's accuracy and speed on a BEIR folder.")
+    add_arguments(evaluate)
+    add_settings_flags(evaluate, EVAL_SETTINGS)
+    evaluate.set_defaults(run=cmd_eval)
 
     fixture = commands.add_parser("fixture", help="Build the ce-fixture test cross-encoder; print its folder.")
     fixture.add_argument("--cache-dir", default=None)

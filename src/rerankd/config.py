@@ -67,8 +67,84 @@ class Settings(BaseModel):
     max_request_bytes: int = Field(default=16 * 2**20, ge=1024, description="Largest request body in bytes.")
 
     # Strategies: hybrid pre-filter, fusion, chunking (pipeline/, prefilter/)
+    strategy: Literal["auto", "direct", "hybrid", "bi-encoder"] = Field(
+        default="auto",
+        description="Default strategy: auto (direct unless the latency budget calls for a pre-filter), direct, "
+        "hybrid (BM25 pre-filter) or bi-encoder (embedding pre-filter).",
+    )
+    latency_budget_ms: float = Field(
+        default=0, ge=0, description="Default latency budget per request for `auto`; 0 = no budget."
+    )
+    candidates: int = Field(
+        default=100, ge=1, description="Documents a hybrid or bi-encoder pre-filter keeps when no budget sets it."
+    )
+    embedding_model: str = Field(
+        default="default", description="Bi-encoder of the embedding pre-filter (loaded on first use)."
+    )
+    embedding_cache_entries: int = Field(
+        default=50_000, ge=0, description="Document embeddings kept in memory (~1.5 KiB each at 384 dims); 0 = off."
+    )
+    fusion: Literal["none", "zscore", "rrf"] = Field(
+        default="none", description="Default score fusion of the model's and the first stage's scores."
+    )
+    fusion_weight: float = Field(
+        default=0.5, ge=0, le=1, description="Weight of the first-stage score in fusion (the model gets 1 - weight)."
+    )
+    rrf_k: int = Field(default=60, ge=1, description="The k of reciprocal rank fusion: 1 / (k + rank).")
+    chunking: bool = Field(
+        default=False, description="Split documents longer than the window into chunks (else truncate)."
+    )
+    chunk_tokens: int = Field(
+        default=0, ge=0, description="Document tokens per chunk; 0 = what fits in the window beside the query."
+    )
+    chunk_overlap_tokens: int = Field(
+        default=32, ge=0, description="Tokens consecutive chunks share (at most half a chunk)."
+    )
+    max_chunks_per_doc: int = Field(default=10, ge=1, description="Most chunks scored per document.")
 
     # Fleet: Ray Serve replicas, routing, autoscaling (fleet/)
+    replicas: int = Field(
+        default=0, ge=0, description="Model replicas on Ray Serve (fixed); 0 = one in-process engine, no Ray."
+    )
+    autoscale: str = Field(
+        default="", pattern=r"^(\d+:\d+)?$", description="min:max model replicas, autoscaled on Ray Serve; empty = off."
+    )
+    ray_address: str = Field(
+        default="", description="Ray cluster to join (auto, host:6379, ray://host:10001); empty = a local Ray."
+    )
+    routing: Literal["tokens", "queue", "round-robin", "power-of-two"] = Field(
+        default="tokens",
+        description="Replica choice: least outstanding tokens, fewest outstanding requests, round-robin, or Ray's "
+        "power-of-two-choices.",
+    )
+    replica_cpus: float = Field(
+        default=1.0, gt=0, description="CPUs per model replica; CPU replicas run that many threads (unless threads)."
+    )
+    replica_gpus: float = Field(default=0, ge=0, description="GPUs per model replica on cuda; 0 = 1 on cuda.")
+    replica_max_requests: int = Field(
+        default=64, ge=1, description="Requests one replica holds (queued + running); more wait at the router."
+    )
+    replica_stall_seconds: float = Field(
+        default=60, gt=0, description="Health check fails when work is queued and no batch finished for this long."
+    )
+    autoscale_target_utilisation: float = Field(
+        default=0.65, gt=0, le=1, description="Busy fraction per replica to aim for (the rest is headroom)."
+    )
+    autoscale_downscale_utilisation: float = Field(
+        default=0.5, gt=0, lt=1, description="Remove a replica only if the rest stay at or below this busy fraction."
+    )
+    autoscale_target_queued_tokens: int = Field(
+        default=32768, ge=1, description="Add replicas when queued tokens per replica exceed this."
+    )
+    autoscale_target_p99_ms: float = Field(
+        default=2000, gt=0, description="Add a replica when a busy fleet's p99 latency (ms) exceeds this."
+    )
+    autoscale_upscale_seconds: float = Field(
+        default=10, ge=0, description="A need for more replicas must last this long before they are added."
+    )
+    autoscale_downscale_seconds: float = Field(
+        default=300, ge=0, description="Quiet period before removing a replica (one at a time) and after any change."
+    )
 
     @field_validator("model", "api_keys", mode="before")
     @classmethod

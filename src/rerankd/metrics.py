@@ -44,6 +44,18 @@ class Metrics:
             "rerankd_inflight_tokens", "Padded tokens in the running batch.", ["model"], registry=r
         )
         self.ready = Gauge("rerankd_ready", "1 once every model is loaded and warmed.", registry=r)
+        self.strategies = Counter(
+            "rerankd_strategy", "Requests by the strategy that ran.", ["model", "strategy"], registry=r
+        )
+        self.embedding_cache_hits = Counter(
+            "rerankd_embedding_cache_hits", "Document embeddings found in the cache.", ["model"], registry=r
+        )
+        self.embedding_cache_misses = Counter(
+            "rerankd_embedding_cache_misses", "Document embeddings computed (not in the cache).", ["model"], registry=r
+        )
+        self.embedding_cache_entries = Gauge(
+            "rerankd_embedding_cache_entries", "Document embeddings held in the cache.", ["model"], registry=r
+        )
 
     def batch_observer(self, model: str) -> Callable[[int, int, float], None]:
         def observe(inputs: int, padded_tokens: int, seconds: float) -> None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from rerankd.api.auth import require_api_key
 from rerankd.api.calls import rerank_for
+from rerankd.api.strategy import ScoreDetails, StrategyFields, score_details, strategy_headers
 from rerankd.pipeline.rerank import RerankRequest, RerankResult
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["rerank"])
@@ -23,7 +24,7 @@ class TextDocument(BaseModel):
     text: str
 
 
-class CohereV2Request(BaseModel):
+class CohereV2Request(StrategyFields):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = Field(default=None, description="A served model's id, short name, or `default`.")
@@ -36,10 +37,9 @@ class CohereV2Request(BaseModel):
 
 class CohereV1Request(CohereV2Request):
     documents: list[str | TextDocument]  # type: ignore[assignment]
-    max_chunks_per_doc: int | None = None
 
 
-class RerankItem(BaseModel):
+class RerankItem(ScoreDetails):
     index: int
     relevance_score: float
     document: TextDocument | None = None
@@ -71,6 +71,7 @@ def _items(result: RerankResult, texts: list[str], with_documents: bool) -> list
             index=r.index,
             relevance_score=r.score,
             document=TextDocument(text=texts[r.index]) if with_documents else None,
+            **score_details(r),
         )
         for r in result.results
     ]
@@ -86,24 +87,41 @@ def _meta(version: str, result: RerankResult) -> dict[str, Any]:
 
 
 @router.post("/v2/rerank", response_model=CohereV2Response, response_model_exclude_none=True)
-async def rerank_v2(body: CohereV2Request, request: Request) -> CohereV2Response:
+async def rerank_v2(body: CohereV2Request, request: Request, response: Response) -> CohereV2Response:
     """Cohere v2 rerank."""
     result = await rerank_for(
         request,
-        RerankRequest(body.query, body.documents, body.model, body.top_n, max_tokens_per_doc=body.max_tokens_per_doc),
+        RerankRequest(
+            body.query,
+            body.documents,
+            body.model,
+            body.top_n,
+            max_tokens_per_doc=body.max_tokens_per_doc,
+            **body.strategy_fields(),
+        ),
     )
+    response.headers.update(strategy_headers(result))
     return CohereV2Response(
         id=str(uuid.uuid4()), results=_items(result, body.documents, body.return_documents), meta=_meta("2", result)
     )
 
 
 @router.post("/v1/rerank", response_model=CohereV1Response, response_model_exclude_none=True)
-async def rerank_v1(body: CohereV1Request, request: Request) -> CohereV1Response:
+async def rerank_v1(body: CohereV1Request, request: Request, response: Response) -> CohereV1Response:
     """Cohere v1 rerank; also Jina's `/v1/rerank` (same request, plus `usage` in the answer)."""
     texts = _texts(body.documents)
     result = await rerank_for(
-        request, RerankRequest(body.query, texts, body.model, body.top_n, max_tokens_per_doc=body.max_tokens_per_doc)
+        request,
+        RerankRequest(
+            body.query,
+            texts,
+            body.model,
+            body.top_n,
+            max_tokens_per_doc=body.max_tokens_per_doc,
+            **body.strategy_fields(),
+        ),
     )
+    response.headers.update(strategy_headers(result))
     return CohereV1Response(
         id=str(uuid.uuid4()),
         model=result.model,

@@ -8,18 +8,19 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import ConfigDict, Field
 
 from rerankd.api.auth import require_api_key
 from rerankd.api.calls import rerank_for
+from rerankd.api.strategy import ScoreDetails, StrategyFields, score_details, strategy_headers
 from rerankd.errors import InvalidRequest
 from rerankd.pipeline.rerank import RerankRequest
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["rerank"])
 
 
-class TeiRequest(BaseModel):
+class TeiRequest(StrategyFields):
     model_config = ConfigDict(extra="ignore")
 
     query: str
@@ -31,14 +32,14 @@ class TeiRequest(BaseModel):
     model: str | None = None
 
 
-class TeiRank(BaseModel):
+class TeiRank(ScoreDetails):
     index: int
     score: float
     text: str | None = None
 
 
 @router.post("/rerank", response_model=list[TeiRank], response_model_exclude_none=True)
-async def rerank_tei(body: TeiRequest, request: Request) -> list[TeiRank]:
+async def rerank_tei(body: TeiRequest, request: Request, response: Response) -> list[TeiRank]:
     """TEI rerank."""
     if body.truncation_direction.lower() == "left":
         raise InvalidRequest("truncation_direction: only 'Right' is supported")
@@ -51,9 +52,13 @@ async def rerank_tei(body: TeiRequest, request: Request) -> list[TeiRank]:
             raw_scores=body.raw_scores,
             truncate=body.truncate,
             documents_field="texts",
+            **body.strategy_fields(),
         ),
     )
+    response.headers.update(strategy_headers(result))
     return [
-        TeiRank(index=r.index, score=r.score, text=body.texts[r.index] if body.return_text else None)
+        TeiRank(
+            index=r.index, score=r.score, text=body.texts[r.index] if body.return_text else None, **score_details(r)
+        )
         for r in result.results
     ]

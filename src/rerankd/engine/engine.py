@@ -122,6 +122,11 @@ class Engine:
         outputs = await self.scheduler.submit(prepared.inputs)
         return self.to_scores(outputs, raw=raw)
 
+    async def score_raw_and_final(self, prepared: Prepared) -> tuple[np.ndarray, np.ndarray]:
+        """Both conventions from one model run: raw logits (what fusion z-scores) and the reported scores."""
+        outputs = await self.scheduler.submit(prepared.inputs)
+        return self.to_scores(outputs, raw=True), self.to_scores(outputs, raw=False)
+
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings of `texts` (bi-encoders only)."""
         inputs = await asyncio.to_thread(self.tokenizer.encode_texts, texts)

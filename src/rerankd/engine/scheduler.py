@@ -60,6 +60,7 @@ class QueueStats:
     inflight_tokens: int
     batches_done: int
     stalled_seconds: float  # time since the last finished batch while work is waiting; 0 when idle
+    tokens_per_second: float = 0.0  # recent padded tokens per second of inference (moving average); 0 before any
 
 
 BatchObserver = Callable[[int, int, float], None]  # (inputs, padded tokens, seconds)
@@ -176,6 +177,7 @@ class Scheduler:
                 inflight_tokens=self._inflight_tokens,
                 batches_done=self._batches_done,
                 stalled_seconds=time.monotonic() - self._last_progress if busy else 0.0,
+                tokens_per_second=self._tokens_per_second,
             )
 
     def close(self, timeout: float = 30.0) -> None:

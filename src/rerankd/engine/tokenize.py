@@ -44,6 +44,21 @@ class Tokenizer:
         encoded = self._tokenizer(list(texts), add_special_tokens=False, return_attention_mask=False)
         return [len(ids) for ids in encoded["input_ids"]]
 
+    def token_spans(self, texts: Sequence[str]) -> list[list[tuple[int, int, int]]]:
+        """Per text, each token's `(start, end, word)`: character span and word number, without special tokens."""
+        encoded = self._tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+        return [
+            [
+                (start, end, -1 if word is None else word)
+                for (start, end), word in zip(offsets, encoded.word_ids(i), strict=True)
+            ]
+            for i, offsets in enumerate(encoded["offset_mapping"])
+        ]
+
+    def special_tokens(self, *, pair: bool) -> int:
+        """Special tokens the model input adds around one text or a (query, document) pair."""
+        return int(self._tokenizer.num_special_tokens_to_add(pair=pair))
+
     def clip(self, text: str, max_tokens: int) -> str:
         """The longest prefix of `text` that holds at most `max_tokens` tokens (Cohere's `max_tokens_per_doc`)."""
         encoded = self._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)

@@ -1,0 +1,1 @@
+"""`rerankd eval`: what each strategy costs or gains, measured on any BEIR-format data set (docs/strategies.md)."""

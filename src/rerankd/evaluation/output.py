@@ -1,0 +1,72 @@
+"""What `eval` leaves behind: a table per depth on stdout, a JSON record, and the accuracy/latency frontier."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rerankd.reporting import format_table, machine
+
+COLUMNS = ("strategy", "ndcg@10", "mrr@10", "recall@10", "recall@100", "p50_ms", "docs_per_s", "timed_queries")
+
+
+def tables(result: dict[str, Any]) -> str:
+    parts = []
+    for depth in result["depths"]:
+        fitted = ", ".join(f"{method} {weight:g}" for method, weight in depth["fitted"].items())
+        fit_note = f"; fusion weight fitted on {len(depth['fit_queries'])} other queries ({fitted})" if fitted else ""
+        parts.append(
+            f"{result['model']} on {result['dataset']}: BM25 top {depth['depth']} candidates, "
+            f"{len(depth['test_queries'])} test queries{fit_note}\n" + format_table(depth["rows"], COLUMNS)
+        )
+    return "\n\n".join(parts)
+
+
+def frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both latency (lower) and accuracy (higher), by latency."""
+    best, kept = float("-inf"), []
+    for latency, accuracy in sorted(points, key=lambda p: (p[0], -p[1])):
+        if accuracy > best:
+            kept.append((latency, accuracy))
+            best = accuracy
+    return kept
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    depths = result["depths"]
+    figure, axes = plt.subplots(1, len(depths), figsize=(7 * len(depths), 5.5), squeeze=False)
+    for axis, depth in zip(axes[0], depths, strict=True):
+        rows = [row for row in depth["rows"] if row["p50_ms"] and row["p50_ms"] > 0]
+        points = [(row["p50_ms"], row["ndcg@10"]) for row in rows]
+        for row, (x, y) in zip(rows, points, strict=True):
+            axis.scatter(x, y, s=24)
+            axis.annotate(row["strategy"], (x, y), fontsize=7, xytext=(4, 2), textcoords="offset points")
+        edge = frontier(points)
+        axis.plot([p[0] for p in edge], [p[1] for p in edge], "k--", linewidth=0.8, label="frontier")
+        axis.set_xscale("log")
+        axis.set_xlabel("p50 latency per query (ms, log scale)")
+        axis.set_ylabel("NDCG@10")
+        axis.set_title(f"BM25 top {depth['depth']}, {len(depth['test_queries'])} test queries")
+        axis.grid(True, alpha=0.3)
+        axis.legend(loc="lower right")
+    figure.suptitle(f"{Path(result['model']).name} on {Path(result['dataset']).name}: accuracy vs latency")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write(result: dict[str, Any], out_dir: Path, name: str, *, with_plot: bool = True) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / f"{name}.json"
+    json_path.write_text(json.dumps({"machine": machine(), **result}, indent=2, default=float))
+    if not with_plot:
+        return [json_path]
+    png_path = out_dir / f"{name}.png"
+    plot(result, png_path)
+    return [json_path, png_path]

@@ -1,0 +1,164 @@
+"""The Ray Serve application: an ingress deployment serving the usual FastAPI app (every API dialect) in front of
+a model deployment whose replicas each run a whole engine.
+
+A model replica loads and warms its model in its constructor, so Ray routes nothing to it before it is ready; it
+reports its queue to the routers (`record_routing_stats`) and to the autoscaler (`record_autoscaling_stats`), and
+fails its health check when its engine is stuck, so Ray replaces it.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+from ray.serve.config import AutoscalingConfig, AutoscalingPolicy, RequestRouterConfig
+
+from rerankd.api import create_app
+from rerankd.config import Settings
+from rerankd.fleet.autoscale import AutoscaleConfig, RayAutoscalePolicy, policy_kwargs
+from rerankd.fleet.costmodel import CostModel, CostModelService
+from rerankd.fleet.metrics import FleetMetrics
+from rerankd.fleet.replica import ReplicaCore, ReplicaReply, local_load
+from rerankd.fleet.router import Work, WorkAwareRouter
+from rerankd.fleet.service import FleetService
+from rerankd.metrics import Metrics
+from rerankd.pipeline.rerank import LocalService, ModelInfo, RerankRequest
+
+APP_NAME = "rerankd"
+MODEL_DEPLOYMENT = "Model"
+INGRESS_DEPLOYMENT = "Ingress"
+ROUTING_STATS_SECONDS = 1.0  # how often replicas report work by origin to the routers
+INGRESS_MAX_REQUESTS = 1000  # concurrent HTTP requests per ingress replica; beyond it they wait in the proxy
+
+
+@dataclass(frozen=True)
+class ReplicaPlan:
+    """Resources one model replica asks Ray for, and the settings it runs with."""
+
+    num_cpus: float
+    num_gpus: float
+    settings: Settings
+
+
+def replica_plan(settings: Settings, cluster_gpus: float = 0.0) -> ReplicaPlan:
+    """GPU replicas ask for `replica_gpus` (1 by default); CPU replicas run as many threads as whole CPUs they hold
+    (at least one), unless `threads` says otherwise, so replicas on one machine do not oversubscribe it."""
+    threads = settings.threads or max(1, math.floor(settings.replica_cpus))
+    on_gpu = settings.device == "cuda" or (settings.device == "auto" and cluster_gpus > 0)
+    gpus = (settings.replica_gpus or 1.0) if on_gpu else 0.0
+    update = {"device": "cuda" if on_gpu else "cpu", "threads": threads}
+    return ReplicaPlan(settings.replica_cpus, gpus, settings.model_copy(update=update))
+
+
+def health_period_seconds(settings: Settings) -> float:
+    # Ray replaces a replica after 3 failed checks in a row: look often enough that a stall is caught soon after
+    # `replica_stall_seconds`, rarely enough to cost nothing.
+    return max(1.0, min(10.0, settings.replica_stall_seconds / 4))
+
+
+class ModelReplica:
+    """One engine (or cost model) per replica; see the module docstring."""
+
+    def __init__(self, settings: dict[str, Any], cost: CostModel | None = None) -> None:
+        parsed = Settings.model_validate(settings)
+        name = serve.get_replica_context().replica_id.unique_id
+        if cost is not None:
+            stand_in = CostModelService(cost, parsed.max_documents)
+            stand_in.load()
+            self.core = ReplicaCore(name, stand_in, stand_in.load_now, stall_seconds=parsed.replica_stall_seconds)
+        else:
+            local = LocalService(parsed, Metrics())
+            local.load()  # blocking: Ray marks the replica ready only when this returns
+            self.core = ReplicaCore(name, local, partial(local_load, local), stall_seconds=parsed.replica_stall_seconds)
+
+    async def rerank(self, request: RerankRequest, work: Work | None = None) -> ReplicaReply:
+        return await self.core.rerank(request, work)
+
+    def models(self) -> list[ModelInfo]:
+        return self.core.service.models()
+
+    def check_health(self) -> None:
+        self.core.check_health()
+
+    def record_routing_stats(self) -> dict[str, Any]:
+        return self.core.routing_stats()
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        return self.core.autoscaling_stats()
+
+    def __del__(self) -> None:
+        self.core.service.close()
+
+
+@serve.ingress()
+class Ingress:
+    """The FastAPI app of `rerankd serve`, with a `FleetService` behind it instead of a local engine."""
+
+    def __init__(self, settings: dict[str, Any], model: Any) -> None:
+        self.settings = Settings.model_validate(settings)
+        self.metrics = Metrics()
+        app_name = serve.get_replica_context().app_name
+        fleet_metrics = FleetMetrics(self.metrics)
+        self.service = FleetService(self.settings, model, fleet_metrics, app_name=app_name, deployment=MODEL_DEPLOYMENT)
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return create_app(self.settings, self.service, self.metrics)
+
+
+def _router_config(settings: Settings) -> RequestRouterConfig:
+    if settings.routing == "power-of-two":  # Ray's own router, for comparison
+        return RequestRouterConfig(request_routing_stats_period_s=ROUTING_STATS_SECONDS)
+    return RequestRouterConfig(
+        request_router_class=WorkAwareRouter,
+        request_router_kwargs={"policy": settings.routing},
+        request_routing_stats_period_s=ROUTING_STATS_SECONDS,
+    )
+
+
+def _autoscaling_config(settings: Settings) -> AutoscalingConfig:
+    config = AutoscaleConfig.from_settings(settings)
+    # Replicas push their stats every fifth of the window, so a burst shows within the upscale delay.
+    window = max(2.0, min(30.0, config.upscale_seconds))
+    with warnings.catch_warnings():  # metrics_interval_s is deprecated in favour of env vars, but still honoured
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return AutoscalingConfig(
+            min_replicas=config.min_replicas,
+            max_replicas=config.max_replicas,
+            initial_replicas=config.min_replicas,
+            upscale_delay_s=0,  # the policy keeps its own delays (see autoscale.py)
+            downscale_delay_s=0,
+            metrics_interval_s=window / 5,
+            look_back_period_s=window,
+            policy=AutoscalingPolicy(policy_function=RayAutoscalePolicy, policy_kwargs=policy_kwargs(config)),
+        )
+
+
+def build_app(settings: Settings, *, cluster_gpus: float = 0.0, cost: CostModel | None = None) -> Application:
+    """The Serve application for `settings`: fixed `replicas` or `autoscale` min:max model replicas."""
+    if settings.replicas and settings.autoscale:
+        raise ValueError("replicas and autoscale: give one of them, not both")
+    plan = replica_plan(settings, cluster_gpus)
+    options: dict[str, Any] = {
+        "name": MODEL_DEPLOYMENT,
+        "ray_actor_options": {"num_cpus": plan.num_cpus, "num_gpus": plan.num_gpus},
+        "max_ongoing_requests": settings.replica_max_requests,
+        "health_check_period_s": health_period_seconds(settings),
+        "request_router_config": _router_config(settings),
+    }
+    if settings.autoscale:
+        options["autoscaling_config"] = _autoscaling_config(settings)
+    else:
+        options["num_replicas"] = max(1, settings.replicas)
+    model = serve.deployment(ModelReplica).options(**options).bind(plan.settings.model_dump(mode="json"), cost)
+    ingress = serve.deployment(Ingress).options(
+        name=INGRESS_DEPLOYMENT,
+        num_replicas=1,
+        ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=INGRESS_MAX_REQUESTS,
+    )
+    return ingress.bind(settings.model_dump(mode="json"), model)

@@ -1,0 +1,201 @@
+"""What one model replica does besides reranking: keep the numbers routers, the autoscaler and health checks read.
+
+`ReplicaCore` wraps any `RerankService` (the real `LocalService`, or the cost model) and has no Ray in it, so it
+runs and is tested in-process; `ray_app.ModelReplica` only forwards Ray's calls to it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from rerankd.engine import QueueStats
+from rerankd.errors import RerankdError
+from rerankd.fleet.router import Work
+from rerankd.pipeline.rerank import LocalService, RerankRequest, RerankResult, RerankService
+
+# Latencies kept for the p99 the autoscaler reads: the last LATENCY_WINDOW_SECONDS, at most LATENCY_SAMPLES.
+LATENCY_WINDOW_SECONDS = 30.0
+LATENCY_SAMPLES = 4096
+
+
+@dataclass(frozen=True)
+class Load:
+    """A replica's queue right now, summed over its models."""
+
+    queued_pairs: int = 0
+    queued_tokens: int = 0
+    inflight_tokens: int = 0
+    stalled_seconds: float = 0.0  # longest time any model has had work waiting and finished no batch
+    busy_seconds: float = 0.0  # inference time so far, all batches together
+
+
+def merge_stats(stats: Sequence[QueueStats], busy_seconds: float) -> Load:
+    return Load(
+        queued_pairs=sum(s.queued_pairs for s in stats),
+        queued_tokens=sum(s.queued_tokens for s in stats),
+        inflight_tokens=sum(s.inflight_tokens for s in stats),
+        stalled_seconds=max((s.stalled_seconds for s in stats), default=0.0),
+        busy_seconds=busy_seconds,
+    )
+
+
+def local_load(service: LocalService) -> Load:
+    """The engines' queue stats, plus their inference time read from the replica's own metrics registry."""
+    if service.state != "ready":
+        return Load()
+    engines = service.registry.engines
+    busy = 0.0
+    if service.metrics is not None:
+        for engine in engines:
+            value = service.metrics.registry.get_sample_value(
+                "rerankd_batch_duration_seconds_sum", {"model": engine.spec.name}
+            )
+            busy += value or 0.0
+    return merge_stats([engine.stats() for engine in engines], busy)
+
+
+def health_problem(load: Load, stall_seconds: float) -> str | None:
+    """Why the replica should be replaced, or None: stuck when work waits and no batch finished for too long."""
+    if load.stalled_seconds > stall_seconds:
+        return (
+            f"engine stuck: {load.queued_pairs} pairs queued and no batch finished for "
+            f"{load.stalled_seconds:.0f}s (replica_stall_seconds={stall_seconds:g})"
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class RemoteError:
+    """A `RerankdError` raised on the replica, carried back as data so its status and Retry-After survive."""
+
+    type: str  # the class name
+    message: str
+    retry_after: float | None
+
+    @classmethod
+    def of(cls, error: RerankdError) -> RemoteError:
+        return cls(type(error).__name__, error.message, error.retry_after)
+
+    def to_exception(self) -> RerankdError:
+        classes = {c.__name__: c for c in _subclasses(RerankdError)}
+        return classes.get(self.type, RerankdError)(self.message, retry_after=self.retry_after)
+
+
+def _subclasses(cls: type) -> list[type]:
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found += _subclasses(sub)
+    return found
+
+
+@dataclass(frozen=True)
+class ReplicaReport:
+    """Sent back with every answer, for the ingress's per-replica metrics."""
+
+    replica: str
+    pid: int
+    seconds: float  # time this request spent on the replica
+    queued_tokens: int
+    queued_pairs: int
+    inflight_tokens: int
+
+
+@dataclass(frozen=True)
+class ReplicaReply:
+    result: RerankResult | None
+    error: RemoteError | None
+    report: ReplicaReport
+
+
+class ReplicaCore:
+    """One replica's service plus its accounting: work outstanding by origin, recent latencies, busy time."""
+
+    def __init__(
+        self,
+        name: str,
+        service: RerankService,
+        load: Callable[[], Load],
+        *,
+        stall_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.service = service
+        self._load = load
+        self.stall_seconds = stall_seconds
+        self._clock = clock
+        self._outstanding: dict[str, list[float]] = {}  # origin -> [estimated tokens, requests]
+        self._latencies: deque[tuple[float, float]] = deque(maxlen=LATENCY_SAMPLES)
+        self._busy_mark: tuple[float, float] | None = None  # (clock, busy_seconds) at the last autoscaling report
+
+    async def rerank(self, request: RerankRequest, work: Work | None) -> ReplicaReply:
+        started = self._clock()
+        self._book(work, +1)
+        result: RerankResult | None = None
+        error: RemoteError | None = None
+        try:
+            result = await self.service.rerank(request)
+        except RerankdError as exc:
+            error = RemoteError.of(exc)
+        finally:
+            self._book(work, -1)
+        seconds = self._clock() - started
+        if result is not None:
+            self._latencies.append((self._clock(), seconds))
+        load = self._load()
+        report = ReplicaReport(
+            self.name, os.getpid(), seconds, load.queued_tokens, load.queued_pairs, load.inflight_tokens
+        )
+        return ReplicaReply(result, error, report)
+
+    def routing_stats(self) -> dict:
+        """For routers (`record_routing_stats`): outstanding work per origin, and the queue."""
+        load = self._load()
+        return {
+            "origins": {origin: [tokens, int(requests)] for origin, (tokens, requests) in self._outstanding.items()},
+            "queued_tokens": load.queued_tokens,
+            "inflight_tokens": load.inflight_tokens,
+        }
+
+    def autoscaling_stats(self) -> dict[str, float]:
+        """For the autoscaler (`record_autoscaling_stats`): queued tokens, busy fraction since the last call, p99."""
+        load = self._load()
+        now = self._clock()
+        busy = 0.0
+        if self._busy_mark is not None and now > self._busy_mark[0]:
+            busy = (load.busy_seconds - self._busy_mark[1]) / (now - self._busy_mark[0])
+        self._busy_mark = (now, load.busy_seconds)
+        return {
+            "queued_tokens": float(load.queued_tokens),
+            "busy": float(min(max(busy, 0.0), 1.0)),
+            "p99_ms": self.p99_seconds() * 1000,
+        }
+
+    def p99_seconds(self) -> float:
+        cutoff = self._clock() - LATENCY_WINDOW_SECONDS
+        while self._latencies and self._latencies[0][0] < cutoff:
+            self._latencies.popleft()
+        if not self._latencies:
+            return 0.0
+        return float(np.percentile([seconds for _, seconds in self._latencies], 99))
+
+    def check_health(self) -> None:
+        """Raise when the engine is stuck, so Ray replaces this replica."""
+        problem = health_problem(self._load(), self.stall_seconds)
+        if problem:
+            raise RuntimeError(problem)
+
+    def _book(self, work: Work | None, sign: int) -> None:
+        if work is None:
+            return
+        entry = self._outstanding.setdefault(work.origin, [0.0, 0])
+        entry[0] += sign * work.tokens
+        entry[1] += sign
+        if entry[1] <= 0:
+            del self._outstanding[work.origin]

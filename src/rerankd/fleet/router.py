@@ -1,0 +1,241 @@
+"""Work-aware routing: send each request to the ready replica with the least outstanding work.
+
+Work is counted in estimated tokens (query + document per pair), because a reranking request's cost grows with
+its documents and their lengths: one 1,000-document request costs as much as a hundred 10-document ones, so
+round-robin (or counting requests) queues small requests behind big ones.
+
+The policy is a pure function of per-replica loads (`rank_replicas`, `pick_replica`), so the discrete-event
+simulator in bench/ runs the very same code. `WorkLedger` keeps those loads: the work this router sent and has
+not seen finish (exact and instant), plus other routers' work as the replicas report it (`record_routing_stats`,
+a second or so old). `WorkAwareRouter` wraps both as a Ray Serve `RequestRouter`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
+
+Policy = Literal["tokens", "queue", "round-robin"]
+POLICIES: tuple[Policy, ...] = ("tokens", "queue", "round-robin")
+
+# Characters per token of English text under WordPiece/BPE tokenizers: good enough to weigh requests against each
+# other, and free (the ingress has no tokenizer).
+CHARS_PER_TOKEN = 4
+PAIR_SPECIAL_TOKENS = 3  # [CLS] query [SEP] document [SEP]
+
+
+def estimate_tokens(query: str, documents: Sequence[str], max_length: int | None = None) -> int:
+    """Estimated model tokens of a rerank request: each (query, document) pair, cut to the model's window."""
+    query_tokens = math.ceil(len(query) / CHARS_PER_TOKEN)
+    total = 0
+    for document in documents:
+        pair = query_tokens + math.ceil(len(document) / CHARS_PER_TOKEN) + PAIR_SPECIAL_TOKENS
+        total += min(pair, max_length) if max_length else pair
+    return total
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a router needs to know about one request; travels with the call as the `work` keyword.
+
+    `key` stays the same across the ingress's retry, so the retry can avoid the replica that failed it.
+    """
+
+    tokens: int
+    origin: str  # the router (ingress process) that sent it; see `origin_id`
+    key: str
+    attempt: int = 1
+
+
+def origin_id() -> str:
+    """This process, as replicas name the routers that sent them work (the ingress and its router share it)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class ReplicaLoad:
+    """Outstanding work on one replica: sent and not yet answered."""
+
+    replica: str
+    tokens: float
+    requests: int
+
+
+def _cost(policy: Policy, load: ReplicaLoad) -> tuple[float, float]:
+    # Ties on the primary measure go to the replica with fewer requests (or fewer tokens), so an idle fleet spreads.
+    if policy == "tokens":
+        return (load.tokens, load.requests)
+    return (load.requests, load.tokens)
+
+
+def rank_replicas(
+    policy: Policy, loads: Sequence[ReplicaLoad], *, turn: int = 0, avoid: str | None = None
+) -> list[int]:
+    """Indices into `loads`, best first. `turn` rotates round-robin and breaks exact ties; `avoid` (a replica
+    that just failed this request) goes last unless it is the only one."""
+    count = len(loads)
+    if count == 0:
+        return []
+    rotation = [(turn + i) % count for i in range(count)]
+    order = rotation if policy == "round-robin" else sorted(rotation, key=lambda i: _cost(policy, loads[i]))
+    if avoid is not None and count > 1:
+        order = [i for i in order if loads[i].replica != avoid] + [i for i in order if loads[i].replica == avoid]
+    return order
+
+
+def pick_replica(policy: Policy, loads: Sequence[ReplicaLoad], *, turn: int = 0, avoid: str | None = None) -> int:
+    """The best replica's index (the head of `rank_replicas`); -1 when there is none."""
+    order = rank_replicas(policy, loads, turn=turn, avoid=avoid)
+    return order[0] if order else -1
+
+
+@dataclass
+class _Sent:
+    replica: str
+    tokens: int
+    at: float
+
+
+class WorkLedger:
+    """Outstanding work per replica as one router sees it.
+
+    Own work is booked when a request is routed and released when it completes. Other routers' work comes from
+    the replicas' reports, which break outstanding work down by origin; this router's own share of a report is
+    ignored, since its own book is fresher.
+    """
+
+    # A booking never released (a request cancelled between choice and dispatch) is forgotten after this long.
+    STALE_SECONDS = 600.0
+    RECENT_KEYS = 4096  # request keys remembered for avoiding a failed replica on retry
+
+    def __init__(self, origin: str, clock: Any = time.monotonic) -> None:
+        self.origin = origin
+        self._clock = clock
+        self._sent: dict[str, _Sent] = {}
+        self._own_tokens: dict[str, float] = {}
+        self._own_requests: dict[str, int] = {}
+        self._foreign: dict[str, tuple[float, int]] = {}
+        self._recent: OrderedDict[str, str] = OrderedDict()
+
+    def routed(self, request_id: str, replica: str, tokens: int, key: str | None = None) -> None:
+        """Book a request on `replica` (moving it if it was booked elsewhere)."""
+        self._release(request_id)
+        self._sent[request_id] = _Sent(replica, tokens, self._clock())
+        self._own_tokens[replica] = self._own_tokens.get(replica, 0) + tokens
+        self._own_requests[replica] = self._own_requests.get(replica, 0) + 1
+        if key is not None:
+            self._recent[key] = replica
+            self._recent.move_to_end(key)
+            while len(self._recent) > self.RECENT_KEYS:
+                self._recent.popitem(last=False)
+
+    def completed(self, request_id: str) -> None:
+        self._release(request_id)
+
+    def reported(self, replica: str, stats: Mapping[str, Any] | None) -> None:
+        """Take a replica's routing stats: `{"origins": {origin: [tokens, requests]}}`."""
+        origins = (stats or {}).get("origins") or {}
+        tokens = sum(float(v[0]) for origin, v in origins.items() if origin != self.origin)
+        requests = sum(int(v[1]) for origin, v in origins.items() if origin != self.origin)
+        self._foreign[replica] = (tokens, requests)
+
+    def forget(self, replica: str) -> None:
+        """A replica is gone: drop its bookings."""
+        for request_id in [rid for rid, sent in self._sent.items() if sent.replica == replica]:
+            self._release(request_id)
+        self._foreign.pop(replica, None)
+
+    def previous_replica(self, key: str) -> str | None:
+        """Where the request with this key went last (to avoid it on retry)."""
+        return self._recent.get(key)
+
+    def loads(self, replicas: Sequence[str]) -> list[ReplicaLoad]:
+        self._expire()
+        result = []
+        for replica in replicas:
+            foreign_tokens, foreign_requests = self._foreign.get(replica, (0.0, 0))
+            result.append(
+                ReplicaLoad(
+                    replica,
+                    self._own_tokens.get(replica, 0) + foreign_tokens,
+                    self._own_requests.get(replica, 0) + foreign_requests,
+                )
+            )
+        return result
+
+    def _release(self, request_id: str) -> None:
+        sent = self._sent.pop(request_id, None)
+        if sent is None:
+            return
+        self._own_tokens[sent.replica] -= sent.tokens
+        self._own_requests[sent.replica] -= 1
+        if self._own_requests[sent.replica] <= 0:
+            del self._own_tokens[sent.replica], self._own_requests[sent.replica]
+
+    def _expire(self) -> None:
+        cutoff = self._clock() - self.STALE_SECONDS
+        for request_id in [rid for rid, sent in self._sent.items() if sent.at < cutoff]:
+            self._release(request_id)
+
+
+def work_of(pending_request: PendingRequest | None) -> Work | None:
+    """The request's `Work`, if it carries one. Ray ships the router class pickled by value, so the router's `Work`
+    is a copy of the caller's class, not the same object: match by name, not by isinstance."""
+    work = pending_request.kwargs.get("work") if pending_request is not None else None
+    return work if type(work).__name__ == Work.__name__ else None
+
+
+class WorkAwareRouter(RequestRouter):
+    """Ray Serve request router running `rank_replicas` over a `WorkLedger`.
+
+    It returns every candidate, ranked, so Ray falls through to the next one when the best is at its
+    `max_ongoing_requests`. Calls without a `Work` estimate (the `models` lookup) use power-of-two-choices:
+    two random candidates, of which Ray takes the one with the shorter queue.
+    """
+
+    def initialize_state(self, policy: Policy = "tokens", **_: Any) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"routing: expected one of {', '.join(POLICIES)}, got {policy!r}")
+        self.policy: Policy = policy
+        self.ledger = WorkLedger(origin_id())
+        self._turn = 0
+
+    async def choose_replicas(
+        self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
+    ) -> list[list[RunningReplica]]:
+        if pending_request is not None:
+            pending_request.routing_context.should_backoff = True  # once every rank was tried, back off
+        work = work_of(pending_request)
+        if work is None or not candidate_replicas:
+            return [random.sample(candidate_replicas, min(2, len(candidate_replicas)))]
+        names = [replica.replica_id.unique_id for replica in candidate_replicas]
+        for name, replica in zip(names, candidate_replicas, strict=True):
+            self.ledger.reported(name, replica.routing_stats)
+        avoid = self.ledger.previous_replica(work.key) if work.attempt > 1 else None
+        order = rank_replicas(self.policy, self.ledger.loads(names), turn=self._turn, avoid=avoid)
+        self._turn += 1
+        # Book it at once: requests routed while this one awaits dispatch must already see its work.
+        self.ledger.routed(pending_request.metadata.internal_request_id, names[order[0]], work.tokens, work.key)
+        return [[candidate_replicas[i]] for i in order]
+
+    def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
+        work = work_of(pending_request)
+        if work is not None:  # the best replica may have refused; book where it really went
+            request_id = pending_request.metadata.internal_request_id
+            self.ledger.routed(request_id, replica_id.unique_id, work.tokens, work.key)
+
+    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        self.ledger.completed(internal_request_id)
+
+    def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
+        super().on_replica_actor_died(replica_id)
+        self.ledger.forget(replica_id.unique_id)

@@ -1,0 +1,118 @@
+"""`FleetService`: the `RerankService` of the ingress, answered by the model replicas through a Ray Serve handle.
+
+Reranking is idempotent, so a request whose replica dies mid-request is sent once more, to a different replica
+(the router avoids the one that failed it): an accepted request is lost only if two replicas die under it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from dataclasses import replace
+from typing import Any
+
+from ray.exceptions import RayActorError
+
+from rerankd.config import Settings
+from rerankd.errors import EngineFailure, NotReady
+from rerankd.fleet.metrics import FleetMetrics
+from rerankd.fleet.replica import ReplicaReply
+from rerankd.fleet.router import Work, estimate_tokens, origin_id
+from rerankd.pipeline.rerank import ModelInfo, RerankRequest, RerankResult, State, check_limits
+
+log = logging.getLogger(__name__)
+
+STATUS_PERIOD_SECONDS = 1.0  # how often the ingress asks Ray how many replicas run (drives /ready)
+
+
+class FleetService:
+    """Ready while at least one model replica is; sends each request through the work-aware router."""
+
+    def __init__(
+        self, settings: Settings, handle: Any, metrics: FleetMetrics, *, app_name: str, deployment: str
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.origin = origin_id()
+        self.state: State = "loading"
+        self.replica_states: dict[str, int] = {}
+        self._handle = handle
+        self._app_name = app_name
+        self._deployment = deployment
+        self._models: list[ModelInfo] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._outstanding = [0, 0]  # requests, estimated tokens
+
+    def start(self) -> None:
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+
+    def models(self) -> list[ModelInfo]:
+        if self._models is None or self.state != "ready":
+            raise NotReady(f"no model replica is ready ({self.state}); retry shortly", retry_after=2)
+        return self._models
+
+    async def rerank(self, request: RerankRequest) -> RerankResult:
+        models = self.models()
+        check_limits(request, self.settings.max_documents)
+        max_length = models[0].max_length
+        if request.max_tokens_per_doc is not None:
+            max_length = min(max_length, request.max_tokens_per_doc + len(request.query) // 4 + 3)
+        work = Work(estimate_tokens(request.query, request.documents, max_length), self.origin, uuid.uuid4().hex)
+        self._track(+1, work.tokens)
+        try:
+            try:
+                reply = await self._handle.rerank.remote(request, work=work)
+            except RayActorError as first:
+                self.metrics.retries.inc()
+                log.warning("replica died under request %s (%s); retrying on another replica", work.key, first)
+                try:
+                    reply = await self._handle.rerank.remote(request, work=replace(work, attempt=2))
+                except RayActorError as second:
+                    self.metrics.lost.inc()
+                    raise EngineFailure(f"two replicas died serving this request: {second}") from second
+        finally:
+            self._track(-1, work.tokens)
+        return self._unpack(reply)
+
+    def _unpack(self, reply: ReplicaReply) -> RerankResult:
+        self.metrics.report(reply.report)
+        if reply.error is not None:
+            raise reply.error.to_exception()
+        assert reply.result is not None
+        return reply.result
+
+    def _track(self, sign: int, tokens: int) -> None:
+        self._outstanding[0] += sign
+        self._outstanding[1] += sign * tokens
+        self.metrics.outstanding_requests.set(self._outstanding[0])
+        self.metrics.outstanding_tokens.set(self._outstanding[1])
+
+    async def _watch(self) -> None:
+        """Follow the replica count (for /ready and metrics) and learn the served models from the first replica."""
+        while True:
+            with contextlib.suppress(Exception):  # a slow or restarting controller: keep the last known state
+                status, states = await asyncio.to_thread(self._deployment_status)
+                self.replica_states = states
+                self.metrics.replica_states(states)
+                if states.get("RUNNING", 0) and self._models is None:
+                    self._models = await asyncio.wait_for(self._handle.models.remote(), timeout=30)
+                if states.get("RUNNING", 0) and self._models is not None:
+                    self.state = "ready"
+                else:
+                    self.state = "failed" if status == "DEPLOY_FAILED" else "loading"
+            await asyncio.sleep(STATUS_PERIOD_SECONDS)
+
+    def _deployment_status(self) -> tuple[str, dict[str, int]]:
+        from ray import serve
+
+        application = serve.status().applications.get(self._app_name)
+        deployment = application.deployments.get(self._deployment) if application else None
+        if deployment is None:
+            return "", {}
+        return str(deployment.status), {str(state): count for state, count in deployment.replica_states.items()}

@@ -1,0 +1,94 @@
+"""What a request will cost on an engine, learned from what earlier requests cost.
+
+The planner needs pairs per second at this request's document lengths. Start from the engine's warm-up
+calibration (tokens per second), estimate the request's tokens from its characters, and correct both with what
+was measured on real requests: characters per token from tokenized candidates, and the ratio of measured to
+estimated model time. So the estimate follows the machine's current load and the data's real lengths.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from rerankd.engine import Engine
+from rerankd.pipeline.chunking import ChunkRule
+from rerankd.pipeline.planner import Costs
+
+_SMOOTHING = 0.3  # weight of the newest measurement in the moving averages
+_INITIAL_CHARS_PER_TOKEN = 4.0  # English text with WordPiece / BPE vocabularies
+_INITIAL_BM25_SECONDS_PER_DOC = 60e-6  # bm25s indexing + scoring, measured on ~400-character documents
+_FALLBACK_TOKENS_PER_SECOND = 1000.0  # an engine that was never warmed up
+
+
+@dataclass
+class _EngineStats:
+    chars_per_token: float = _INITIAL_CHARS_PER_TOKEN
+    correction: float = 1.0  # measured / estimated model time
+
+
+def _blend(old: float, new: float) -> float:
+    return (1 - _SMOOTHING) * old + _SMOOTHING * new
+
+
+class CostModel:
+    """Per-engine moving averages; thread-safe and cheap (numpy over character counts)."""
+
+    def __init__(self) -> None:
+        self._engines: dict[str, _EngineStats] = {}
+        self._bm25_seconds_per_doc = _INITIAL_BM25_SECONDS_PER_DOC
+        self._lock = threading.Lock()
+
+    def _stats(self, engine: Engine) -> _EngineStats:
+        with self._lock:
+            return self._engines.setdefault(engine.spec.name, _EngineStats())
+
+    def bm25_ms(self, documents: int) -> float:
+        return 1000.0 * documents * self._bm25_seconds_per_doc
+
+    def costs(
+        self, engine: Engine, query: str, documents: Sequence[str], *, chunks: ChunkRule | None, bm25: bool
+    ) -> tuple[Costs, float]:
+        """The request's `Costs`, and the part of them that is queue wait (for `learn_model`)."""
+        stats = self._stats(engine)
+        pair = engine.spec.kind == "cross-encoder"
+        window = engine.tokenizer.max_length
+        fixed = engine.tokenizer.special_tokens(pair=pair) + (engine.tokenizer.count_tokens([query])[0] if pair else 0)
+        doc_tokens = np.fromiter((len(d) for d in documents), dtype=np.float64, count=len(documents))
+        doc_tokens /= stats.chars_per_token
+        if chunks is None:
+            pieces = np.ones_like(doc_tokens)
+        else:
+            extra = np.ceil(np.maximum(doc_tokens - chunks.size, 0) / chunks.stride)
+            pieces = np.minimum(1 + extra, chunks.max_chunks)
+            doc_tokens = np.minimum(doc_tokens, chunks.size)
+        per_pair = float(np.mean(np.minimum(doc_tokens + fixed, window)))
+        queue = engine.stats()
+        speed = queue.tokens_per_second or (engine.calibration.tokens_per_second if engine.calibration else 0.0)
+        speed = speed or _FALLBACK_TOKENS_PER_SECOND
+        wait_ms = 1000.0 * (queue.queued_tokens + queue.inflight_tokens) / speed
+        fixed_ms = wait_ms + (self.bm25_ms(len(documents)) if bm25 else 0.0)
+        pairs_per_second = speed / per_pair / stats.correction
+        return Costs(pairs_per_second, float(np.mean(pieces)), fixed_ms), wait_ms
+
+    def learn_tokens(self, engine: Engine, texts: Sequence[str], tokens: Sequence[int]) -> None:
+        """Characters per token from texts the model tokenized (those it did not truncate)."""
+        chars, count = sum(len(t) for t in texts), sum(tokens)
+        if count > 0 and chars > 0:
+            stats = self._stats(engine)
+            stats.chars_per_token = _blend(stats.chars_per_token, chars / count)
+
+    def learn_model(self, engine: Engine, estimated_ms: float, measured_ms: float) -> None:
+        """How far the model-time estimate was off, from a request that had no queue ahead of it."""
+        if estimated_ms > 1 and measured_ms > 0:
+            stats = self._stats(engine)
+            ratio = min(max(measured_ms / estimated_ms * stats.correction, 0.25), 4.0)
+            stats.correction = _blend(stats.correction, ratio)
+
+    def learn_bm25(self, documents: int, seconds: float) -> None:
+        if documents > 0 and math.isfinite(seconds):
+            self._bm25_seconds_per_doc = _blend(self._bm25_seconds_per_doc, seconds / documents)

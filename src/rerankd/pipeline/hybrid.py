@@ -1,0 +1,266 @@
+"""Multi-stage reranking: plan, pre-filter to K candidates, score them with the model, fuse, assemble.
+
+`direct` is the one-stage case (every document is a candidate). The pure pieces (`prefilter_order`, `assemble`)
+are what `eval` replays on cached scores, so measured accuracy is the served ranking's accuracy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rerankd.engine import Engine, Prepared
+from rerankd.errors import PayloadTooLarge
+from rerankd.pipeline import chunking
+from rerankd.pipeline.costs import CostModel
+from rerankd.pipeline.fusion import FusionMethod, best_first, fuse
+from rerankd.pipeline.planner import Costs, Plan, Strategy, plan
+from rerankd.prefilter import EmbeddingPrefilter, bm25_scores
+
+# Documents the pre-filter cut are listed after the scored ones; each is given a score this much below the one
+# before it, so scores never rise down the list and re-sorting by score keeps the order.
+CUT_SCORE_STEP = 1e-6
+
+
+@dataclass(frozen=True)
+class ChunkOptions:
+    tokens: int  # 0 = what fits beside the query
+    overlap: int
+    max_chunks: int
+
+
+@dataclass(frozen=True)
+class Options:
+    """One request's stages, resolved from its fields and the server's settings."""
+
+    strategy: Strategy = "auto"
+    budget_ms: float | None = None
+    candidates: int | None = None
+    default_candidates: int = 100
+    fusion: FusionMethod = "none"
+    fusion_weight: float = 0.5
+    rrf_k: int = 60
+    first_stage_scores: np.ndarray | None = None
+    chunks: ChunkOptions | None = None  # None = truncate to the window
+    raw_scores: bool = False
+    truncate: bool = True
+    documents_field: str = "documents"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    order: np.ndarray  # every document index, best first
+    scores: np.ndarray  # per document, what the order follows (fused, or the model's)
+    model_scores: np.ndarray  # per document, the model's own score; NaN where the pre-filter cut it
+    first_stage: np.ndarray | None  # per document, when fusion used one
+    tokens: int
+    plan: Plan
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def prefilter_order(scores: np.ndarray) -> np.ndarray:
+    """Document indices by first-stage score, best first; ties keep document order."""
+    return best_first(scores)
+
+
+def select(prefilter_scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `k` candidates and the rest, each in pre-filter order."""
+    ordered = prefilter_order(prefilter_scores)
+    return ordered[:k], ordered[k:]
+
+
+def assemble(candidates: np.ndarray, candidate_scores: np.ndarray, rest: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The final order and per-document scores: candidates by score (ties: document order), then `rest` as given."""
+    documents = len(candidates) + len(rest)
+    candidate_scores = np.asarray(candidate_scores, dtype=np.float64)
+    ranked = candidates[best_first(candidate_scores, candidates)]
+    scores = np.empty(documents, dtype=np.float64)
+    scores[candidates] = candidate_scores
+    if len(rest):
+        floor = candidate_scores.min() if len(candidates) else 0.0
+        scores[rest] = floor - CUT_SCORE_STEP * np.arange(1, len(rest) + 1)
+    return np.concatenate([ranked, rest]).astype(np.int64), scores
+
+
+def rank_candidates(
+    candidates: np.ndarray,
+    rest: np.ndarray,
+    scores: np.ndarray,
+    first_stage: np.ndarray | None,
+    options: Options,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Order every document: `candidates` by their model `scores` (the raw logits, fused with `first_stage` per
+    document when `options.fusion` asks), then the documents the pre-filter cut."""
+    if options.fusion != "none":
+        if first_stage is None:
+            raise ValueError("fusion needs first-stage scores")
+        scores = fuse(scores, first_stage[candidates], options.fusion, options.fusion_weight, rrf_k=options.rrf_k)
+    return assemble(candidates, scores, rest)
+
+
+@dataclass(frozen=True)
+class _Scored:
+    raw: np.ndarray  # per candidate: logits (what fusion uses)
+    final: np.ndarray  # per candidate: the scores the request reports (sigmoid unless raw_scores)
+    tokens: int
+    meta: dict[str, Any]
+
+
+class _FirstStage:
+    """A request's first-stage scores: the client's, else BM25 over its documents, computed at most once."""
+
+    def __init__(self, reranker: Reranker, query: str, documents: Sequence[str], given: np.ndarray | None) -> None:
+        self._reranker, self._query, self._documents = reranker, query, documents
+        self._scores = given
+        self.source = "first_stage_scores" if given is not None else "bm25"
+
+    @property
+    def known(self) -> bool:
+        return self._scores is not None
+
+    async def scores(self) -> np.ndarray:
+        if self._scores is None:
+            self._scores = await self._reranker.bm25(self._query, self._documents)
+        return self._scores
+
+
+class Reranker:
+    """Runs requests' stages on engines. Holds what it learns about costs; the embedding pre-filter is lent."""
+
+    def __init__(self, embedding_prefilter: Callable[[], Awaitable[EmbeddingPrefilter]]) -> None:
+        self._embedding_prefilter = embedding_prefilter
+        self.costs = CostModel()
+
+    async def run(self, engine: Engine, query: str, documents: Sequence[str], options: Options) -> Outcome:
+        started = time.perf_counter()
+        first = _FirstStage(self, query, documents, options.first_stage_scores)
+        rule = self._chunk_rule(engine, query, options)
+        fusing = options.fusion != "none"
+        costs, wait_ms = self.costs.costs(engine, query, documents, chunks=rule, bm25=fusing and not first.known)
+        chosen = self._plan(options, len(documents), costs, options.strategy)
+        meta: dict[str, Any] = {}
+        if chosen.prefiltered:
+            prefilter_scores, meta["prefilter"] = await self._prefilter(chosen.strategy, query, documents, first)
+            spent_ms = 1000 * (time.perf_counter() - started)  # measured, so K shrinks if the pre-filter was slow
+            chosen = self._plan(options, len(documents), costs, chosen.strategy, spent_ms)
+            candidates, rest = select(prefilter_scores, chosen.candidates)
+        else:
+            candidates, rest = np.arange(len(documents)), np.arange(0)
+
+        model_started = time.perf_counter()
+        scored = await self._score(engine, query, documents, candidates, rule, options)
+        if wait_ms == 0:  # with a queue ahead, the time says more about the queue than about the estimate
+            self.costs.learn_model(
+                engine, costs.model_ms(len(candidates)), 1000 * (time.perf_counter() - model_started)
+            )
+        first_scores = await first.scores() if fusing else None
+        if fusing:
+            meta["fusion"] = {
+                "method": options.fusion,
+                "weight": options.fusion_weight,
+                "fused": ["model", first.source],
+                **({"rrf_k": options.rrf_k} if options.fusion == "rrf" else {}),
+            }
+        order, scores = rank_candidates(candidates, rest, scored.raw if fusing else scored.final, first_scores, options)
+        model_scores = np.full(len(documents), np.nan)
+        model_scores[candidates] = scored.final
+        return Outcome(order, scores, model_scores, first_scores, scored.tokens, chosen, {**meta, **scored.meta})
+
+    async def bm25(self, query: str, documents: Sequence[str]) -> np.ndarray:
+        started = time.perf_counter()
+        scores = await asyncio.to_thread(bm25_scores, query, documents)
+        self.costs.learn_bm25(len(documents), time.perf_counter() - started)
+        return scores
+
+    @staticmethod
+    def _plan(options: Options, documents: int, costs: Costs, strategy: Strategy, spent_ms: float = 0.0) -> Plan:
+        return plan(
+            strategy,
+            documents,
+            costs,
+            budget_ms=options.budget_ms,
+            candidates=options.candidates,
+            default_candidates=options.default_candidates,
+            spent_ms=spent_ms,
+        )
+
+    async def _prefilter(
+        self, strategy: Strategy, query: str, documents: Sequence[str], first: _FirstStage
+    ) -> tuple[np.ndarray, str]:
+        """The pre-filter's score per document, and its name."""
+        if strategy == "hybrid":
+            return await first.scores(), first.source
+        embeddings = await self._embedding_prefilter()
+        return await embeddings.scores(query, documents), f"embeddings:{embeddings.engine.spec.name}"
+
+    @staticmethod
+    def _chunk_rule(engine: Engine, query: str, options: Options) -> chunking.ChunkRule | None:
+        if options.chunks is None:
+            return None
+        pair_query = query if engine.spec.kind == "cross-encoder" else None
+        return chunking.rule_for(
+            engine.tokenizer,
+            pair_query,
+            size=options.chunks.tokens,
+            overlap=options.chunks.overlap,
+            max_chunks=options.chunks.max_chunks,
+        )
+
+    async def _score(
+        self,
+        engine: Engine,
+        query: str,
+        documents: Sequence[str],
+        candidates: np.ndarray,
+        rule: chunking.ChunkRule | None,
+        options: Options,
+    ) -> _Scored:
+        """The model's score of each candidate (the best chunk's, when chunking)."""
+        texts = [documents[i] for i in candidates]
+        chunks = None if rule is None else await asyncio.to_thread(chunking.chunk, engine.tokenizer, texts, rule)
+        if chunks is not None and chunks.capped and not options.truncate:
+            first = int(candidates[chunks.capped[0]])
+            raise PayloadTooLarge(
+                f"{options.documents_field}[{first}]: needs more than max_chunks_per_doc={chunks.rule.max_chunks} "
+                f"chunks of {chunks.rule.size} tokens and truncation is off; raise max_chunks_per_doc or set "
+                "truncate to true"
+            )
+        inputs = texts if chunks is None else chunks.texts
+        prepared = await engine.prepare(query, inputs)
+        if not options.truncate and any(prepared.truncated):
+            position = prepared.truncated.index(True)
+            first = int(candidates[position if chunks is None else chunks.owners[position]])
+            raise PayloadTooLarge(
+                f"{options.documents_field}[{first}]: longer than the model's limit of {engine.spec.max_length} "
+                "tokens (with the query) and truncation is off; set truncate to true to cut it"
+            )
+        self._learn_lengths(engine, query, inputs, prepared)
+        raw, final = await engine.score_raw_and_final(prepared)
+        if options.raw_scores:
+            final = raw
+        meta: dict[str, Any] = {}
+        if chunks is not None:
+            raw, final = chunks.best(raw, len(texts)), chunks.best(final, len(texts))
+            meta["chunking"] = {
+                "chunk_tokens": chunks.rule.size,
+                "overlap_tokens": chunks.rule.size - chunks.rule.stride,
+                "max_chunks_per_doc": chunks.rule.max_chunks,
+                "chunks": len(chunks.texts),
+                "split_documents": chunks.split_documents,
+                "capped_documents": len(chunks.capped),
+            }
+        return _Scored(raw, final, prepared.tokens, meta)
+
+    def _learn_lengths(self, engine: Engine, query: str, texts: Sequence[str], prepared: Prepared) -> None:
+        """Characters per token, from the documents the tokenizer did not cut."""
+        pair = engine.spec.kind == "cross-encoder"
+        items = prepared.inputs if pair else prepared.inputs[1:]
+        overhead = engine.tokenizer.special_tokens(pair=pair)
+        overhead += engine.tokenizer.count_tokens([query])[0] if pair else 0
+        kept = [i for i, cut in enumerate(prepared.truncated) if not cut]
+        self.costs.learn_tokens(engine, [texts[i] for i in kept], [len(items[i]) - overhead for i in kept])

@@ -1,0 +1,96 @@
+"""The strategy planner: which documents the model scores, so that a request meets its latency budget.
+
+Pure logic over measured costs, so it is testable with any speed figure. The rules:
+
+- `direct` scores every document.
+- `hybrid` (BM25) and `bi-encoder` (embeddings) pre-filter to K candidates and score those. K is the request's
+  `candidates`, else the largest K whose estimate fits the budget, else the server's default.
+- `auto` is `direct` when that fits the budget (or there is no budget), else `hybrid` with the largest K that fits.
+  A request's `candidates` caps K in every strategy but `direct`.
+
+Plans aim at `HEADROOM` of the budget: times swing between runs and the rest absorbs it. A pre-filter's own
+time is measured, not guessed: the runner plans again after it with `spent_ms` set, which shrinks K if needed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+Strategy = Literal["auto", "direct", "hybrid", "bi-encoder"]
+Executed = Literal["direct", "hybrid", "bi-encoder"]
+STRATEGIES: tuple[Strategy, ...] = ("auto", "direct", "hybrid", "bi-encoder")
+
+HEADROOM = 0.85
+MIN_CANDIDATES = 10  # below this a reranker has too little to reorder; a smaller budget is reported as missed
+
+
+@dataclass(frozen=True)
+class Costs:
+    """What the model's work costs for this request, as measured on this engine."""
+
+    pairs_per_second: float  # model throughput at this request's document lengths
+    pairs_per_document: float = 1.0  # more than 1 when long documents are chunked
+    fixed_ms: float = 0.0  # time that does not depend on K: work queued ahead, BM25 for fusion
+
+    def model_ms(self, documents: int) -> float:
+        return 1000.0 * documents * self.pairs_per_document / self.pairs_per_second
+
+
+@dataclass(frozen=True)
+class Plan:
+    strategy: Executed
+    candidates: int  # documents the model scores
+    documents: int
+    estimate_ms: float
+    budget_ms: float | None
+    reason: str
+
+    @property
+    def prefiltered(self) -> bool:
+        return self.strategy != "direct"
+
+
+def plan(
+    requested: Strategy,
+    documents: int,
+    costs: Costs,
+    *,
+    budget_ms: float | None = None,
+    candidates: int | None = None,
+    default_candidates: int = 100,
+    spent_ms: float = 0.0,
+    headroom: float = HEADROOM,
+) -> Plan:
+    """Choose the strategy and K for `documents` documents; `spent_ms` is time already used (the pre-filter)."""
+    usable_ms = None if budget_ms is None else budget_ms * headroom - costs.fixed_ms - spent_ms
+
+    def estimate(k: int) -> float:
+        return costs.fixed_ms + spent_ms + costs.model_ms(k)
+
+    def make(strategy: Executed, k: int, reason: str) -> Plan:
+        return Plan(strategy, k, documents, round(estimate(k), 1), budget_ms, reason)
+
+    if requested == "direct":
+        return make("direct", documents, "requested")
+    cap = candidates if candidates is not None else documents
+    if requested == "auto":
+        if cap >= documents and (usable_ms is None or costs.model_ms(documents) <= usable_ms):
+            return make("direct", documents, "no budget" if budget_ms is None else "direct fits the budget")
+        strategy: Executed = "hybrid"
+    else:
+        strategy = requested
+        if candidates is None and budget_ms is None:
+            cap = default_candidates
+    k, reason = cap, "candidates" if candidates is not None else "default candidates"
+    if usable_ms is not None:
+        fits = math.floor(max(usable_ms, 0.0) / costs.model_ms(1)) if costs.model_ms(1) > 0 else documents
+        if fits < k:
+            k, reason = fits, "largest K within the budget"
+        if k < MIN_CANDIDATES:
+            k, reason = MIN_CANDIDATES, f"budget too small: scoring the minimum of {MIN_CANDIDATES}"
+    k = min(k, documents)
+    if k >= documents:
+        return make("direct", documents, "the pre-filter would keep every document")
+    return make(strategy, k, reason)
