@@ -80,35 +80,32 @@ async def _send(client: httpx.AsyncClient, request: Request, sent_at: float) -> 
     return Outcome(sent_at, time.perf_counter() - t0, status, len(request.documents))
 
 
+def poisson_times(rate: float, count: int, seed: int = 0, start: float = 0.0) -> np.ndarray:
+    """Arrival times (seconds) of `count` requests at Poisson rate `rate`, from `start`."""
+    return start + np.cumsum(np.random.default_rng(seed).exponential(1 / rate, size=count))
+
+
 async def open_loop(
     url: str,
     requests: Sequence[Request],
-    rate: float,
+    times: Sequence[float],
     *,
-    seed: int = 0,
     max_seconds: float = 600.0,
-    on_progress: Callable[[float, int], None] | None = None,
 ) -> LoadResult:
-    """Send `requests` at Poisson arrivals of `rate` per second, whatever the answers' pace (open loop), and wait
-    for all answers. Bounded: requests are a fixed list and anything still unanswered after `max_seconds` counts
-    as a transport error (status 0)."""
-    gaps = np.random.default_rng(seed).exponential(1 / rate, size=len(requests))
+    """Send request i at `times[i]` seconds from now, whatever the answers' pace (open loop), and wait for all
+    answers. Bounded: a fixed list, no request sent after `max_seconds`, none waited on longer than that."""
     result = LoadResult()
     limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200)
     async with httpx.AsyncClient(base_url=url, timeout=max_seconds, limits=limits) as client:
         started = time.perf_counter()
         tasks = []
-        due = 0.0
-        for i, (request, gap) in enumerate(zip(requests, gaps, strict=True)):
-            due += gap
+        for request, due in zip(requests, times, strict=True):
+            if due > max_seconds:
+                break
             delay = started + due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            if time.perf_counter() - started > max_seconds:
-                break
             tasks.append(asyncio.ensure_future(_send(client, request, time.perf_counter() - started)))
-            if on_progress is not None:
-                on_progress(time.perf_counter() - started, i + 1)
         result.outcomes = list(await asyncio.gather(*tasks))
         result.wall_seconds = time.perf_counter() - started
     return result

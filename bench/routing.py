@@ -21,7 +21,16 @@ from typing import Any
 
 import numpy as np
 from common import format_table, percentile, plot_path, save
-from fleet_workload import LoadResult, Request, closed_loop, make_requests, open_loop, pareto_counts, wait_ready
+from fleet_workload import (
+    LoadResult,
+    Request,
+    closed_loop,
+    make_requests,
+    open_loop,
+    pareto_counts,
+    poisson_times,
+    wait_ready,
+)
 
 from rerankd.config import Settings
 from rerankd.fleet.costmodel import CostModel
@@ -52,7 +61,8 @@ def run_policies(fleet: Fleet, settings: Settings, requests: list[Request], rate
         fleet.deploy(settings.model_copy(update={"routing": policy}), cost)
         wait_ready(fleet.url)
         asyncio.run(closed_loop(fleet.url, requests[:WARMUP_REQUESTS], concurrency=2))
-        result = asyncio.run(open_loop(fleet.url, requests, rate, seed=1, max_seconds=900))
+        times = poisson_times(rate, len(requests), seed=1)
+        result = asyncio.run(open_loop(fleet.url, requests, times, max_seconds=900))
         row = summarise(policy, result)
         rows.append(row)
         print(format_table([row], list(row)), flush=True)

@@ -56,7 +56,11 @@ def ce_fixture_path() -> Path:
 
 @pytest.fixture(scope="session")
 def server(ce_fixture_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`rerankd serve` as a user starts it: the packaged default first, then the ce-fixture."""
+    """`rerankd serve` as a user starts it: the packaged default first, then the ce-fixture.
+
+    The engine is pinned to onnx fp32 (within 1e-7 of sentence-transformers here), so the score tests stay exact
+    on machines where `auto` picks int8; tests/test_backends.py checks each backend/precision on its own.
+    """
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
     command = [
@@ -64,7 +68,7 @@ def server(ce_fixture_path: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         "--model", "default", "--model", "ce-fixture",
         "--host", "127.0.0.1", "--port", str(port),
         "--max-documents", str(SERVER_MAX_DOCUMENTS), "--max-request-bytes", str(SERVER_MAX_REQUEST_BYTES),
-        "--warmup-seconds", "0",
+        "--warmup-seconds", "0", "--backend", "onnx", "--precision", "fp32",
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with log.open("w") as out:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from rerankd.config import Settings
@@ -53,8 +55,10 @@ def test_needed_replicas_keeps_headroom() -> None:
 
 
 def test_queued_tokens_and_p99_each_call_for_more_replicas() -> None:
-    queue = needed_replicas(CONFIG, Signals(2, 2, 0.6, 5 * CONFIG.target_queued_tokens, 0))
+    queue = needed_replicas(CONFIG, Signals(3, 3, 0.6, 5 * CONFIG.target_queued_tokens, 0))
     assert queue == 5
+    # A huge backlog at most doubles the fleet per decision (it keeps growing while replicas load).
+    assert needed_replicas(CONFIG, Signals(3, 3, 1.0, 100 * CONFIG.target_queued_tokens, 0)) == 6
     slow = needed_replicas(CONFIG, Signals(2, 2, 0.6, 0, 2 * CONFIG.target_p99_ms))
     assert slow == 3
     # A slow p99 on an idle fleet (one huge request) is no reason to add replicas.
@@ -86,7 +90,7 @@ def test_nothing_scales_down_before_the_quiet_period_then_one_replica_at_a_time(
     downs = [t for t, _ in fleet.events]
     assert downs[0] >= CONFIG.downscale_seconds
     assert [n for _, n in fleet.events] == [5, 4, 3]
-    assert all(b - a >= CONFIG.downscale_seconds for a, b in zip(downs, downs[1:], strict=False))
+    assert all(b - a >= CONFIG.downscale_seconds for a, b in itertools.pairwise(downs))
 
 
 def test_no_downscale_right_after_a_scale_up() -> None:
@@ -109,7 +113,7 @@ def test_oscillating_load_causes_no_more_events_than_the_policy_allows() -> None
     # (5 busy / 0.65), each step at least the upscale delay apart; then nothing more for the rest of the hour.
     assert [n for _, n in fleet.events] == [4, 7, 8]
     times = [t for t, _ in fleet.events]
-    assert all(b - a >= CONFIG.upscale_seconds for a, b in zip(times, times[1:], strict=False))
+    assert all(b - a >= CONFIG.upscale_seconds for a, b in itertools.pairwise(times))
     assert times[-1] < 240
 
 
@@ -122,9 +126,9 @@ def test_downscale_needs_the_rest_to_stay_under_the_lower_threshold() -> None:
 
 
 def test_bounds_and_config_checks() -> None:
-    fleet = Fleet(AutoscaleConfig(min_replicas=1, max_replicas=3, upscale_seconds=0), replicas=1)
-    fleet.tick(0, busy_replicas=1, queued_tokens=100 * CONFIG.target_queued_tokens)
-    assert fleet.target == 3
+    fleet = Fleet(AutoscaleConfig(min_replicas=1, max_replicas=3, upscale_seconds=0), replicas=2)
+    fleet.tick(0, busy_replicas=2, queued_tokens=100 * CONFIG.target_queued_tokens)
+    assert fleet.target == 3  # 4 needed, 3 allowed
     with pytest.raises(ValueError, match="min <= max"):
         AutoscaleConfig(min_replicas=3, max_replicas=2)
     with pytest.raises(ValueError, match="downscale_utilisation"):

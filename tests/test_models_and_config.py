@@ -60,7 +60,7 @@ def test_engine_scores_equal_sentence_transformers_including_truncation() -> Non
     documents = ["sqlite database engine", "game of ancient warfare " * 200, "menu editor", "x"]
     pairs = [("embedded database", doc) for doc in documents]
     reference = CrossEncoder(str(TRAINED_CE), device="cpu").predict(pairs)
-    engine = Engine.load(resolve_model(str(TRAINED_CE)), Settings(max_batch_tokens=600))
+    engine = Engine.load(resolve_model(str(TRAINED_CE)), Settings(max_batch_tokens=600, precision="fp32"))
     try:
 
         async def score() -> np.ndarray:

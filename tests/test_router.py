@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rerankd.fleet.router import ReplicaLoad, WorkLedger, estimate_tokens, pick_replica, rank_replicas
 
@@ -40,6 +42,20 @@ def test_a_retry_avoids_the_replica_that_failed_unless_it_is_the_only_one() -> N
     assert rank_replicas("tokens", fleet, avoid="r0") == [1, 0]
     assert pick_replica("tokens", loads((0, 0)), avoid="r0") == 0
     assert pick_replica("tokens", []) == -1
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3)), min_size=1, max_size=8),
+    st.sampled_from(["tokens", "queue", "round-robin"]),
+    st.integers(0, 20),
+    st.integers(0, 8),
+)
+def test_pick_is_always_the_head_of_the_ranking(pairs, policy, turn, avoid_index) -> None:
+    fleet = loads(*pairs)
+    avoid = f"r{avoid_index}"
+    order = rank_replicas(policy, fleet, turn=turn, avoid=avoid)
+    assert sorted(order) == list(range(len(fleet)))
+    assert pick_replica(policy, fleet, turn=turn, avoid=avoid) == order[0]
 
 
 def test_token_estimate_grows_with_documents_and_respects_the_window() -> None:

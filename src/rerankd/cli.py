@@ -51,6 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from rerankd.api import create_app
+    from rerankd.backends.select import choose
     from rerankd.logs import configure_logging
     from rerankd.metrics import Metrics
     from rerankd.models import resolve_model
@@ -64,6 +65,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     specs = [resolve_model(name, kind=settings.model_kind, cache_dir=settings.cache_dir) for name in settings.model]
     for spec in specs:
         print(f"rerankd: serving {spec.name} ({spec.kind}) from {spec.path}", file=sys.stderr)
+    print(f"rerankd: engine {choose(settings)}", file=sys.stderr)  # fails fast on an impossible combination
     if settings.replicas or settings.autoscale:
         return _serve_fleet(settings)
     metrics = Metrics()

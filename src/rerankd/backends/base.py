@@ -59,19 +59,18 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return False
-    return bool(torch.cuda.is_available())
-
-
 def load_backend(spec: ModelSpec, settings: Settings) -> Backend:
-    """Build the backend the settings ask for; `auto` choices are resolved by `engine.choose`."""
+    """Build the backend the settings ask for; `auto` choices are resolved by `backends.select.choose`."""
+    from rerankd.backends.select import choose
+
+    choice = choose(settings)
+    threads = settings.threads or available_cores()
+    if choice.backend == "onnx":
+        from rerankd.backends.onnx import OnnxBackend
+
+        return OnnxBackend.load(
+            spec, device=choice.device, precision=choice.precision, threads=threads, cache_dir=settings.cache_dir
+        )
     from rerankd.backends.torch import TorchBackend
 
-    device = "cuda" if settings.device == "cuda" or (settings.device == "auto" and cuda_available()) else "cpu"
-    precision = settings.precision if settings.precision != "auto" else ("fp16" if device == "cuda" else "fp32")
-    threads = settings.threads or available_cores()
-    return TorchBackend(spec, device=device, precision=precision, threads=threads)
+    return TorchBackend(spec, device=choice.device, precision=choice.precision, threads=threads)

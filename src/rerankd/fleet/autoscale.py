@@ -4,8 +4,9 @@ Model replicas take 30-60 s to start, so the fleet keeps headroom (target utilis
 late, adds capacity quickly when work piles up, and gives it back slowly, one replica at a time.
 
 - Scale up when, for `upscale_seconds` without a break, the fleet needs more replicas than it has or is starting:
-  busy replicas / target utilisation, queued tokens / target queued tokens per replica, or one more replica when
-  a busy fleet's p99 latency is over target. It then jumps straight to that count (bounded by the maximum).
+  busy replicas / target utilisation; queued tokens / target queued tokens per replica (at most twice the running
+  replicas per decision); or one more replica when a busy fleet's p99 latency is over target. It then jumps
+  straight to that count (bounded by the maximum).
 - Scale down by one replica only after `downscale_seconds` of quiet (the rest would stay at or below
   `downscale_utilisation`, nothing queued over half the target, p99 within target), and only
   `downscale_seconds` after the previous scale event. The gap between the two utilisation thresholds, and the
@@ -108,7 +109,9 @@ def needed_replicas(config: AutoscaleConfig, signals: Signals) -> int:
     busy = signals.utilisation * running
     need = math.ceil(busy / config.target_utilisation - 1e-9)
     if signals.queued_tokens > config.target_queued_tokens * running:
-        need = max(need, math.ceil(signals.queued_tokens / config.target_queued_tokens))
+        # At most double per decision: the backlog keeps growing while new replicas load, and sizing the fleet to
+        # drain all of it at once would overshoot far once they are up.
+        need = max(need, min(2 * running, math.ceil(signals.queued_tokens / config.target_queued_tokens)))
     # Latency alone can be one huge request on an idle replica, which more replicas would not help.
     if signals.p99_ms > config.target_p99_ms and signals.utilisation > config.downscale_utilisation:
         need = max(need, running + 1)

@@ -99,6 +99,9 @@ class Fleet:
 
 def serve_fleet(settings: Settings) -> int:
     """`rerankd serve` with replicas: run until SIGINT or SIGTERM, then take everything down."""
+    from rerankd.fleet.ray_app import check_settings
+
+    check_settings(settings)
     deployed, stop = threading.Event(), threading.Event()
     fleet = Fleet(settings)
 

@@ -138,10 +138,17 @@ def _autoscaling_config(settings: Settings) -> AutoscalingConfig:
         )
 
 
-def build_app(settings: Settings, *, cluster_gpus: float = 0.0, cost: CostModel | None = None) -> Application:
-    """The Serve application for `settings`: fixed `replicas` or `autoscale` min:max model replicas."""
+def check_settings(settings: Settings) -> None:
+    """Fail before Ray starts on settings that cannot make a fleet."""
     if settings.replicas and settings.autoscale:
         raise ValueError("replicas and autoscale: give one of them, not both")
+    if settings.autoscale:
+        AutoscaleConfig.from_settings(settings)
+
+
+def build_app(settings: Settings, *, cluster_gpus: float = 0.0, cost: CostModel | None = None) -> Application:
+    """The Serve application for `settings`: fixed `replicas` or `autoscale` min:max model replicas."""
+    check_settings(settings)
     plan = replica_plan(settings, cluster_gpus)
     options: dict[str, Any] = {
         "name": MODEL_DEPLOYMENT,

@@ -18,9 +18,9 @@ import random
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
@@ -61,8 +61,7 @@ def origin_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-@dataclass(frozen=True)
-class ReplicaLoad:
+class ReplicaLoad(NamedTuple):  # a tuple: the simulator builds millions of these
     """Outstanding work on one replica: sent and not yet answered."""
 
     replica: str
@@ -70,11 +69,21 @@ class ReplicaLoad:
     requests: int
 
 
-def _cost(policy: Policy, load: ReplicaLoad) -> tuple[float, float]:
-    # Ties on the primary measure go to the replica with fewer requests (or fewer tokens), so an idle fleet spreads.
-    if policy == "tokens":
-        return (load.tokens, load.requests)
-    return (load.requests, load.tokens)
+def _order_key(policy: Policy, loads: Sequence[ReplicaLoad], avoid: str | None) -> Callable[[int], tuple]:
+    """Sort key over indices into `loads`: a replica to avoid goes last (unless it is the only one); then the policy's
+    measure, ties going to the replica with fewer requests (or fewer tokens) so an idle fleet spreads."""
+    shunned = avoid if avoid is not None and len(loads) > 1 else None
+
+    def key(i: int) -> tuple:
+        load = loads[i]
+        avoided = load.replica == shunned
+        if policy == "tokens":
+            return (avoided, load.tokens, load.requests)
+        if policy == "queue":
+            return (avoided, load.requests, load.tokens)
+        return (avoided,)  # round-robin: the rotation alone decides
+
+    return key
 
 
 def rank_replicas(
@@ -82,20 +91,16 @@ def rank_replicas(
 ) -> list[int]:
     """Indices into `loads`, best first. `turn` rotates round-robin and breaks exact ties; `avoid` (a replica
     that just failed this request) goes last unless it is the only one."""
-    count = len(loads)
-    if count == 0:
-        return []
-    rotation = [(turn + i) % count for i in range(count)]
-    order = rotation if policy == "round-robin" else sorted(rotation, key=lambda i: _cost(policy, loads[i]))
-    if avoid is not None and count > 1:
-        order = [i for i in order if loads[i].replica != avoid] + [i for i in order if loads[i].replica == avoid]
-    return order
+    rotation = [(turn + i) % len(loads) for i in range(len(loads))]
+    return sorted(rotation, key=_order_key(policy, loads, avoid))
 
 
 def pick_replica(policy: Policy, loads: Sequence[ReplicaLoad], *, turn: int = 0, avoid: str | None = None) -> int:
-    """The best replica's index (the head of `rank_replicas`); -1 when there is none."""
-    order = rank_replicas(policy, loads, turn=turn, avoid=avoid)
-    return order[0] if order else -1
+    """The head of `rank_replicas` without sorting them all (the simulator calls this per request); -1 if none."""
+    if not loads:
+        return -1
+    rotation = [(turn + i) % len(loads) for i in range(len(loads))]
+    return min(rotation, key=_order_key(policy, loads, avoid))
 
 
 @dataclass
@@ -115,6 +120,7 @@ class WorkLedger:
 
     # A booking never released (a request cancelled between choice and dispatch) is forgotten after this long.
     STALE_SECONDS = 600.0
+    EXPIRE_EVERY_SECONDS = 10.0  # how often to look for such bookings (not on every routing decision)
     RECENT_KEYS = 4096  # request keys remembered for avoiding a failed replica on retry
 
     def __init__(self, origin: str, clock: Any = time.monotonic) -> None:
@@ -125,6 +131,7 @@ class WorkLedger:
         self._own_requests: dict[str, int] = {}
         self._foreign: dict[str, tuple[float, int]] = {}
         self._recent: OrderedDict[str, str] = OrderedDict()
+        self._expired_at = clock()
 
     def routed(self, request_id: str, replica: str, tokens: int, key: str | None = None) -> None:
         """Book a request on `replica` (moving it if it was booked elsewhere)."""
@@ -182,7 +189,11 @@ class WorkLedger:
             del self._own_tokens[sent.replica], self._own_requests[sent.replica]
 
     def _expire(self) -> None:
-        cutoff = self._clock() - self.STALE_SECONDS
+        now = self._clock()
+        if now - self._expired_at < self.EXPIRE_EVERY_SECONDS:
+            return
+        self._expired_at = now
+        cutoff = now - self.STALE_SECONDS
         for request_id in [rid for rid, sent in self._sent.items() if sent.at < cutoff]:
             self._release(request_id)
 

@@ -38,6 +38,13 @@ def _word_start(tokens: Sequence[TokenSpan], i: int) -> int:
     return i
 
 
+def _next_word_start(tokens: Sequence[TokenSpan], i: int) -> int:
+    """The first token at or after `i` that starts a word."""
+    while 0 < i < len(tokens) and tokens[i][2] >= 0 and tokens[i][2] == tokens[i - 1][2]:
+        i += 1
+    return i
+
+
 def split(tokens: Sequence[TokenSpan], rule: ChunkRule) -> tuple[list[tuple[int, int]], bool]:
     """Character spans of one text's chunks, and whether the cap left text out. One chunk = the whole text."""
     n = len(tokens)
@@ -54,7 +61,8 @@ def split(tokens: Sequence[TokenSpan], rule: ChunkRule) -> tuple[list[tuple[int,
         if end >= n or len(spans) == rule.max_chunks:
             return spans, end < n
         following = _word_start(tokens, start + rule.stride)
-        start = following if following > start else start + rule.stride
+        # A word longer than the stride: go on at the next word rather than inside this one.
+        start = following if following > start else _next_word_start(tokens, start + rule.stride)
 
 
 @dataclass(frozen=True)

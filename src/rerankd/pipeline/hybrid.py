@@ -7,6 +7,7 @@ are what `eval` replays on cached scores, so measured accuracy is the served ran
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,11 @@ from rerankd.pipeline.costs import CostModel
 from rerankd.pipeline.fusion import FusionMethod, best_first, fuse
 from rerankd.pipeline.planner import Costs, Plan, Strategy, plan
 from rerankd.prefilter import EmbeddingPrefilter, bm25_scores
+
+# With a latency budget, a pre-filtered request scores its candidates best-first in slices of this many documents
+# and starts no slice that would end after this share of the budget (the rest is for the answer itself).
+DEADLINE_SLICE = 8
+DEADLINE_SHARE = 0.92
 
 # Documents the pre-filter cut are listed after the scored ones; each is given a score this much below the one
 # before it, so scores never rise down the list and re-sorting by score keeps the order.
@@ -110,6 +116,22 @@ class _Scored:
     tokens: int
     meta: dict[str, Any]
 
+    @staticmethod
+    def concat(parts: list[_Scored]) -> _Scored:
+        meta = dict(parts[-1].meta)
+        if "chunking" in meta:  # counts add up over the slices
+            counts = ("chunks", "split_documents", "capped_documents")
+            meta["chunking"] = {
+                **meta["chunking"],
+                **{key: sum(part.meta["chunking"][key] for part in parts) for key in counts},
+            }
+        return _Scored(
+            np.concatenate([part.raw for part in parts]),
+            np.concatenate([part.final for part in parts]),
+            sum(part.tokens for part in parts),
+            meta,
+        )
+
 
 class _FirstStage:
     """A request's first-stage scores: the client's, else BM25 over its documents, computed at most once."""
@@ -153,11 +175,19 @@ class Reranker:
             candidates, rest = np.arange(len(documents)), np.arange(0)
 
         model_started = time.perf_counter()
-        scored = await self._score(engine, query, documents, candidates, rule, options)
+        if chosen.prefiltered and options.budget_ms is not None:
+            deadline = started + DEADLINE_SHARE * options.budget_ms / 1000
+            scored = await self._score_until(deadline, engine, query, documents, candidates, rule, options)
+        else:
+            scored = await self._score(engine, query, documents, candidates, rule, options)
         if wait_ms == 0:  # with a queue ahead, the time says more about the queue than about the estimate
             self.costs.learn_model(
-                engine, costs.model_ms(len(candidates)), 1000 * (time.perf_counter() - model_started)
+                engine, costs.model_ms(len(scored.raw)), 1000 * (time.perf_counter() - model_started)
             )
+        if len(scored.raw) < len(candidates):  # the deadline came first: the unscored join the cut ones
+            candidates, rest = candidates[: len(scored.raw)], np.concatenate([candidates[len(scored.raw) :], rest])
+            reason = f"{chosen.reason}; the deadline stopped scoring after {len(candidates)}"
+            chosen = dataclasses.replace(chosen, candidates=len(candidates), reason=reason)
         first_scores = await first.scores() if fusing else None
         if fusing:
             meta["fusion"] = {
@@ -210,6 +240,30 @@ class Reranker:
             overlap=options.chunks.overlap,
             max_chunks=options.chunks.max_chunks,
         )
+
+    async def _score_until(
+        self,
+        deadline: float,
+        engine: Engine,
+        query: str,
+        documents: Sequence[str],
+        candidates: np.ndarray,
+        rule: chunking.ChunkRule | None,
+        options: Options,
+    ) -> _Scored:
+        """Score candidates best-first in slices, starting no slice that would end past `deadline`: the machine's
+        speed swings, and what is left unscored is the least promising (pre-filter order)."""
+        parts: list[_Scored] = []
+        done, seconds_per_document = 0, 0.0
+        while done < len(candidates):
+            size = min(DEADLINE_SLICE, len(candidates) - done)
+            if parts and time.perf_counter() + seconds_per_document * size > deadline:
+                break
+            started = time.perf_counter()
+            parts.append(await self._score(engine, query, documents, candidates[done : done + size], rule, options))
+            seconds_per_document = (time.perf_counter() - started) / size
+            done += size
+        return _Scored.concat(parts)
 
     async def _score(
         self,

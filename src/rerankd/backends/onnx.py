@@ -1,0 +1,63 @@
+"""The fast backend: onnxruntime on the CPU (fp32, int8) or on CUDA (fp16), from a cached export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+
+from rerankd.backends.base import Batch, pool
+from rerankd.backends.export import ensure_onnx
+from rerankd.models import ModelSpec
+
+
+class OnnxBackend:
+    """One onnxruntime session; `forward` may be called from one thread at a time (the scheduler's worker)."""
+
+    name = "onnx"
+
+    def __init__(self, spec: ModelSpec, model_path: Path, *, device: str, precision: str, threads: int) -> None:
+        self.spec = spec
+        self.device = device
+        self.precision = precision
+        self.model_path = model_path
+        self.session = onnxruntime.InferenceSession(
+            str(model_path), session_options(threads), providers=providers(device)
+        )
+        if device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+            raise RuntimeError("device: onnxruntime could not start its CUDA provider (is onnxruntime-gpu installed?)")
+        self._inputs = {item.name for item in self.session.get_inputs()}
+
+    @classmethod
+    def load(cls, spec: ModelSpec, *, device: str, precision: str, threads: int, cache_dir: Path) -> OnnxBackend:
+        """Export (once, cached) and open a session."""
+        return cls(spec, ensure_onnx(spec, precision, cache_dir), device=device, precision=precision, threads=threads)
+
+    def forward(self, batch: Batch) -> np.ndarray:
+        feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        if "token_type_ids" in self._inputs:
+            types = batch.token_type_ids
+            feeds["token_type_ids"] = types if types is not None else np.zeros_like(batch.input_ids)
+        output = self.session.run(None, feeds)[0]
+        if self.spec.kind == "cross-encoder":
+            return output.astype(np.float32, copy=False)
+        return pool(output, batch.attention_mask, self.spec.pooling, self.spec.normalize)
+
+
+def session_options(threads: int) -> onnxruntime.SessionOptions:
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1  # encoder graphs are one chain of ops: nothing to run side by side
+    options.log_severity_level = 3  # errors only: the "some nodes were not assigned" notes are expected on CUDA
+    return options
+
+
+def providers(device: str) -> list:
+    if device == "cuda":
+        # Shapes change with every batch: the heuristic conv/GEMM search avoids re-tuning per shape.
+        cuda = {"cudnn_conv_algo_search": "HEURISTIC", "do_copy_in_default_stream": True}
+        return [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]

@@ -1,0 +1,89 @@
+"""Resolve `auto` settings into one concrete engine: backend, device and precision, with the reason why."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rerankd.config import Settings
+
+# CPU flags that mean int8 dot products in hardware: x86 VNNI (AVX-512 or AVX) and Arm's dot-product extension.
+INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The engine a model runs on, and why (for the start-up line and the logs)."""
+
+    backend: str
+    device: str
+    precision: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.backend}/{self.device}/{self.precision} ({self.reason})"
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The first CPU's feature flags (Linux); empty where /proc/cpuinfo is missing."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in {"flags", "Features"}:
+            return frozenset(value.split())
+    return frozenset()
+
+
+def int8_dot_products(flags: frozenset[str] | None = None) -> bool:
+    """Whether int8 matrix products run on dedicated dot-product instructions here."""
+    return bool(INT8_DOT_FLAGS & (cpu_flags() if flags is None else flags))
+
+
+def cuda_available(backend: str) -> bool:
+    """Whether `backend` can run on an NVIDIA GPU in this process."""
+    if backend == "onnx":
+        import onnxruntime
+
+        return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def choose(settings: Settings, flags: frozenset[str] | None = None) -> Choice:
+    """Concrete backend/device/precision for `settings`; raises ValueError for combinations that cannot run."""
+    backend = "onnx" if settings.backend == "auto" else settings.backend
+    if settings.device == "auto":
+        device = "cuda" if cuda_available(backend) else "cpu"
+    else:
+        device = settings.device
+        if device == "cuda" and not cuda_available(backend):
+            raise ValueError(f"device: cuda was asked for, but the {backend} backend sees no usable NVIDIA GPU")
+
+    if settings.precision != "auto":
+        precision, reason = settings.precision, "as configured"
+    elif device == "cuda":
+        precision, reason = "fp16", "auto: GPU"
+    elif backend == "onnx" and int8_dot_products(flags):
+        precision, reason = "int8", "auto: the CPU has int8 dot-product instructions"
+    else:
+        why = "the torch backend" if backend != "onnx" else f"no int8 dot-product instructions on this {_cpu()}"
+        precision, reason = "fp32", f"auto: {why}"
+
+    if precision == "int8" and backend != "onnx":
+        raise ValueError("precision: int8 needs --backend onnx (the torch backend runs fp32 or fp16)")
+    if precision == "int8" and device == "cuda":
+        raise ValueError("precision: int8 runs on the CPU only; use fp16 on cuda")
+    if precision == "fp16" and device != "cuda":
+        raise ValueError("precision: fp16 needs --device cuda (CPUs run fp32 or int8)")
+    return Choice(backend, device, precision, reason)
+
+
+def _cpu() -> str:
+    return platform.machine() or "CPU"
