@@ -83,14 +83,25 @@ def test_short_spikes_shorter_than_the_delay_do_not_scale() -> None:
     assert fleet.events == []
 
 
-def test_nothing_scales_down_before_the_quiet_period_then_one_replica_at_a_time() -> None:
+def test_nothing_scales_down_before_the_quiet_period_then_one_replica_per_step() -> None:
     fleet = Fleet(CONFIG, replicas=6)
     for now in range(0, 1000):
         fleet.tick(now, busy_replicas=0.2)
     downs = [t for t, _ in fleet.events]
     assert downs[0] >= CONFIG.downscale_seconds
-    assert [n for _, n in fleet.events] == [5, 4, 3]
-    assert all(b - a >= CONFIG.downscale_seconds for a, b in itertools.pairwise(downs))
+    assert [n for _, n in fleet.events] == [5, 4, 3, 2, 1]
+    assert all(b - a >= CONFIG.downscale_step_seconds for a, b in itertools.pairwise(downs))
+
+
+def test_load_during_the_descent_restarts_the_quiet_clock() -> None:
+    fleet = Fleet(CONFIG, replicas=6)
+    for now in range(0, 400):
+        fleet.tick(now, busy_replicas=0.2)
+    assert [n for _, n in fleet.events] == [5, 4]  # at 300 s and 360 s
+    fleet.tick(400, busy_replicas=3.0)  # one busy second: the fleet is not quiet any more
+    for now in range(401, 1000):
+        fleet.tick(now, busy_replicas=0.2)
+    assert [t for t, n in fleet.events if n == 3] == [701]  # a whole quiet period later
 
 
 def test_no_downscale_right_after_a_scale_up() -> None:

@@ -50,7 +50,7 @@ def test_scores_are_cosine_and_the_cache_serves_repeats(engine: Engine) -> None:
     reference = SentenceTransformer(str(packaged_default_path()), device="cpu").encode([QUERY, *DOCUMENTS])
     reference /= np.linalg.norm(reference, axis=1, keepdims=True)
     np.testing.assert_allclose(cold, reference[1:] @ reference[0], atol=1e-5)
-    np.testing.assert_array_equal(cold, warm)
+    np.testing.assert_allclose(cold, warm, atol=1e-6)  # the query alone pads differently: float noise only
     name = engine.spec.name
     assert metrics.embedding_cache_misses.labels(name)._value.get() == 4  # first call: all four missed
     assert metrics.embedding_cache_hits.labels(name)._value.get() == 4  # second call: all four hit

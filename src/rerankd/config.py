@@ -143,7 +143,10 @@ class Settings(BaseModel):
         default=10, ge=0, description="A need for more replicas must last this long before they are added."
     )
     autoscale_downscale_seconds: float = Field(
-        default=300, ge=0, description="Quiet period before removing a replica (one at a time) and after any change."
+        default=300, ge=0, description="Quiet period before removing replicas, and after any scale-up."
+    )
+    autoscale_downscale_step_seconds: float = Field(
+        default=60, ge=0, description="Between removals (one replica each) while the fleet stays quiet."
     )
 
     @field_validator("model", "api_keys", mode="before")

@@ -7,10 +7,12 @@ late, adds capacity quickly when work piles up, and gives it back slowly, one re
   busy replicas / target utilisation; queued tokens / target queued tokens per replica (at most twice the running
   replicas per decision); or one more replica when a busy fleet's p99 latency is over target. It then jumps
   straight to that count (bounded by the maximum).
-- Scale down by one replica only after `downscale_seconds` of quiet (the rest would stay at or below
-  `downscale_utilisation`, nothing queued over half the target, p99 within target), and only
-  `downscale_seconds` after the previous scale event. The gap between the two utilisation thresholds, and the
-  long quiet period, are what keep an oscillating load from adding and removing replicas over and over.
+- Scale down one replica at a time, only once the fleet has been quiet for `downscale_seconds` (the rest would
+  stay at or below `downscale_utilisation`, nothing queued over half the target, p99 within target) and at least
+  `downscale_seconds` after the last scale-up; while it stays quiet, the next replica goes `downscale_step_seconds`
+  later, after the previous removal's effect shows. Any sign of load restarts the quiet clock. The gap between the
+  two utilisation thresholds and the long quiet period keep an oscillating load from adding and removing replicas
+  over and over.
 
 `decide` is a pure function of (config, state, signals, now), shared by the Ray Serve hook (`RayAutoscalePolicy`)
 and the discrete-event simulator in bench/.
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 
     from rerankd.config import Settings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ray.serve")  # runs in the Serve controller: log where its logs go
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,8 @@ class AutoscaleConfig:
     target_queued_tokens: float = 32768  # queued tokens per replica above which replicas are added
     target_p99_ms: float = 2000  # p99 latency (ms) above which a busy fleet gets one more replica
     upscale_seconds: float = 10  # how long a need must last before replicas are added
-    downscale_seconds: float = 300  # quiet period before (and between) removing replicas, one at a time
+    downscale_seconds: float = 300  # quiet period before removing replicas (and after any scale-up)
+    downscale_step_seconds: float = 60  # between removals, one replica each, while the fleet stays quiet
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_replicas <= self.max_replicas:
@@ -67,6 +70,7 @@ class AutoscaleConfig:
             target_p99_ms=settings.autoscale_target_p99_ms,
             upscale_seconds=settings.autoscale_upscale_seconds,
             downscale_seconds=settings.autoscale_downscale_seconds,
+            downscale_step_seconds=settings.autoscale_downscale_step_seconds,
         )
 
 
@@ -93,7 +97,8 @@ class Signals:
 class PolicyState:
     over_since: float | None = None  # when the load first needed more replicas than the target, without a break
     quiet_since: float | None = None  # when the fleet last became over-provisioned, without a break
-    last_event: float | None = None  # time of the last scale event
+    last_up: float | None = None  # time of the last scale-up
+    last_down: float | None = None  # time of the last scale-down
 
 
 @dataclass(frozen=True)
@@ -135,7 +140,7 @@ def decide(config: AutoscaleConfig, state: PolicyState, signals: Signals, now: f
     target = signals.target
     if target < config.min_replicas or target > config.max_replicas:
         bounded = min(max(target, config.min_replicas), config.max_replicas)
-        return Decision(bounded, PolicyState(last_event=now), f"bounds {config.min_replicas}:{config.max_replicas}")
+        return Decision(bounded, state, f"bounds {config.min_replicas}:{config.max_replicas}")
 
     need = min(needed_replicas(config, signals), config.max_replicas)
     if need > target:
@@ -145,15 +150,17 @@ def decide(config: AutoscaleConfig, state: PolicyState, signals: Signals, now: f
                 f"up {target}->{need}: utilisation {signals.utilisation:.2f}, queued {signals.queued_tokens:.0f} "
                 f"tokens, p99 {signals.p99_ms:.0f} ms"
             )
-            return Decision(need, PolicyState(last_event=now), reason)
+            return Decision(need, PolicyState(last_up=now, last_down=state.last_down), reason)
         return Decision(target, replace(state, over_since=over_since, quiet_since=None), "")
 
     if _quiet(config, signals):
         quiet_since = state.quiet_since if state.quiet_since is not None else now
-        settled = state.last_event is None or now - state.last_event >= config.downscale_seconds
-        if now - quiet_since >= config.downscale_seconds and settled:
-            reason = f"down {target}->{target - 1}: utilisation {signals.utilisation:.2f} for {now - quiet_since:.0f}s"
-            return Decision(target - 1, PolicyState(last_event=now), reason)
+        settled = state.last_up is None or now - state.last_up >= config.downscale_seconds
+        stepped = state.last_down is None or now - state.last_down >= config.downscale_step_seconds
+        if now - quiet_since >= config.downscale_seconds and settled and stepped:
+            quiet = now - quiet_since
+            reason = f"down {target}->{target - 1}: utilisation {signals.utilisation:.2f}, quiet {quiet:.0f}s"
+            return Decision(target - 1, replace(state, over_since=None, quiet_since=quiet_since, last_down=now), reason)
         return Decision(target, replace(state, over_since=None, quiet_since=quiet_since), "")
     return Decision(target, replace(state, over_since=None, quiet_since=None), "")
 
