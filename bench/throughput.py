@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import numpy as np
@@ -129,6 +129,12 @@ def pair_flops(spec: ModelSpec, token_counts: list[int]) -> float:
 # -- runners: each scores one request of documents and returns when the scores are back ----------------------------
 
 
+class Runner(Protocol):
+    def __call__(self, docs: list[str]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class InProcess:
     """A rerankd Engine in this process (tokenization included, as a request pays it)."""
 
@@ -225,20 +231,26 @@ class Served:
 # -- measuring ----------------------------------------------------------------------------------------------------
 
 
-def measure(run: Callable[[list[str]], None], docs: list[str], budget: Budget) -> dict[str, Any]:
-    """Latency of repeated requests of `docs` (after one untimed request), bounded by `budget`."""
-    run(docs[: min(len(docs), 20)])
-    latencies: list[float] = []
-    deadline = time.perf_counter() + budget.seconds
-    while len(latencies) < budget.min_runs or (len(latencies) < budget.max_runs and time.perf_counter() < deadline):
-        started = time.perf_counter()
-        run(docs)
-        latencies.append(time.perf_counter() - started)
+def measure(runners: dict[str, Runner], docs: list[str], budget: Budget) -> dict[str, dict]:
+    """Latency of each runner on `docs`, interleaved round by round so that a busy machine slows all alike."""
+    for run in runners.values():
+        run(docs[:20])  # untimed: first-call costs
+    latencies: dict[str, list[float]] = {name: [] for name in runners}
+    rounds, deadline = 0, time.perf_counter() + budget.seconds
+    while rounds < budget.min_runs or (rounds < budget.max_runs and time.perf_counter() < deadline):
+        for name, run in runners.items():
+            started = time.perf_counter()
+            run(docs)
+            latencies[name].append(time.perf_counter() - started)
+        rounds += 1
     return {
-        "docs_per_s": len(docs) / float(np.mean(latencies)),
-        "p50_ms": percentile(latencies, 50) * 1000,
-        "p99_ms": percentile(latencies, 99) * 1000,
-        "runs": len(latencies),
+        name: {
+            "docs_per_s": len(docs) / float(np.mean(times)),
+            "p50_ms": percentile(times, 50) * 1000,
+            "p99_ms": percentile(times, 99) * 1000,
+            "runs": len(times),
+        }
+        for name, times in latencies.items()
     }
 
 
@@ -248,63 +260,63 @@ def main() -> None:
     parser.add_argument("--no-http", action="store_true", help="skip the served measurements")
     args = parser.parse_args()
     counts = [10, 50, 100] if args.quick else [10, 50, 100, 300, 1000]
-    budget = Budget(seconds=2.0, min_runs=1, max_runs=3) if args.quick else Budget(seconds=8.0, min_runs=2, max_runs=20)
+    seconds = 3.0 if args.quick else 30.0
     concurrent_requests = 16 if args.quick else 64
 
     spec = resolve_model(str(build_ce_fixture()))
     corpus = documents(spec, max(counts))
-    sets = {count: corpus[:count] for count in counts}
-    flops = {count: pair_flops(spec, _pair_lengths(spec, docs)) for count, docs in sets.items()}
     peaks = gemm_peaks(Budget(seconds=1.0 if args.quick else 3.0, min_runs=2, max_runs=50))
     print(f"matrix-multiply peak: fp32 {peaks['fp32']:.0f} GFLOP/s, int8 {peaks['int8']:.0f} GOP/s", flush=True)
 
-    rows: list[dict[str, Any]] = []
-
-    def record(system: str, mode: str, runner: Callable[[list[str]], None], precision: str) -> None:
-        for count, docs in sets.items():
-            row = {"system": system, "mode": mode, "docs": count, **measure(runner, docs, budget)}
-            achieved = flops[count] * row["docs_per_s"] / count / 1e9
-            row["gflops"] = achieved
-            row["peak_fraction"] = achieved / peaks["int8" if precision == "int8" else "fp32"]
-            rows.append(row)
-            print(format_table([row], list(row)), flush=True)
-
-    baseline = Baseline(spec)
-    record("sentence-transformers", "in-process", baseline, "fp32")
-    del baseline
+    # Every system is loaded at once and measured in turn, so that their ratios come from the same minutes.
+    runners: dict[str, Runner] = {"sentence-transformers/in-process": Baseline(spec)}
+    precisions = {"sentence-transformers/in-process": "fp32"}
     for name, (backend, precision) in ENGINES.items():
-        engine = InProcess(spec, backend, precision)
-        record(name, "in-process", engine, precision)
-        engine.close()
-
-    concurrency: list[dict[str, Any]] = []
-    if not args.no_http:
+        runners[f"{name}/in-process"] = InProcess(spec, backend, precision)
+        precisions[f"{name}/in-process"] = precision
+    served: dict[str, Served] = {}
+    try:
+        if not args.no_http:
+            log_dir = plot_path("throughput").parent
+            for name, (backend, precision) in ENGINES.items():
+                served[name] = runners[f"{name}/http"] = Served(spec, backend, precision, log_dir / f"{name}.log")
+                precisions[f"{name}/http"] = precision
+        rows = []
+        for count in counts:
+            docs = corpus[:count]
+            flops = pair_flops(spec, _pair_lengths(spec, docs))
+            budget = Budget(seconds=seconds, min_runs=2 if count <= 300 else 1, max_runs=20)
+            for key, result in measure(runners, docs, budget).items():
+                system, mode = key.split("/")
+                achieved = flops * result["docs_per_s"] / count / 1e9
+                peak = peaks["int8" if precisions[key] == "int8" else "fp32"]
+                rows.append({"system": system, "mode": mode, "docs": count, **result, "peak_fraction": achieved / peak})
+            print(format_table(rows[-len(runners) :], list(rows[-1])), flush=True)
         rng = random.Random(1)
         small = [rng.sample(corpus, CLIENT_DOCS) for _ in range(concurrent_requests)]
-        log_dir = plot_path("throughput").parent
-        for name, (backend, precision) in ENGINES.items():
-            served = Served(spec, backend, precision, log_dir / f"throughput-{name}.log")
-            try:
-                record(name, "http", served, precision)
-                served(small[0])  # warm
-                one_at_a_time = served.concurrent(small, clients=1)
-                together = served.concurrent(small, clients=CLIENTS)
-            finally:
-                served.close()
-            docs = len(small) * CLIENT_DOCS
-            concurrency.append(
-                {
-                    "system": name,
-                    "requests": len(small),
-                    "sequential_docs_per_s": docs / one_at_a_time,
-                    f"concurrent{CLIENTS}_docs_per_s": docs / together,
-                    "speedup": one_at_a_time / together,
-                }
-            )
-            print(format_table(concurrency[-1:], list(concurrency[-1])), flush=True)
-
+        concurrency = [concurrency_row(name, server, small) for name, server in served.items()]
+    finally:
+        for runner in runners.values():
+            runner.close()
     _add_ratios(rows)
     report(rows, concurrency, peaks, args.quick)
+
+
+def concurrency_row(name: str, server: Served, requests: list[list[str]]) -> dict[str, Any]:
+    """The same 10-document requests one at a time, then from 16 concurrent clients."""
+    server(requests[0])  # warm
+    one_at_a_time = server.concurrent(requests, clients=1)
+    together = server.concurrent(requests, clients=CLIENTS)
+    docs = len(requests) * CLIENT_DOCS
+    row = {
+        "system": name,
+        "requests": len(requests),
+        "sequential_docs_per_s": docs / one_at_a_time,
+        f"concurrent{CLIENTS}_docs_per_s": docs / together,
+        "speedup": one_at_a_time / together,
+    }
+    print(format_table([row], list(row)), flush=True)
+    return row
 
 
 def _pair_lengths(spec: ModelSpec, docs: list[str]) -> list[int]:

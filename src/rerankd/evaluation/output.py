@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rerankd.reporting import format_table, machine
 
 COLUMNS = ("strategy", "ndcg@10", "mrr@10", "recall@10", "recall@100", "p50_ms", "docs_per_s", "timed_queries")
@@ -40,13 +42,15 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     depths = result["depths"]
-    figure, axes = plt.subplots(1, len(depths), figsize=(7 * len(depths), 5.5), squeeze=False)
+    figure, axes = plt.subplots(1, len(depths), figsize=(11 * len(depths), 6), squeeze=False)
+    markers = "osD^v<>Ph*Xdp"
     for axis, depth in zip(axes[0], depths, strict=True):
         rows = [row for row in depth["rows"] if row["p50_ms"] and row["p50_ms"] > 0]
         points = [(row["p50_ms"], row["ndcg@10"]) for row in rows]
-        for row, (x, y) in zip(rows, points, strict=True):
-            axis.scatter(x, y, s=24)
-            axis.annotate(row["strategy"], (x, y), fontsize=7, xytext=(4, 2), textcoords="offset points")
+        colors = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(rows), 1)))
+        # Strategies that differ only in fusion weight share one timing: a legend keeps them readable.
+        for i, (row, (x, y)) in enumerate(zip(rows, points, strict=True)):
+            axis.scatter(x, y, s=40, color=colors[i], marker=markers[i % len(markers)], label=row["strategy"])
         edge = frontier(points)
         axis.plot([p[0] for p in edge], [p[1] for p in edge], "k--", linewidth=0.8, label="frontier")
         axis.set_xscale("log")
@@ -54,7 +58,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         axis.set_ylabel("NDCG@10")
         axis.set_title(f"BM25 top {depth['depth']}, {len(depth['test_queries'])} test queries")
         axis.grid(True, alpha=0.3)
-        axis.legend(loc="lower right")
+        axis.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     figure.suptitle(f"{Path(result['model']).name} on {Path(result['dataset']).name}: accuracy vs latency")
     figure.tight_layout()
     figure.savefig(path, dpi=120)

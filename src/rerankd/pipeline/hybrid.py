@@ -1,6 +1,6 @@
 """Multi-stage reranking: plan, pre-filter to K candidates, score them with the model, fuse, assemble.
 
-`direct` is the one-stage case (every document is a candidate). The pure pieces (`prefilter_order`, `assemble`)
+`direct` is the one-stage case (every document is a candidate). The pure pieces (`select`, `rank_candidates`)
 are what `eval` replays on cached scores, so measured accuracy is the served ranking's accuracy.
 """
 
@@ -174,12 +174,11 @@ class Reranker:
         else:
             candidates, rest = np.arange(len(documents)), np.arange(0)
 
-        model_started = time.perf_counter()
+        deadline = None
         if chosen.prefiltered and options.budget_ms is not None:
             deadline = started + DEADLINE_SHARE * options.budget_ms / 1000
-            scored = await self._score_until(deadline, engine, query, documents, candidates, rule, options)
-        else:
-            scored = await self._score(engine, query, documents, candidates, rule, options)
+        model_started = time.perf_counter()
+        scored = await self._score_until(deadline, engine, query, documents, candidates, rule, options)
         if wait_ms == 0:  # with a queue ahead, the time says more about the queue than about the estimate
             self.costs.learn_model(
                 engine, costs.model_ms(len(scored.raw)), 1000 * (time.perf_counter() - model_started)
@@ -243,7 +242,7 @@ class Reranker:
 
     async def _score_until(
         self,
-        deadline: float,
+        deadline: float | None,
         engine: Engine,
         query: str,
         documents: Sequence[str],
@@ -252,7 +251,9 @@ class Reranker:
         options: Options,
     ) -> _Scored:
         """Score candidates best-first in slices, starting no slice that would end past `deadline`: the machine's
-        speed swings, and what is left unscored is the least promising (pre-filter order)."""
+        speed swings, and what is left unscored is the least promising (pre-filter order). No deadline: one go."""
+        if deadline is None:
+            return await self._score(engine, query, documents, candidates, rule, options)
         parts: list[_Scored] = []
         done, seconds_per_document = 0, 0.0
         while done < len(candidates):
