@@ -11,6 +11,7 @@ import threading
 from typing import Any
 
 from rerankd.config import Settings
+from rerankd.errors import RerankdError
 from rerankd.fleet.costmodel import CostModel
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,13 @@ class Fleet:
         from ray import serve
 
         if self.settings.ray_address:
-            ray.init(address=self.settings.ray_address, logging_level=logging.WARNING)
+            try:
+                ray.init(address=self.settings.ray_address, logging_level=logging.WARNING)
+            except (ConnectionError, RuntimeError) as exc:
+                raise RerankdError(
+                    f"ray_address: cannot join the Ray cluster at {self.settings.ray_address} ({exc}). With token "
+                    "authentication on (Ray's default), export RAY_AUTH_MODE=token and the cluster's token."
+                ) from exc
         else:
             # Loopback only: Ray's own ports still listen on every interface; see docs/fleet.md on firewalling.
             ray.init(

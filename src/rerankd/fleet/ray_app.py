@@ -92,7 +92,9 @@ class ModelReplica:
         return self.core.autoscaling_stats()
 
     def __del__(self) -> None:
-        self.core.service.close()
+        core = getattr(self, "core", None)  # absent when loading failed
+        if core is not None:
+            core.service.close()
 
 
 @serve.ingress()

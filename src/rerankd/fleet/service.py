@@ -7,7 +7,6 @@ Reranking is idempotent, so a request whose replica dies mid-request is sent onc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from dataclasses import replace
@@ -96,7 +95,7 @@ class FleetService:
     async def _watch(self) -> None:
         """Follow the replica count (for /ready and metrics) and learn the served models from the first replica."""
         while True:
-            with contextlib.suppress(Exception):  # a slow or restarting controller: keep the last known state
+            try:
                 status, states = await asyncio.to_thread(self._deployment_status)
                 self.replica_states = states
                 self.metrics.replica_states(states)
@@ -106,6 +105,8 @@ class FleetService:
                     self.state = "ready"
                 else:
                     self.state = "failed" if status == "DEPLOY_FAILED" else "loading"
+            except Exception as exc:  # a slow or restarting controller: keep the last known state, try again
+                log.debug("fleet status unavailable: %s", exc)
             await asyncio.sleep(STATUS_PERIOD_SECONDS)
 
     def _deployment_status(self) -> tuple[str, dict[str, int]]:
