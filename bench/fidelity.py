@@ -136,9 +136,8 @@ def main() -> None:
         raise SystemExit(f"{DEBIAN_DATA} is missing: the fidelity report needs the Debian data set")
     rows, corpus, qrels = candidates(queries, depth)
     bm25 = measure(qrels, {qid: docs for qid, _, docs in rows})["ndcg@10"]
-    models = {"all-MiniLM-L6-v2 (bi)": resolve_model("default")}
-    if TRAINED_CE.is_dir():
-        models["debian-minilm-ce"] = resolve_model(str(TRAINED_CE))
+    models = {"debian-minilm-ce": resolve_model(str(TRAINED_CE))} if TRAINED_CE.is_dir() else {}
+    models["all-MiniLM-L6-v2 (bi)"] = resolve_model("default")
     results = [compare(name, spec, rows, corpus, qrels, args.torch_queries) for name, spec in models.items()]
     for row in results:
         row["met"] = verdicts(row)

@@ -258,10 +258,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="10-100 documents, short loops (a smoke run)")
     parser.add_argument("--no-http", action="store_true", help="skip the served measurements")
+    parser.add_argument("--counts", type=int, nargs="+", help="document counts (default 10 50 100 300 1000)")
+    parser.add_argument("--requests", type=int, help="10-document requests in the concurrency test (default 64)")
     args = parser.parse_args()
-    counts = [10, 50, 100] if args.quick else [10, 50, 100, 300, 1000]
+    counts = args.counts or ([10, 50, 100] if args.quick else [10, 50, 100, 300, 1000])
     seconds = 3.0 if args.quick else 30.0
-    concurrent_requests = 16 if args.quick else 64
+    concurrent_requests = args.requests or (16 if args.quick else 64)
 
     spec = resolve_model(str(build_ce_fixture()))
     corpus = documents(spec, max(counts))
