@@ -20,6 +20,7 @@ import random
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -279,7 +280,7 @@ def main() -> None:
     served: dict[str, Served] = {}
     try:
         if not args.no_http:
-            log_dir = plot_path("throughput").parent
+            log_dir = Path(tempfile.mkdtemp(prefix="rerankd-throughput-"))  # server logs, for post-mortems
             for name, (backend, precision) in ENGINES.items():
                 served[name] = runners[f"{name}/http"] = Served(spec, backend, precision, log_dir / f"{name}.log")
                 precisions[f"{name}/http"] = precision

@@ -59,7 +59,7 @@ def server(ce_fixture_path: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     """`rerankd serve` as a user starts it: the packaged default first, then the ce-fixture.
 
     The engine is pinned to onnx fp32 (within 1e-7 of sentence-transformers here), so the score tests stay exact
-    on machines where `auto` picks int8; tests/test_backends.py checks each backend/precision on its own.
+    whatever `auto` picks on the machine; tests/test_backends.py checks each backend/precision on its own.
     """
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
