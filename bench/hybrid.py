@@ -134,7 +134,7 @@ def plot(rows: list[dict[str, Any]], auto: list[dict[str, Any]], path: Path) -> 
     left.set_yscale("log")
     left.set_ylabel("p50 latency (ms, log scale)")
     left.set_title(f"{DOCUMENTS} documents per request")
-    left.tick_params(axis="x", labelsize=8)
+    left.tick_params(axis="x", labelsize=8, labelrotation=12)
     right.hist([o["ms"] for o in auto], bins=20, color="#a73")
     right.axvline(BUDGET_MS, color="k", linestyle="--", label=f"budget {BUDGET_MS:.0f} ms")
     right.set_xlabel("latency (ms)")

@@ -90,14 +90,18 @@ def standard_variants(
     ks = [k for k in hybrid_ks if k < depth]
     middle = 30 if 30 in ks else (ks[len(ks) // 2] if ks else None)
     z, rrf = fitted.get("zscore", 0.5), fitted.get("rrf", 0.5)
+    tag = " (fitted)" if fitted else ""
     rows = [
         Variant("bm25 (first stage)", "first-stage"),
         Variant("bi-encoder only", "bi-encoder-only"),
         Variant("direct", "direct"),
         *(Variant(f"hybrid K={k}", "hybrid", k) for k in ks),
         *(Variant(f"fusion zscore w={w:g}", "direct", fusion="zscore", weight=w) for w in weights),
-        Variant(f"fusion zscore w={z:g} (fitted)", "direct", fusion="zscore", weight=z),
-        Variant(f"fusion rrf w={rrf:g} (fitted)", "direct", fusion="rrf", weight=rrf),
+    ]
+    if fitted:  # without fitting, w = 0.5 is already a fixed-weight row
+        rows.append(Variant(f"fusion zscore w={z:g} (fitted)", "direct", fusion="zscore", weight=z))
+    rows += [
+        Variant(f"fusion rrf w={rrf:g}{tag}", "direct", fusion="rrf", weight=rrf),
         Variant(f"fusion zscore w={z:g}, request bm25", "direct", fusion="zscore", weight=z, first_stage="request"),
     ]
     if middle is not None:

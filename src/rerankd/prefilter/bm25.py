@@ -6,11 +6,15 @@ first stage); only the texts differ.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import bm25s
 import numpy as np
 import Stemmer
+
+# bm25s sets its logger to DEBUG on import, which would log a line for every request's index.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 
 class Bm25:
