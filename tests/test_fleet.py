@@ -22,6 +22,7 @@ from conftest import free_port, is_ready, wait_until
 from rerankd.config import Settings
 from rerankd.fleet.costmodel import CostModel
 from rerankd.fleet.netns import loopback_only
+from rerankd.fleet.processes import replica_pids
 from rerankd.pipeline.rerank import LocalService, RerankRequest
 
 QUERY = "fast embedded SQL database"
@@ -41,32 +42,6 @@ def metric(url: str, name: str, labels: str = "") -> float:
         if line.startswith(name + "{" if labels or "{" in line.split(" ")[0] else name + " ") and labels in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
-
-
-def replica_pids(root: int) -> list[int]:
-    """Model replica processes below `root`, by the title Ray gives them."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-
-    def below_root(pid: int) -> bool:
-        while pid not in (0, 1, root):
-            pid = parents.get(pid, 0)
-        return pid == root
-
-    found = []
-    for pid in parents:
-        try:
-            title = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"ServeReplica:rerankd:Model" in title and below_root(pid):
-            found.append(pid)
-    return found
 
 
 @pytest.fixture(scope="module")
