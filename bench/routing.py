@@ -99,16 +99,27 @@ def real_run(args: argparse.Namespace, rng: np.random.Generator) -> dict[str, An
     settings = Settings(
         model=["ce-fixture"], replicas=args.real_replicas, replica_cpus=1, warmup_seconds=0, port=args.port
     )
+    tokens = CostModel().tokens  # an estimate of a request's work; a ratio of two of them is all that is used
     with Fleet(settings, num_cpus=args.real_replicas) as fleet:
         wait_ready(fleet.url)
-        # Capacity: the same size mix, closed loop, every replica kept busy.
-        sample = make_requests(rng, pareto_counts(rng, 60), words=(5, 20))
+        # Capacity in tokens/s, from the same size mix in a closed loop that keeps every replica busy. Measured in
+        # tokens, not requests: a few huge requests decide a heavy-tailed sample's request rate.
+        sample = make_requests(rng, pareto_counts(rng, args.calibration_requests), words=(5, 20))
         calibration = asyncio.run(closed_loop(fleet.url, sample, concurrency=2 * args.real_replicas))
-        capacity = len(calibration.ok) / calibration.wall_seconds
-        rate = args.utilisation * capacity
-        print(f"ce-fixture capacity {capacity:.2f} requests/s; offering {rate:.2f}/s", flush=True)
+        if len(calibration.ok) != len(sample):
+            raise SystemExit(f"calibration: {len(calibration.ok)} of {len(sample)} requests answered; is the fleet up?")
+        capacity_tokens = sum(tokens(r.query, r.documents) for r in sample) / calibration.wall_seconds
+        mean_tokens = float(np.mean([tokens(r.query, r.documents) for r in requests]))
+        rate = args.utilisation * capacity_tokens / mean_tokens
+        print(f"ce-fixture capacity {capacity_tokens:.0f} tokens/s; offering {rate:.2f} requests/s", flush=True)
         rows = run_policies(fleet, settings, requests, rate, None)
-    return {"replicas": args.real_replicas, "capacity_per_s": capacity, "rate_per_s": rate, "rows": rows}
+    return {
+        "replicas": args.real_replicas,
+        "capacity_tokens_per_s": capacity_tokens,
+        "capacity_per_s": capacity_tokens / mean_tokens,
+        "rate_per_s": rate,
+        "rows": rows,
+    }
 
 
 def plot(results: dict[str, Any]) -> None:
@@ -140,6 +151,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="requests per policy, cost-model run")
     parser.add_argument("--real-replicas", type=int, default=2)
     parser.add_argument("--real-requests", type=int, default=500, help="requests per policy, ce-fixture run")
+    parser.add_argument("--calibration-requests", type=int, default=150, help="closed-loop capacity sample")
     parser.add_argument("--utilisation", type=float, default=0.7)
     parser.add_argument("--port", type=int, default=8432)
     parser.add_argument("--seed", type=int, default=0)

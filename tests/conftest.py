@@ -22,6 +22,18 @@ SHARED = REPO.parent / "shared"
 DEBIAN_DATA = SHARED / "data" / "debian-descriptions"
 TRAINED_CE = SHARED / "models" / "debian-minilm-ce"
 
+# A small mixed set shared by the score-fidelity tests: on- and off-topic documents and one longer than the
+# model window (every backend, and sentence-transformers, truncate it the same way).
+QUERY = "how do I store data in a lightweight database"
+DOCUMENTS = [
+    "SQLite is a C library that implements an SQL database engine in a single file.",
+    "A real-time strategy game of ancient warfare.",
+    "PostgreSQL is a powerful object-relational database server.",
+    "Tools to edit GNOME menus.",
+    "An alarm clock for the panel. " * 120,
+    "Lightweight key-value store with a small footprint, embedded in applications.",
+]
+
 # The session server's limits are small so that limit tests stay cheap.
 SERVER_MAX_DOCUMENTS = 100
 SERVER_MAX_REQUEST_BYTES = 200_000

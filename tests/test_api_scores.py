@@ -8,19 +8,10 @@ import cohere
 import httpx
 import numpy as np
 import pytest
+from conftest import DOCUMENTS, QUERY
 from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from rerankd.models.resolve import packaged_default_path
-
-QUERY = "how do I store data in a lightweight database"
-DOCUMENTS = [
-    "SQLite is a C library that implements an SQL database engine in a single file.",
-    "A real-time strategy game of ancient warfare.",
-    "PostgreSQL is a powerful object-relational database server.",
-    "Tools to edit GNOME menus.",
-    "An alarm clock for the panel. " * 120,  # longer than the model window: truncated, as sentence-transformers does
-    "Lightweight key-value store with a small footprint, embedded in applications.",
-]
 
 
 @pytest.fixture(scope="module")

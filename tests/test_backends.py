@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DEBIAN_DATA, TRAINED_CE
+from conftest import DEBIAN_DATA, DOCUMENTS, QUERY, TRAINED_CE
 from scipy.stats import spearmanr
 from sentence_transformers import CrossEncoder, SentenceTransformer
 
@@ -22,16 +22,6 @@ from rerankd.backends.select import choose, cpu_flags, cuda_available
 from rerankd.config import Settings
 from rerankd.engine import Engine
 from rerankd.models import ModelSpec, resolve_model
-
-QUERY = "how do I store data in a lightweight database"
-DOCUMENTS = [
-    "SQLite is a C library that implements an SQL database engine in a single file.",
-    "A real-time strategy game of ancient warfare.",
-    "PostgreSQL is a powerful object-relational database server.",
-    "Tools to edit GNOME menus.",
-    "An alarm clock for the panel. " * 120,  # past the window: truncated the same way by every backend
-    "Lightweight key-value store with a small footprint, embedded in applications.",
-]
 
 
 def scores(spec: ModelSpec, settings: Settings, query: str, documents: list[str]) -> np.ndarray:

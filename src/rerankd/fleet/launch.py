@@ -50,7 +50,10 @@ class Fleet:
                 ) from exc
         else:
             # Loopback only: Ray's own ports still listen on every interface; see docs/fleet.md on firewalling.
+            # address="local": always a fresh instance; without it Ray would join any cluster `ray start` left
+            # running on this machine, quietly, and refuse `num_cpus`.
             ray.init(
+                address="local",
                 num_cpus=self.num_cpus,
                 _node_ip_address="127.0.0.1",
                 include_dashboard=False,

@@ -133,6 +133,17 @@ class _Scored:
         )
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What scoring a request's candidates needs, whichever slice of them is scored."""
+
+    engine: Engine
+    query: str
+    documents: Sequence[str]
+    rule: chunking.ChunkRule | None
+    options: Options
+
+
 class _FirstStage:
     """A request's first-stage scores: the client's, else BM25 over its documents, computed at most once."""
 
@@ -178,7 +189,7 @@ class Reranker:
         if chosen.prefiltered and options.budget_ms is not None:
             deadline = started + DEADLINE_SHARE * options.budget_ms / 1000
         model_started = time.perf_counter()
-        scored = await self._score_until(deadline, engine, query, documents, candidates, rule, options)
+        scored = await self._score_until(_Job(engine, query, documents, rule, options), candidates, deadline)
         if wait_ms == 0:  # with a queue ahead, the time says more about the queue than about the estimate
             self.costs.learn_model(
                 engine, costs.model_ms(len(scored.raw)), 1000 * (time.perf_counter() - model_started)
@@ -240,20 +251,11 @@ class Reranker:
             max_chunks=options.chunks.max_chunks,
         )
 
-    async def _score_until(
-        self,
-        deadline: float | None,
-        engine: Engine,
-        query: str,
-        documents: Sequence[str],
-        candidates: np.ndarray,
-        rule: chunking.ChunkRule | None,
-        options: Options,
-    ) -> _Scored:
+    async def _score_until(self, job: _Job, candidates: np.ndarray, deadline: float | None) -> _Scored:
         """Score candidates best-first in slices, starting no slice that would end past `deadline`: the machine's
         speed swings, and what is left unscored is the least promising (pre-filter order). No deadline: one go."""
         if deadline is None:
-            return await self._score(engine, query, documents, candidates, rule, options)
+            return await self._score(job, candidates)
         parts: list[_Scored] = []
         done, seconds_per_document = 0, 0.0
         while done < len(candidates):
@@ -261,21 +263,14 @@ class Reranker:
             if parts and time.perf_counter() + seconds_per_document * size > deadline:
                 break
             started = time.perf_counter()
-            parts.append(await self._score(engine, query, documents, candidates[done : done + size], rule, options))
+            parts.append(await self._score(job, candidates[done : done + size]))
             seconds_per_document = (time.perf_counter() - started) / size
             done += size
         return _Scored.concat(parts)
 
-    async def _score(
-        self,
-        engine: Engine,
-        query: str,
-        documents: Sequence[str],
-        candidates: np.ndarray,
-        rule: chunking.ChunkRule | None,
-        options: Options,
-    ) -> _Scored:
+    async def _score(self, job: _Job, candidates: np.ndarray) -> _Scored:
         """The model's score of each candidate (the best chunk's, when chunking)."""
+        engine, query, documents, rule, options = job.engine, job.query, job.documents, job.rule, job.options
         texts = [documents[i] for i in candidates]
         chunks = None if rule is None else await asyncio.to_thread(chunking.chunk, engine.tokenizer, texts, rule)
         if chunks is not None and chunks.capped and not options.truncate:
