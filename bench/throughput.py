@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -173,14 +173,14 @@ class Baseline:
 class Served:
     """`rerankd serve` in a subprocess on 127.0.0.1, as a user starts it; requests use the Cohere v2 endpoint."""
 
-    def __init__(self, spec: ModelSpec, backend: str, precision: str, log: Path) -> None:
+    def __init__(self, spec: ModelSpec, backend: str, precision: str, log: Path, extra: Sequence[str] = ()) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         command = [
             sys.executable, "-m", "rerankd.cli", "serve", "--model", str(spec.path), "--port", str(port),
             "--backend", backend, "--precision", precision, "--device", "cpu", "--warmup-seconds", "0",
-            "--log-level", "warning",
+            "--log-level", "warning", *extra,
         ]  # fmt: skip
         with log.open("w") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)

@@ -76,6 +76,21 @@ def test_routing_stats_break_outstanding_work_down_by_origin() -> None:
     assert after["origins"] == {}
 
 
+def test_routing_stats_report_speed_in_estimated_tokens_per_busy_second() -> None:
+    core, _ = replica(CostModel(tokens_per_second=840, overhead_seconds=0.0))
+    request = RerankRequest("q words", ["one two three four five six seven"] * 30)  # 420 tokens: 0.5 s each
+
+    async def serve(times: int) -> None:
+        for n in range(times):
+            await core.rerank(request, Work(1000, "ingress", f"k{n}"))
+
+    asyncio.run(serve(1))
+    assert core.routing_stats()["tokens_per_second"] == 0.0  # under a second of inference: not reported yet
+    asyncio.run(serve(2))
+    # 3,000 estimated tokens in 1.5 s of (cost-model) inference
+    assert core.routing_stats()["tokens_per_second"] == pytest.approx(2000, rel=0.1)
+
+
 def test_autoscaling_stats_report_busy_fraction_queue_and_p99() -> None:
     core, _ = replica(CostModel(tokens_per_second=5000, overhead_seconds=0.0))
     request = RerankRequest("q words", ["one two three four five six seven"] * 30)  # ~400 tokens, ~0.08 s

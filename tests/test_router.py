@@ -26,6 +26,13 @@ def test_ranking_orders_every_replica_best_first() -> None:
     assert rank_replicas("queue", fleet) == [1, 0, 2]
 
 
+def test_tokens_policy_weighs_outstanding_tokens_by_replica_speed() -> None:
+    # r0 (3x faster) holds 3,000 tokens: 1,000 "slow-replica tokens" to drain, less than r1's 2,000.
+    fleet = [ReplicaLoad("r0", 3000, 1, speed=3.0), ReplicaLoad("r1", 2000, 1, speed=1.0)]
+    assert pick_replica("tokens", fleet) == 0
+    assert pick_replica("tokens", [load._replace(speed=1.0) for load in fleet]) == 1
+
+
 def test_round_robin_rotates_and_ignores_load() -> None:
     fleet = loads((0, 0), (10**6, 50), (0, 0))
     assert [pick_replica("round-robin", fleet, turn=t) for t in range(6)] == [0, 1, 2, 0, 1, 2]
@@ -108,6 +115,18 @@ def test_ledger_adds_other_routers_work_from_reports_but_not_its_own() -> None:
         ReplicaLoad("r1", 0, 0),
         ReplicaLoad("r2", 0, 0),
     ]
+
+
+def test_ledger_takes_speeds_from_reports_and_gives_new_replicas_the_median() -> None:
+    ledger = WorkLedger("me")
+    assert [load.speed for load in ledger.loads(["r0", "r1"])] == [1.0, 1.0]  # nothing measured: all alike
+    ledger.reported("r0", {"origins": {}, "tokens_per_second": 9000.0})
+    ledger.reported("r1", {"origins": {}, "tokens_per_second": 3000.0})
+    ledger.reported("r2", {"origins": {}, "tokens_per_second": 0.0})  # not measured yet
+    ledger.reported("r3", {"origins": {}, "tokens_per_second": 4000.0})
+    assert [load.speed for load in ledger.loads(["r0", "r1", "r2", "r3"])] == [9000.0, 3000.0, 4000.0, 4000.0]
+    ledger.forget("r0")
+    assert ledger.loads(["r0"])[0].speed == 1.0
 
 
 def test_ledger_forgets_dead_replicas_and_stale_bookings() -> None:

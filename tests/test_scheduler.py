@@ -43,10 +43,13 @@ def make(run, **overrides) -> Scheduler:
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.lists(st.integers(1, 120), min_size=1, max_size=30), min_size=1, max_size=12))
-def test_concurrent_requests_each_get_their_own_rows_in_order(requests: list[list[int]]) -> None:
+@given(
+    st.lists(st.lists(st.integers(1, 120), min_size=1, max_size=30), min_size=1, max_size=12),
+    st.booleans(),
+)
+def test_concurrent_requests_each_get_their_own_rows_in_order(requests: list[list[int]], fair: bool) -> None:
     recorder = Recorder()
-    scheduler = make(recorder)
+    scheduler = make(recorder, fair=fair)
 
     async def main() -> list[np.ndarray]:
         jobs = []
@@ -97,6 +100,39 @@ def test_plan_respects_the_token_budget() -> None:
     for batch in batches:
         assert len(batch) <= 3
         assert len(batch) * max(map(len, batch)) <= 256 or len(batch) == 1
+
+
+@pytest.mark.parametrize("fair", [True, False])
+def test_a_small_request_waits_behind_a_large_one_only_in_fifo_mode(fair: bool) -> None:
+    """Fair: the small request's turn comes after one batch of the large one; fifo: after all of it."""
+    gate = threading.Event()
+    recorder = Recorder(gate)
+    scheduler = make(recorder, fair=fair)  # batches of 256 tokens, windows of 1,024
+    finished: list[str] = []
+
+    async def main() -> None:
+        running = asyncio.ensure_future(scheduler.submit([Item(0, 10)]))
+        while not scheduler.stats().inflight_pairs:  # the worker now blocks inside the first batch
+            await asyncio.sleep(0.01)
+        large = asyncio.ensure_future(scheduler.submit([Item(1000 + i, 64) for i in range(64)]))  # 16 batches
+        small = asyncio.ensure_future(scheduler.submit([Item(1, 64), Item(2, 64)]))
+        large.add_done_callback(lambda _: finished.append("large"))
+        small.add_done_callback(lambda _: finished.append("small"))
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.gather(running, large, small)
+
+    try:
+        asyncio.run(main())
+    finally:
+        scheduler.close()
+    batch_of = {item.ident: n for n, batch in enumerate(recorder.batches) for item in batch}
+    if fair:
+        assert finished == ["small", "large"]
+        assert batch_of[1] <= 2 and batch_of[2] <= 2  # in the first window after the blocked batch
+    else:
+        assert finished == ["large", "small"]
+        assert batch_of[1] > max(batch_of[1000 + i] for i in range(64))
 
 
 def test_cancelled_request_frees_its_queue_entries() -> None:

@@ -55,6 +55,11 @@ class Settings(BaseModel):
     max_queued_pairs: int = Field(
         default=100_000, ge=1, description="Pairs waiting in one model's queue before new work gets 429."
     )
+    scheduling: Literal["fair", "fifo"] = Field(
+        default="fair",
+        description="How queued requests share the model: `fair` gives each waiting request up to one batch in "
+        "turn, so small requests do not wait behind a large one; `fifo` serves them strictly in arrival order.",
+    )
     warmup_seconds: float = Field(
         default=1.0, ge=0, description="Time spent warming up and calibrating before /ready turns 200."
     )

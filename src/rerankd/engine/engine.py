@@ -77,6 +77,7 @@ class Engine:
             max_batch_tokens=settings.max_batch_tokens,
             max_batch_size=settings.max_batch_size,
             max_queued_pairs=settings.max_queued_pairs,
+            fair=settings.scheduling == "fair",
             name=spec.short_name,
             on_batch=metrics.batch_observer(spec.name) if metrics else None,
         )

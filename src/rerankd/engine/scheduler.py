@@ -1,8 +1,13 @@
 """The batching queue of one model.
 
-Requests submit their tokenized inputs from the event loop; one worker thread takes a window of queued inputs in
-arrival order (several requests' worth), sorts it by length so padding is small, cuts it into batches whose
-padded size stays within `max_batch_tokens`, runs them, and hands each request its rows when all are done.
+Requests submit their tokenized inputs from the event loop; one worker thread takes a window of queued inputs
+(several requests' worth), sorts it by length so padding is small, cuts it into batches whose padded size stays
+within `max_batch_tokens`, runs them, and hands each request its rows when all are done.
+
+Which inputs make a window: `fair` (the default) takes up to one batch's worth of tokens from each waiting
+request in turn (deficit round-robin), so a 10-document request that arrives behind a 1,000-document one waits
+a window, not the whole large request; requests that fit in one turn are served in arrival order as before.
+`fifo` takes inputs strictly in arrival order.
 The event loop never waits on inference. Inputs of a request that was cancelled (its client went away) are
 dropped from the queue. The scheduler knows nothing of HTTP or of models: it runs a `run_batch` callable.
 """
@@ -110,6 +115,14 @@ class _Entry:
         return len(self.item)
 
 
+@dataclass(slots=True)
+class _Waiting:
+    """A request's inputs not yet taken into a window."""
+
+    job: _Job
+    entries: deque[_Entry]
+
+
 class Scheduler:
     """Token-budget, length-sorted batching across concurrent requests for one model."""
 
@@ -120,6 +133,7 @@ class Scheduler:
         max_batch_tokens: int,
         max_batch_size: int,
         max_queued_pairs: int,
+        fair: bool = True,
         name: str = "model",
         on_batch: BatchObserver | None = None,
     ) -> None:
@@ -127,8 +141,9 @@ class Scheduler:
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         self.max_queued_pairs = max_queued_pairs
+        self.fair = fair
         self._on_batch = on_batch
-        self._queue: deque[_Entry] = deque()
+        self._queue: deque[_Waiting] = deque()  # requests in turn order
         self._cond = threading.Condition()
         self._queued_pairs = 0
         self._queued_tokens = 0
@@ -156,8 +171,10 @@ class Scheduler:
                 )
             if not (self._queued_pairs or self._inflight_pairs):
                 self._last_progress = time.monotonic()  # the stall clock starts when work arrives
-            for index, item in enumerate(items):
-                self._queue.append(_Entry(job, index, len(items), item))
+            # Shortest first: a request's turns then come as runs of similar lengths, so its batches barely pad
+            # even when it spans many windows (a window sorts only what it holds).
+            order = sorted(range(len(items)), key=lambda i: len(items[i]))
+            self._queue.append(_Waiting(job, deque(_Entry(job, i, len(items), items[i]) for i in order)))
             self._queued_pairs += len(items)
             self._queued_tokens += sum(len(item) for item in items)
             self._cond.notify()
@@ -193,12 +210,10 @@ class Scheduler:
         """Forget a cancelled request's waiting inputs so they cost nothing."""
         with self._cond:
             job.cancelled = True
-            kept = deque(entry for entry in self._queue if entry.job is not job)
-            dropped = len(self._queue) - len(kept)
-            if dropped:
-                self._queued_tokens -= sum(len(entry) for entry in self._queue if entry.job is job)
-                self._queued_pairs -= dropped
-                self._queue = kept
+            for waiting in [w for w in self._queue if w.job is job]:
+                self._queued_tokens -= sum(len(entry) for entry in waiting.entries)
+                self._queued_pairs -= len(waiting.entries)
+                self._queue.remove(waiting)
 
     def _drain_estimate(self) -> float:
         rate = self._tokens_per_second or 1000.0
@@ -216,12 +231,27 @@ class Scheduler:
                 self._run(batch)
 
     def _take_window(self) -> list[_Entry]:
+        """Up to WINDOW_BATCHES batches' worth of inputs: each waiting request in turn gives up to one batch's
+        worth (`fair`) or all it has (`fifo`); a request with inputs left after its turn goes to the back. When
+        several requests wait, a fair window ends after one round, so the next arrival's turn comes soon."""
         window: list[_Entry] = []
         budget = WINDOW_BATCHES * self.max_batch_tokens
+        served: set[int] = set()
         while self._queue and budget > 0:
-            entry = self._queue.popleft()
-            window.append(entry)
-            budget -= len(entry)
+            waiting = self._queue[0]
+            if id(waiting) in served and len(self._queue) > 1:
+                break
+            served.add(id(waiting))
+            share = self.max_batch_tokens if self.fair else math.inf
+            while waiting.entries and budget > 0 and share > 0:
+                entry = waiting.entries.popleft()
+                window.append(entry)
+                budget -= len(entry)
+                share -= len(entry)
+            if not waiting.entries:
+                self._queue.popleft()
+            elif share <= 0:
+                self._queue.rotate(-1)
         return window
 
     def plan(self, items: Sequence[T]) -> list[list[T]]:

@@ -22,6 +22,8 @@ from rerankd.pipeline.rerank import LocalService, RerankRequest, RerankResult, R
 # Latencies kept for the p99 the autoscaler reads: the last LATENCY_WINDOW_SECONDS, at most LATENCY_SAMPLES.
 LATENCY_WINDOW_SECONDS = 30.0
 LATENCY_SAMPLES = 4096
+# A replica reports its speed to routers once it has spent this much time on inference (less is too noisy).
+MIN_BUSY_FOR_SPEED_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -133,9 +135,13 @@ class ReplicaCore:
         self._outstanding: dict[str, list[float]] = {}  # origin -> [estimated tokens, requests]
         self._latencies: deque[tuple[float, float]] = deque(maxlen=LATENCY_SAMPLES)
         self._busy_mark: tuple[float, float] | None = None  # (clock, busy_seconds) at the last autoscaling report
+        self._served_tokens = 0.0  # estimated tokens of the requests answered, for the speed routers weigh by
+        self._busy_before_traffic: float | None = None  # inference time before the first request (warm-up)
 
     async def rerank(self, request: RerankRequest, work: Work | None) -> ReplicaReply:
         started = self._clock()
+        if self._busy_before_traffic is None:
+            self._busy_before_traffic = self._load().busy_seconds
         self._book(work, +1)
         result: RerankResult | None = None
         error: RemoteError | None = None
@@ -148,6 +154,7 @@ class ReplicaCore:
         seconds = self._clock() - started
         if result is not None:
             self._latencies.append((self._clock(), seconds))
+            self._served_tokens += work.tokens if work is not None else 0
         load = self._load()
         report = ReplicaReport(
             self.name, os.getpid(), seconds, load.queued_tokens, load.queued_pairs, load.inflight_tokens
@@ -155,12 +162,16 @@ class ReplicaCore:
         return ReplicaReply(result, error, report)
 
     def routing_stats(self) -> dict:
-        """For routers (`record_routing_stats`): outstanding work per origin, and the queue."""
+        """For routers (`record_routing_stats`): outstanding work per origin, the queue, and the speed: estimated
+        tokens answered per second of inference over the replica's life (0 until it has a second of it)."""
         load = self._load()
+        busy = load.busy_seconds - (self._busy_before_traffic or 0.0)
+        speed = self._served_tokens / busy if busy >= MIN_BUSY_FOR_SPEED_SECONDS else 0.0
         return {
             "origins": {origin: [tokens, int(requests)] for origin, (tokens, requests) in self._outstanding.items()},
             "queued_tokens": load.queued_tokens,
             "inflight_tokens": load.inflight_tokens,
+            "tokens_per_second": speed,
         }
 
     def autoscaling_stats(self) -> dict[str, float]:

@@ -62,11 +62,13 @@ def origin_id() -> str:
 
 
 class ReplicaLoad(NamedTuple):  # a tuple: the simulator builds millions of these
-    """Outstanding work on one replica: sent and not yet answered."""
+    """Outstanding work on one replica: sent and not yet answered; `speed` is its measured (estimated) tokens per
+    second of inference, relative to the others, so `tokens / speed` is the time it needs to drain."""
 
     replica: str
     tokens: float
     requests: int
+    speed: float = 1.0
 
 
 def _order_key(policy: Policy, loads: Sequence[ReplicaLoad], avoid: str | None) -> Callable[[int], tuple]:
@@ -78,7 +80,7 @@ def _order_key(policy: Policy, loads: Sequence[ReplicaLoad], avoid: str | None) 
         load = loads[i]
         avoided = load.replica == shunned
         if policy == "tokens":
-            return (avoided, load.tokens, load.requests)
+            return (avoided, load.tokens / load.speed, load.requests)
         if policy == "queue":
             return (avoided, load.requests, load.tokens)
         return (avoided,)  # round-robin: the rotation alone decides
@@ -130,6 +132,7 @@ class WorkLedger:
         self._own_tokens: dict[str, float] = {}
         self._own_requests: dict[str, int] = {}
         self._foreign: dict[str, tuple[float, int]] = {}
+        self._speed: dict[str, float] = {}
         self._recent: OrderedDict[str, str] = OrderedDict()
         self._expired_at = clock()
 
@@ -149,7 +152,10 @@ class WorkLedger:
         self._release(request_id)
 
     def reported(self, replica: str, stats: Mapping[str, Any] | None) -> None:
-        """Take a replica's routing stats: `{"origins": {origin: [tokens, requests]}}`."""
+        """Take a replica's routing stats: `{"origins": {origin: [tokens, requests]}, "tokens_per_second": x}`."""
+        speed = float((stats or {}).get("tokens_per_second") or 0.0)
+        if speed > 0:
+            self._speed[replica] = speed
         origins = (stats or {}).get("origins") or {}
         tokens = sum(float(v[0]) for origin, v in origins.items() if origin != self.origin)
         requests = sum(int(v[1]) for origin, v in origins.items() if origin != self.origin)
@@ -160,13 +166,18 @@ class WorkLedger:
         for request_id in [rid for rid, sent in self._sent.items() if sent.replica == replica]:
             self._release(request_id)
         self._foreign.pop(replica, None)
+        self._speed.pop(replica, None)
 
     def previous_replica(self, key: str) -> str | None:
         """Where the request with this key went last (to avoid it on retry)."""
         return self._recent.get(key)
 
     def loads(self, replicas: Sequence[str]) -> list[ReplicaLoad]:
+        """Each replica's outstanding work and speed; a replica that has not measured its speed yet (new, or idle
+        so far) counts as the median of the others, and with none measured every replica counts as 1."""
         self._expire()
+        known = sorted(self._speed[r] for r in replicas if r in self._speed)
+        typical = known[len(known) // 2] if known else 1.0
         result = []
         for replica in replicas:
             foreign_tokens, foreign_requests = self._foreign.get(replica, (0.0, 0))
@@ -175,6 +186,7 @@ class WorkLedger:
                     replica,
                     self._own_tokens.get(replica, 0) + foreign_tokens,
                     self._own_requests.get(replica, 0) + foreign_requests,
+                    self._speed.get(replica, typical),
                 )
             )
         return result

@@ -70,6 +70,7 @@ class CostModel:
         queue = engine.stats()
         speed = queue.tokens_per_second or (engine.calibration.tokens_per_second if engine.calibration else 0.0)
         speed = speed or _FALLBACK_TOKENS_PER_SECOND
+        # The whole queue ahead: exact under fifo scheduling, an upper bound under fair (a budget is kept, if tight).
         wait_ms = 1000.0 * (queue.queued_tokens + queue.inflight_tokens) / speed
         fixed_ms = wait_ms + (self.bm25_ms(len(documents)) if bm25 else 0.0)
         pairs_per_second = speed / per_pair / stats.correction
