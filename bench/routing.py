@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import time
 from typing import Any
 
 import numpy as np
-from common import format_table, percentile, plot_path, save
+from common import RESULTS, format_table, percentile, plot_path, save
 from fleet_workload import (
     LoadResult,
     Request,
@@ -122,6 +124,23 @@ def real_run(args: argparse.Namespace, rng: np.random.Generator) -> dict[str, An
     }
 
 
+def keep_earlier(results: dict[str, Any]) -> dict[str, Any]:
+    """Each run stamped with when it was measured; a run this invocation skipped (`--mode`) is kept from the
+    last saved file, with its own stamp, so one mode can be re-measured without losing the other."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    path = RESULTS / "routing.json"
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    kept = {}
+    for name, run in results.items():
+        if run is not None:
+            kept[name] = {**run, "measured": now}
+        elif earlier.get(name):
+            kept[name] = {**earlier[name], "measured": earlier[name].get("measured", earlier["machine"]["time"])}
+        else:
+            kept[name] = None
+    return kept
+
+
 def plot(results: dict[str, Any]) -> None:
     import matplotlib
 
@@ -177,6 +196,7 @@ def main() -> None:
                 )
             print(format_table(run["rows"], columns))
     print(f"network namespace: {'loopback-only' if isolated else 'host (not isolated)'}")
+    results = keep_earlier(results)
     save("routing", {"args": vars(args), "isolated": isolated, **results})
     plot(results)
 

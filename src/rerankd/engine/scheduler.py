@@ -236,10 +236,11 @@ class Scheduler:
         several requests wait, a fair window ends after one round, so the next arrival's turn comes soon."""
         window: list[_Entry] = []
         budget = WINDOW_BATCHES * self.max_batch_tokens
+        several = len(self._queue) > 1
         served: set[int] = set()
         while self._queue and budget > 0:
             waiting = self._queue[0]
-            if id(waiting) in served and len(self._queue) > 1:
+            if several and id(waiting) in served:
                 break
             served.add(id(waiting))
             share = self.max_batch_tokens if self.fair else math.inf
