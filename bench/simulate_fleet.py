@@ -10,6 +10,7 @@ Scenarios share one arrival trace: 1,000 requests/s, a ramp to 2,000/s held for 
 
     python bench/simulate_fleet.py                 # ~1.4M requests per scenario, a few minutes
     python bench/simulate_fleet.py --scale 0.2     # quick look at a fifth of the traffic
+    python bench/simulate_fleet.py --speeds 1 0.5  # mixed-speed replicas: speed-weighted vs unweighted routing
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from fleet_workload import pareto_counts
 from rerankd.config import Settings
 from rerankd.fleet.autoscale import AutoscaleConfig, PolicyState, Signals, decide
 from rerankd.fleet.costmodel import CostModel
+from rerankd.fleet.replica import MIN_BUSY_FOR_SPEED_SECONDS
 from rerankd.fleet.router import Policy, WorkLedger, pick_replica
 
 TICK = 1.0  # the autoscaler runs once a simulated second, as Ray's control loop would (it runs every 0.1 s)
@@ -46,6 +48,8 @@ class Replica:
     latencies: deque[tuple[float, float]] = field(default_factory=deque)  # (finished at, seconds), last window
     queued_pairs: int = 0
     last_busy: float = 0.0
+    speed: float = 1.0  # relative to the cost model's tokens_per_second
+    served_estimate: float = 0.0  # the router's estimate of the tokens it answered, for its reported speed
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class Scenario:
     name: str
     policy: Policy
     autoscale: bool
+    weighted: bool = True  # replicas report their measured speed to the router, as `ReplicaCore` does
 
 
 @dataclass
@@ -110,13 +115,15 @@ class Simulation:
         self.timeline: list[tuple[float, int, int, float]] = []  # (time, target, running, p99 of the last tick)
         self._tick_latencies: list[float] = []
         self.cold_start = (args.cold_start_min, args.cold_start_max)
+        self.speeds = args.speeds
         for _ in range(args.initial):
             self._add(ready_at=0.0)
 
     def _add(self, ready_at: float) -> None:
         self.serial += 1
         name = f"r{self.serial}"
-        self.replicas[name] = Replica(name, ready_at)
+        speed = self.speeds[(self.serial - 1) % len(self.speeds)]
+        self.replicas[name] = Replica(name, ready_at, speed=speed)
 
     def _routable(self) -> list[Replica]:
         return [r for r in self.replicas.values() if r.ready_at <= self.now and not r.draining]
@@ -149,14 +156,15 @@ class Simulation:
             self.rejected += 1
             return
         names = [r.name for r in routable]
-        index = pick_replica(self.scenario.policy, self.ledger.loads(names), turn=self.turn)
+        estimate = float(self.trace.estimates[i])
+        index = pick_replica(self.scenario.policy, self.ledger.loads(names), turn=self.turn, tokens=estimate)
         self.turn += 1
         replica = routable[index]
         pairs = int(self.trace.pairs[i])
         if replica.queued_pairs + pairs > self.max_queued_pairs:  # the replica's queue is full: 429
             self.rejected += 1
             return
-        service = self.cost.seconds(float(self.trace.tokens[i]))
+        service = self.cost.seconds(float(self.trace.tokens[i])) / replica.speed
         start = max(self.now, replica.free_at)
         replica.free_at = start + service
         replica.accepted += service
@@ -167,6 +175,7 @@ class Simulation:
     def _complete(self, request: int, name: str, latency: float, pairs: int) -> None:
         self.ledger.completed(str(request))
         replica = self.replicas[name]
+        replica.served_estimate += float(self.trace.estimates[request])
         replica.queued_pairs -= pairs
         replica.latencies.append((self.now, latency))
         self.latency.append(latency)
@@ -189,7 +198,11 @@ class Simulation:
             replica.busy_marks.append(self._busy_fraction(replica))
             marks = list(replica.busy_marks)[-samples:]
             busy.append(sum(marks) / len(marks))
-            queued += max(0.0, replica.free_at - self.now) * self.cost.tokens_per_second
+            queued += max(0.0, replica.free_at - self.now) * self.cost.tokens_per_second * replica.speed
+            busy_so_far = replica.accepted - max(0.0, replica.free_at - self.now)
+            if self.scenario.weighted and busy_so_far >= MIN_BUSY_FOR_SPEED_SECONDS:  # as ReplicaCore reports it
+                speed = replica.served_estimate / busy_so_far
+                self.ledger.reported(replica.name, {"origins": {}, "tokens_per_second": speed})
             while replica.latencies and replica.latencies[0][0] < self.now - 30:
                 replica.latencies.popleft()
             if replica.latencies:
@@ -251,15 +264,26 @@ def main() -> None:
     parser.add_argument("--cold-start-max", type=float, default=60)
     parser.add_argument("--max-replicas", type=int, default=100)
     parser.add_argument("--max-queued-pairs", type=int, default=Settings().max_queued_pairs)
+    parser.add_argument(
+        "--speeds",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="relative replica speeds, assigned in turn (e.g. 1 0.5: two hardware generations)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    mixed = len(set(args.speeds)) > 1
+    if mixed:  # a routing study: steady load on a fixed fleet, so only the router differs between scenarios
+        args.peak = args.rate
 
     settings = Settings()  # the autoscaling knobs' defaults, as `rerankd serve --autoscale` uses them
     cost = CostModel(tokens_per_second=args.tokens_per_second)
     trace = make_trace(args, cost, np.random.default_rng(args.seed))
     mean_service = float(np.mean([cost.seconds(t) for t in trace.tokens[:20000]]))
     # Start where the base load needs the fleet to be (the policy's own formula), as a fleet that has been running.
-    args.initial = math.ceil(args.rate * args.scale * mean_service / settings.autoscale_target_utilisation)
+    mean_speed = float(np.mean(args.speeds))
+    args.initial = math.ceil(args.rate * args.scale * mean_service / mean_speed / settings.autoscale_target_utilisation)
     # Queue target: about one second of a replica's work (the default, 32,768 tokens, is sized for CPU replicas).
     fleet_settings = {
         "autoscale": f"{max(1, args.initial // 2)}:{args.max_replicas}",
@@ -271,11 +295,18 @@ def main() -> None:
         Scenario("round-robin + autoscale", "round-robin", True),
         Scenario(f"tokens, fixed {args.initial}", "tokens", False),
     ]
+    if mixed:
+        scenarios = [
+            Scenario(f"tokens, speed-weighted, fixed {args.initial}", "tokens", False),
+            Scenario(f"tokens, unweighted, fixed {args.initial}", "tokens", False, weighted=False),
+            Scenario(f"round-robin, fixed {args.initial}", "round-robin", False),
+        ]
+    name = "simulate_fleet_mixed" if mixed else "simulate_fleet"
     print(
         f"{len(trace.arrivals)} requests over {args.duration:.0f} s; mean service {mean_service * 1000:.1f} ms "
         f"(cost model: {args.tokens_per_second:.0f} tokens/s per replica); start with {args.initial} replicas; "
         f"autoscale {config.min_replicas}:{config.max_replicas}, cold starts {args.cold_start_min:.0f}-"
-        f"{args.cold_start_max:.0f} s",
+        f"{args.cold_start_max:.0f} s; replica speeds {args.speeds}",
         flush=True,
     )
     results, timelines, events = [], {}, {}
@@ -291,14 +322,14 @@ def main() -> None:
     for name, found in events.items():
         print(f"{name}: scale events {[(round(t), a, b) for t, a, b, _ in found]}")
     save(
-        "simulate_fleet",
+        name,
         {"args": vars(args), "mean_service_s": mean_service, "results": results, "events": events,
          "timelines": {k: v[::5] for k, v in timelines.items()}},
     )  # fmt: skip
-    plot(timelines, trace, args)
+    plot(timelines, trace, args, name)
 
 
-def plot(timelines: dict[str, list], trace: Trace, args: argparse.Namespace) -> None:
+def plot(timelines: dict[str, list], trace: Trace, args: argparse.Namespace, name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -309,17 +340,17 @@ def plot(timelines: dict[str, list], trace: Trace, args: argparse.Namespace) -> 
     load.plot(edges[:-1], counts / 10)
     load.set_ylabel("requests/s")
     load.set_title("Simulated fleet: router and autoscaler from rerankd.fleet, 30-60 s cold starts")
-    for name, timeline in timelines.items():
+    for scenario, timeline in timelines.items():
         t = [row[0] for row in timeline]
-        replicas.step(t, [row[1] for row in timeline], where="post", label=name)
-        latency.plot(t, [row[3] for row in timeline], label=name, linewidth=0.8)
+        replicas.step(t, [row[1] for row in timeline], where="post", label=scenario)
+        latency.plot(t, [row[3] for row in timeline], label=scenario, linewidth=0.8)
     replicas.set_ylabel("replicas (target)")
     replicas.legend(fontsize=8)
     latency.set_ylabel("p99 per second (s)")
     latency.set_yscale("log")
     latency.set_xlabel("seconds")
     fig.tight_layout()
-    fig.savefig(plot_path("simulate_fleet"), dpi=110)
+    fig.savefig(plot_path(name), dpi=110)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,10 @@ def test_tokens_policy_weighs_outstanding_tokens_by_replica_speed() -> None:
     fleet = [ReplicaLoad("r0", 3000, 1, speed=3.0), ReplicaLoad("r1", 2000, 1, speed=1.0)]
     assert pick_replica("tokens", fleet) == 0
     assert pick_replica("tokens", [load._replace(speed=1.0) for load in fleet]) == 1
+    # Both idle: the new request is done sooner on the faster replica.
+    idle = [ReplicaLoad("r0", 0, 0, speed=1.0), ReplicaLoad("r1", 0, 0, speed=2.0)]
+    assert [pick_replica("tokens", idle, turn=t, tokens=500) for t in range(2)] == [1, 1]
+    assert {pick_replica("tokens", [load._replace(speed=1.0) for load in idle], turn=t) for t in range(2)} == {0, 1}
 
 
 def test_round_robin_rotates_and_ignores_load() -> None:

@@ -71,16 +71,19 @@ class ReplicaLoad(NamedTuple):  # a tuple: the simulator builds millions of thes
     speed: float = 1.0
 
 
-def _order_key(policy: Policy, loads: Sequence[ReplicaLoad], avoid: str | None) -> Callable[[int], tuple]:
+def _order_key(
+    policy: Policy, loads: Sequence[ReplicaLoad], avoid: str | None, tokens: float
+) -> Callable[[int], tuple]:
     """Sort key over indices into `loads`: a replica to avoid goes last (unless it is the only one); then the policy's
-    measure, ties going to the replica with fewer requests (or fewer tokens) so an idle fleet spreads."""
+    measure, ties going to the replica with fewer requests (or fewer tokens) so an idle fleet spreads. For `tokens`
+    the measure is when the new request (`tokens`) would be done: a fast idle replica beats a slow idle one."""
     shunned = avoid if avoid is not None and len(loads) > 1 else None
 
     def key(i: int) -> tuple:
         load = loads[i]
         avoided = load.replica == shunned
         if policy == "tokens":
-            return (avoided, load.tokens / load.speed, load.requests)
+            return (avoided, (load.tokens + tokens) / load.speed, load.requests)
         if policy == "queue":
             return (avoided, load.requests, load.tokens)
         return (avoided,)  # round-robin: the rotation alone decides
@@ -89,20 +92,22 @@ def _order_key(policy: Policy, loads: Sequence[ReplicaLoad], avoid: str | None) 
 
 
 def rank_replicas(
-    policy: Policy, loads: Sequence[ReplicaLoad], *, turn: int = 0, avoid: str | None = None
+    policy: Policy, loads: Sequence[ReplicaLoad], *, turn: int = 0, avoid: str | None = None, tokens: float = 0.0
 ) -> list[int]:
-    """Indices into `loads`, best first. `turn` rotates round-robin and breaks exact ties; `avoid` (a replica
-    that just failed this request) goes last unless it is the only one."""
+    """Indices into `loads`, best first, for a request of `tokens`. `turn` rotates round-robin and breaks exact
+    ties; `avoid` (a replica that just failed this request) goes last unless it is the only one."""
     rotation = [(turn + i) % len(loads) for i in range(len(loads))]
-    return sorted(rotation, key=_order_key(policy, loads, avoid))
+    return sorted(rotation, key=_order_key(policy, loads, avoid, tokens))
 
 
-def pick_replica(policy: Policy, loads: Sequence[ReplicaLoad], *, turn: int = 0, avoid: str | None = None) -> int:
+def pick_replica(
+    policy: Policy, loads: Sequence[ReplicaLoad], *, turn: int = 0, avoid: str | None = None, tokens: float = 0.0
+) -> int:
     """The head of `rank_replicas` without sorting them all (the simulator calls this per request); -1 if none."""
     if not loads:
         return -1
     rotation = [(turn + i) % len(loads) for i in range(len(loads))]
-    return min(rotation, key=_order_key(policy, loads, avoid))
+    return min(rotation, key=_order_key(policy, loads, avoid, tokens))
 
 
 @dataclass
@@ -244,7 +249,8 @@ class WorkAwareRouter(RequestRouter):
         for name, replica in zip(names, candidate_replicas, strict=True):
             self.ledger.reported(name, replica.routing_stats)
         avoid = self.ledger.previous_replica(work.key) if work.attempt > 1 else None
-        order = rank_replicas(self.policy, self.ledger.loads(names), turn=self._turn, avoid=avoid)
+        loads = self.ledger.loads(names)
+        order = rank_replicas(self.policy, loads, turn=self._turn, avoid=avoid, tokens=work.tokens)
         self._turn += 1
         # Book it at once: requests routed while this one awaits dispatch must already see its work.
         self.ledger.routed(pending_request.metadata.internal_request_id, names[order[0]], work.tokens, work.key)
