@@ -1,7 +1,8 @@
 """A stand-in replica whose work is an explicit cost model: it sleeps for `overhead + tokens / tokens_per_second`.
 
 For measuring routing and autoscaling where real models would fight over too few cores (bench/routing.py) and
-for the fleet simulator. Requests run one at a time in arrival order, as a real replica's batches do; the
+for the fleet simulator. Requests run one at a time in arrival order, as a real replica does with `--scheduling
+fifo` (the default, fair, lets small requests overtake large ones, which only makes routing matter less). The
 "true" token count here (words x 1.3) deliberately differs from the router's estimate (characters / 4), so the
 router works from an estimate as it does in production. Scores are word overlap with the query: cheap and
 deterministic, not a model.
