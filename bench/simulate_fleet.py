@@ -301,7 +301,7 @@ def main() -> None:
             Scenario(f"tokens, unweighted, fixed {args.initial}", "tokens", False, weighted=False),
             Scenario(f"round-robin, fixed {args.initial}", "round-robin", False),
         ]
-    name = "simulate_fleet_mixed" if mixed else "simulate_fleet"
+    result_name = "simulate_fleet_mixed" if mixed else "simulate_fleet"
     print(
         f"{len(trace.arrivals)} requests over {args.duration:.0f} s; mean service {mean_service * 1000:.1f} ms "
         f"(cost model: {args.tokens_per_second:.0f} tokens/s per replica); start with {args.initial} replicas; "
@@ -322,11 +322,11 @@ def main() -> None:
     for name, found in events.items():
         print(f"{name}: scale events {[(round(t), a, b) for t, a, b, _ in found]}")
     save(
-        name,
+        result_name,
         {"args": vars(args), "mean_service_s": mean_service, "results": results, "events": events,
          "timelines": {k: v[::5] for k, v in timelines.items()}},
     )  # fmt: skip
-    plot(timelines, trace, args, name)
+    plot(timelines, trace, args, result_name)
 
 
 def plot(timelines: dict[str, list], trace: Trace, args: argparse.Namespace, name: str) -> None:
