@@ -183,9 +183,12 @@ class Simulation:
         if replica.draining and replica.free_at <= self.now:
             del self.replicas[name]
 
-    def _busy_fraction(self, replica: Replica) -> float:
+    def _busy_so_far(self, replica: Replica) -> float:
         # One request at a time, never idle while work waits: busy so far = work taken - work still ahead.
-        busy_total = replica.accepted - max(0.0, replica.free_at - self.now)
+        return replica.accepted - max(0.0, replica.free_at - self.now)
+
+    def _busy_fraction(self, replica: Replica) -> float:
+        busy_total = self._busy_so_far(replica)
         fraction = (busy_total - replica.last_busy) / TICK if replica.busy_marks else 0.0
         replica.last_busy = busy_total
         return min(max(fraction, 0.0), 1.0)
@@ -199,7 +202,7 @@ class Simulation:
             marks = list(replica.busy_marks)[-samples:]
             busy.append(sum(marks) / len(marks))
             queued += max(0.0, replica.free_at - self.now) * self.cost.tokens_per_second * replica.speed
-            busy_so_far = replica.accepted - max(0.0, replica.free_at - self.now)
+            busy_so_far = self._busy_so_far(replica)
             if self.scenario.weighted and busy_so_far >= MIN_BUSY_FOR_SPEED_SECONDS:  # as ReplicaCore reports it
                 speed = replica.served_estimate / busy_so_far
                 self.ledger.reported(replica.name, {"origins": {}, "tokens_per_second": speed})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -15,7 +16,9 @@ import httpx
 import pytest
 import uvicorn
 
+from rerankd.config import Settings
 from rerankd.models.fixture import build_ce_fixture
+from rerankd.pipeline.rerank import LocalService, RerankRequest, RerankResult
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -52,6 +55,16 @@ def wait_until(predicate, timeout: float, interval: float = 0.05) -> None:
             return
         time.sleep(interval)
     raise TimeoutError(f"condition not met within {timeout}s")
+
+
+def local_rerank(request: RerankRequest, model: str = "ce-fixture") -> RerankResult:
+    """The answer of one in-process service (no server, no Ray): the reference a fleet's answers must match."""
+    service = LocalService(Settings(model=[model], warmup_seconds=0))
+    service.load()
+    try:
+        return asyncio.run(service.rerank(request))
+    finally:
+        service.close()
 
 
 def is_ready(url: str) -> bool:

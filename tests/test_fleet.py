@@ -17,13 +17,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port, is_ready, wait_until
+from conftest import free_port, is_ready, local_rerank, wait_until
 
 from rerankd.config import Settings
 from rerankd.fleet.costmodel import CostModel
 from rerankd.fleet.netns import loopback_only
 from rerankd.fleet.processes import replica_pids
-from rerankd.pipeline.rerank import LocalService, RerankRequest
+from rerankd.pipeline.rerank import RerankRequest
 
 QUERY = "fast embedded SQL database"
 DOCUMENTS = [
@@ -82,12 +82,7 @@ def test_fleet_serves_every_dialect_with_the_same_scores_as_one_process(fleet) -
     url, _ = fleet
     tei = httpx.post(f"{url}/rerank", json={"query": QUERY, "texts": DOCUMENTS, "raw_scores": True}, timeout=60)
     assert tei.status_code == 200, tei.text
-    local = LocalService(Settings(model=["ce-fixture"], warmup_seconds=0))
-    local.load()
-    try:
-        expected = asyncio.run(local.rerank(RerankRequest(QUERY, DOCUMENTS, raw_scores=True)))
-    finally:
-        local.close()
+    expected = local_rerank(RerankRequest(QUERY, DOCUMENTS, raw_scores=True))
     assert [r["index"] for r in tei.json()] == [r.index for r in expected.results]
     for got, want in zip(tei.json(), expected.results, strict=True):
         assert got["score"] == pytest.approx(want.score, abs=1e-4)

@@ -7,7 +7,6 @@ and no other Ray on the machine is touched. Without namespaces (not root) the te
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
@@ -20,37 +19,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port, is_ready, wait_until
+from conftest import free_port, is_ready, local_rerank, wait_until
 
-from rerankd.config import Settings
 from rerankd.fleet.netns import loopback_only
-from rerankd.pipeline.rerank import LocalService, RerankRequest
+from rerankd.fleet.processes import namespace_pids
+from rerankd.pipeline.rerank import RerankRequest
 
 RAY = str(Path(sys.executable).with_name("ray"))
 QUERY = "fast embedded SQL database"
 DOCUMENTS = ["A turn-based strategy game.", "SQLite is a small, fast SQL database engine.", "Latin fonts."]
-
-
-def _pids_in_namespace(inode: int) -> list[int]:
-    """Processes (other than this one) whose network namespace is `inode`."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and int(entry.name) != os.getpid() and (entry / "ns/net").stat().st_ino == inode:
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
-
-
-def local_scores() -> dict[int, float]:
-    service = LocalService(Settings(model=["ce-fixture"], warmup_seconds=0))
-    service.load()
-    try:
-        result = asyncio.run(service.rerank(RerankRequest(QUERY, DOCUMENTS)))
-    finally:
-        service.close()
-    return {r.index: r.score for r in result.results}
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +53,7 @@ def cluster() -> Iterator[tuple[str, dict[str, str]]]:
                 env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
             yield address, env
         finally:
-            for pid in _pids_in_namespace(namespace):
+            for pid in namespace_pids(namespace):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             shutil.rmtree(temp_dir, ignore_errors=True)
@@ -99,7 +76,8 @@ def test_serve_joins_a_running_cluster_and_leaves_it_running(cluster, ce_fixture
             answer = httpx.post(f"{url}/v2/rerank", json={"query": QUERY, "documents": DOCUMENTS}, timeout=60)
             assert answer.status_code == 200, answer.text
             got = {r["index"]: r["relevance_score"] for r in answer.json()["results"]}
-            assert got == pytest.approx(local_scores(), abs=1e-4)  # the joined cluster runs the same model
+            want = {r.index: r.score for r in local_rerank(RerankRequest(QUERY, DOCUMENTS)).results}
+            assert got == pytest.approx(want, abs=1e-4)  # the joined cluster runs the same model
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=90)

@@ -236,13 +236,10 @@ class Scheduler:
         several requests wait, a fair window ends after one round, so the next arrival's turn comes soon."""
         window: list[_Entry] = []
         budget = WINDOW_BATCHES * self.max_batch_tokens
-        several = len(self._queue) > 1
-        served: set[int] = set()
-        while self._queue and budget > 0:
+        turns = len(self._queue) if len(self._queue) > 1 else math.inf  # one round, when several requests wait
+        while self._queue and budget > 0 and turns > 0:
+            turns -= 1
             waiting = self._queue[0]
-            if several and id(waiting) in served:
-                break
-            served.add(id(waiting))
             share = self.max_batch_tokens if self.fair else math.inf
             while waiting.entries and budget > 0 and share > 0:
                 entry = waiting.entries.popleft()
