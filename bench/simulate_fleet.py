@@ -74,6 +74,11 @@ def make_trace(args: argparse.Namespace, cost: CostModel, rng: np.random.Generat
     edges = [(0, 120, base, base), (120, 180, base, peak), (180, 420, peak, peak), (420, args.duration, base, base)]
     arrivals = []
     for start, end, r0, r1 in edges:
+        if start >= args.duration:  # a short run ends part-way through the pattern
+            break
+        if end > args.duration:  # cut the segment, and a ramp at the rate it has reached by then
+            r1 = r0 + (r1 - r0) * (args.duration - start) / (end - start)
+            end = args.duration
         mean_rate = (r0 + r1) / 2
         count = rng.poisson(mean_rate * (end - start))
         if r0 == r1:
