@@ -3,13 +3,15 @@
 Three phases, one run:
 1. burst: load jumps from ~0.3 to ~2.3 replicas' worth; replicas must be added within the configured delay
    (plus the metrics window the policy reads);
-2. stop: the load ends; nothing may scale down before the quiet period, then one replica at a time;
+2. stop: the load ends; nothing may scale down before the quiet period, then one replica at a time (the phase
+   outlasts the quiet period, so a run with no scale-down fails);
 3. oscillation: the load swings on/off faster than the quiet period; scale events may not exceed what the policy
    allows (ups at most one per upscale delay, no downs).
 
 The quiet period is 45 s here instead of the 300 s default, so that the run fits in a few minutes.
 
     python bench/fleet_autoscale.py
+    python bench/fleet_autoscale.py --recheck   # re-apply the checks to the saved run's events
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import json
+import math
 import threading
 import time
 from typing import Any
 
 import numpy as np
-from common import format_table, percentile, plot_path, save
+from common import RESULTS, format_table, machine, percentile, plot_path, save
 from fleet_workload import make_requests, open_loop, poisson_times, wait_ready
 
 from rerankd.config import Settings
@@ -31,6 +35,8 @@ from rerankd.fleet.launch import Fleet
 from rerankd.fleet.netns import loopback_only
 
 ACTIVE_STATES = ("STARTING", "RUNNING", "UPDATING", "RECOVERING")
+# Phase plan: warm 15 s, burst 40 s, stop 120 s, then 6 cycles of 10 s on / 10 s off.
+BURST_AT, STOP_AT, OSCILLATE_AT, OSCILLATION_SECONDS = 15.0, 55.0, 175.0, 120.0
 
 
 def watch(fleet: Fleet, stop: threading.Event, timeline: list[tuple[float, int, int]], t0: float) -> None:
@@ -52,13 +58,54 @@ def events(timeline: list[tuple[float, int, int]]) -> list[tuple[float, int, int
     return found
 
 
+def check(name: str, measured: float, bound: str, limit: float) -> dict[str, Any]:
+    """One table row whose `ok` applies exactly the printed limit; NaN (the event never happened) fails."""
+    ok = measured <= limit if bound == "<=" else measured >= limit
+    return {"check": name, "measured": measured, "limit": f"{bound} {limit:g}", "ok": bool(ok)}
+
+
+def checks(changes: list[tuple[float, int, int]], upscale_seconds: float, downscale_seconds: float) -> list[dict]:
+    """The pass/fail rows for one run's scale events (time, from, to)."""
+    ups = [e for e in changes if e[2] > e[1]]
+    downs = [e for e in changes if STOP_AT <= e[0] < OSCILLATE_AT and e[2] < e[1]]
+    first_up = next((t for t, _, _ in ups if t >= BURST_AT), math.nan)
+    last_event_before_quiet = max([t for t, _, _ in changes if t < STOP_AT + 10], default=STOP_AT)
+    oscillation = [e for e in changes if e[0] >= OSCILLATE_AT]
+    window = max(2.0, min(30.0, upscale_seconds))  # the metrics window Ray averages the policy's inputs over
+    allowed_ups = OSCILLATION_SECONDS // upscale_seconds
+    # The stop phase is longer than the quiet period, so no scale-down at all is a failure, not a pass.
+    first_down = downs[0][0] - last_event_before_quiet if downs else math.nan
+    return [
+        check("burst: first scale-up after (s)", first_up - BURST_AT, "<=", upscale_seconds + window),
+        check("stop: first scale-down after last event (s)", first_down, ">=", downscale_seconds),
+        check("stop: replicas removed at once (max)", max((b - a for _, b, a in downs), default=math.nan), "<=", 1),
+        check("oscillation: scale-ups", sum(b > a for _, a, b in oscillation), "<=", allowed_ups),
+        check("oscillation: scale-downs", sum(b < a for _, a, b in oscillation), "<=", 0),
+    ]
+
+
+def recheck() -> None:
+    """Re-applies `checks` to the events saved in the results file, so a fixed check needs no 5-minute re-run."""
+    path = RESULTS / "fleet_autoscale.json"
+    record = json.loads(path.read_text())
+    run = record["args"]
+    record["checks"] = checks([tuple(e) for e in record["events"]], run["upscale_seconds"], run["downscale_seconds"])
+    record["checks_recomputed"] = machine()["time"]
+    path.write_text(json.dumps(record, indent=2))
+    print(format_table(record["checks"], ["check", "measured", "limit", "ok"]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--upscale-seconds", type=float, default=5)
     parser.add_argument("--downscale-seconds", type=float, default=45)
     parser.add_argument("--cold-start", type=float, default=10, help="emulated model load time per replica (s)")
     parser.add_argument("--port", type=int, default=8433)
+    parser.add_argument("--recheck", action="store_true", help="re-check the saved run; no fleet")
     args = parser.parse_args()
+    if args.recheck:
+        recheck()
+        return
 
     cost = CostModel(tokens_per_second=3000, cold_start_seconds=args.cold_start)
     settings = Settings(
@@ -70,11 +117,9 @@ def main() -> None:
     seconds_each = float(np.mean([cost.seconds(cost.tokens(r.query, r.documents)) for r in template]))
     low, high = 0.3 / seconds_each, 2.3 / seconds_each  # requests/s for 0.3 and 2.3 busy replicas
 
-    # Phase plan (start, end, rate): warm 15 s, burst 40 s, stop 120 s, then 6 cycles of 10 s on / 10 s off.
-    burst_at, stop_at, oscillate_at = 15.0, 55.0, 175.0
-    plan = [(0.0, burst_at, low), (burst_at, stop_at, high)]
-    plan += [(oscillate_at + 20 * i, oscillate_at + 20 * i + 10, high) for i in range(6)]
-    end = oscillate_at + 120
+    plan = [(0.0, BURST_AT, low), (BURST_AT, STOP_AT, high)]
+    plan += [(OSCILLATE_AT + 20 * i, OSCILLATE_AT + 20 * i + 10, high) for i in range(6)]
+    end = OSCILLATE_AT + OSCILLATION_SECONDS
     times: list[float] = []
     for i, (start, stop, rate) in enumerate(plan):
         arrivals = poisson_times(rate, int(rate * (stop - start) * 2) + 10, seed=i, start=start)
@@ -95,42 +140,8 @@ def main() -> None:
         watcher.join()
 
     changes = events(timeline)
-    ups = [e for e in changes if e[2] > e[1]]
-    downs = [e for e in changes if e[2] < e[1]]
-    first_up = next((t for t, _, _ in ups if t >= burst_at), float("nan"))
-    burst_ups = [t for t, _, _ in ups if burst_at <= t < stop_at + 10]
-    last_event_before_quiet = max([t for t, _, _ in changes if t < stop_at + 10], default=stop_at)
-    quiet_downs = [t for t, _, _ in downs if stop_at <= t < oscillate_at]
-    oscillation = [e for e in changes if e[0] >= oscillate_at]
-    window = max(2.0, min(30.0, args.upscale_seconds))
-    osc_allowed_ups = int(120 // args.upscale_seconds)
+    rows = checks(changes, args.upscale_seconds, args.downscale_seconds)
     latencies = [o.latency for o in result.ok]
-    rows: list[dict[str, Any]] = [
-        {
-            "check": "burst: first scale-up after (s)",
-            "measured": first_up - burst_at,
-            "limit": args.upscale_seconds + window,
-            "ok": first_up - burst_at <= args.upscale_seconds + window + 2,
-        },
-        {
-            "check": "stop: first scale-down after last event (s)",
-            "measured": (quiet_downs[0] - last_event_before_quiet) if quiet_downs else float("nan"),
-            "limit": args.downscale_seconds,
-            "ok": not quiet_downs or quiet_downs[0] - last_event_before_quiet >= args.downscale_seconds - 1,
-        },
-        {
-            "check": "stop: replicas removed at once (max)",
-            "measured": max((b - a for _, b, a in downs), default=0),
-            "limit": 1,
-            "ok": all(b - a == 1 for _, b, a in downs),
-        },
-        {
-            "check": "oscillation: scale events",
-            "measured": len(oscillation),
-            "limit": osc_allowed_ups,
-            "ok": len(oscillation) <= osc_allowed_ups and not [e for e in oscillation if e[2] < e[1]],
-        },
-    ]
     print(format_table(rows, ["check", "measured", "limit", "ok"]))
     print(f"scale events (t, from, to): {[(round(t, 1), a, b) for t, a, b in changes]}")
     print(
@@ -148,11 +159,10 @@ def main() -> None:
             "timeline": timeline,
             "requests": len(result.outcomes),
             "failed": len(result.failed),
-            "phases": {"burst_at": burst_at, "stop_at": stop_at, "oscillate_at": oscillate_at},
-            "burst_ups": burst_ups,
+            "phases": {"burst_at": BURST_AT, "stop_at": STOP_AT, "oscillate_at": OSCILLATE_AT},
         },
     )
-    plot(timeline, result, plan, (burst_at, stop_at, oscillate_at))
+    plot(timeline, result, plan, (BURST_AT, STOP_AT, OSCILLATE_AT))
 
 
 def plot(timeline, result, plan, marks) -> None:
