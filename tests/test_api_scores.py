@@ -11,7 +11,7 @@ import pytest
 from conftest import DOCUMENTS, QUERY
 from sentence_transformers import CrossEncoder, SentenceTransformer
 
-from rerankd.models.resolve import packaged_default_path
+from rerankd.models.presets import packaged_default_path
 
 
 @pytest.fixture(scope="module")

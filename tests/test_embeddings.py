@@ -13,7 +13,7 @@ from rerankd.config import Settings
 from rerankd.engine import Engine
 from rerankd.metrics import Metrics
 from rerankd.models import resolve_model
-from rerankd.models.resolve import packaged_default_path
+from rerankd.models.presets import packaged_default_path
 from rerankd.prefilter import EmbeddingCache, EmbeddingPrefilter
 
 QUERY = "embedded database"

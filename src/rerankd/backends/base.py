@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from rerankd.config import Settings
-    from rerankd.models import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -57,20 +53,3 @@ def pool(hidden: np.ndarray, mask: np.ndarray, mode: str, normalize: bool) -> np
 def available_cores() -> int:
     """Cores this process may run on (respects taskset / cgroup CPU sets)."""
     return len(os.sched_getaffinity(0))
-
-
-def load_backend(spec: ModelSpec, settings: Settings) -> Backend:
-    """Build the backend the settings ask for; `auto` choices are resolved by `backends.select.choose`."""
-    from rerankd.backends.select import choose
-
-    choice = choose(settings)
-    threads = settings.threads or available_cores()
-    if choice.backend == "onnx":
-        from rerankd.backends.onnx import OnnxBackend
-
-        return OnnxBackend.load(
-            spec, device=choice.device, precision=choice.precision, threads=threads, cache_dir=settings.cache_dir
-        )
-    from rerankd.backends.torch import TorchBackend
-
-    return TorchBackend(spec, device=choice.device, precision=choice.precision, threads=threads)

