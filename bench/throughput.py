@@ -31,8 +31,8 @@ import httpx
 import numpy as np
 from common import DEBIAN_DATA, format_table, percentile, plot_path, save
 
-from rerankd.backends.base import available_cores
 from rerankd.config import Settings
+from rerankd.cores import available_cores
 from rerankd.engine import Engine
 from rerankd.models import ModelSpec, resolve_model
 from rerankd.models.fixture import build_ce_fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import platform
 import time
 from collections.abc import Sequence
@@ -10,11 +9,13 @@ from typing import Any
 
 import numpy as np
 
+from rerankd.cores import available_cores
+
 
 def machine() -> dict[str, Any]:
     return {
         "cpu": platform.processor() or platform.machine(),
-        "cores": len(os.sched_getaffinity(0)),
+        "cores": available_cores(),
         "python": platform.python_version(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

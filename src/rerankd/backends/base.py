@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,8 +47,3 @@ def pool(hidden: np.ndarray, mask: np.ndarray, mode: str, normalize: bool) -> np
     if normalize:
         pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
     return pooled
-
-
-def available_cores() -> int:
-    """Cores this process may run on (respects taskset / cgroup CPU sets)."""
-    return len(os.sched_getaffinity(0))

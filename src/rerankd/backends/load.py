@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rerankd.backends.base import Backend, available_cores
+from rerankd.backends.base import Backend
 from rerankd.backends.onnx import OnnxBackend
 from rerankd.backends.select import choose
+from rerankd.cores import available_cores
 from rerankd.models import ModelSpec
 
 if TYPE_CHECKING:
