@@ -6,24 +6,23 @@ exporter ships with torch, handles BERT-family encoders completely, and takes ~2
 loaded with eager attention: that graph is the one onnxruntime's fusions recognise (int8 measured 5-10% faster
 than from the SDPA graph). Every export is checked against torch on a padded batch before it is kept.
 
-Cache layout: `<cache_dir>/onnx/<model short name>-<revision>-<options>/model.onnx`, built in a temporary folder
-beside it and renamed into place, so readers never see half an export and concurrent builders do not clash.
+Cache layout: `<cache_dir>/onnx/<model short name>-<revision>-<options>/model.onnx`, built once under a file lock
+and renamed into place (`rerankd.cachedir`), so readers never see half an export and concurrent builders wait.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from rerankd.backends.quantize import convert_fp16, quantize_int8
+from rerankd.cachedir import build_once
 from rerankd.models import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -65,19 +64,19 @@ def ensure_onnx(spec: ModelSpec, precision: str, cache_dir: Path) -> Path:
         log.debug("using cached ONNX export %s", folder)
         return folder / MODEL_FILE
     source = None if precision == "fp32" else ensure_onnx(spec, "fp32", cache_dir)
+    facts = {"model": spec.name, "revision": spec.revision, "options": options.key, "opset": OPSET}
 
-    def build(staging: Path) -> dict | None:
+    def build(staging: Path) -> None:
+        started = time.perf_counter()
         if source is None:
-            return export_fp32(spec, staging / MODEL_FILE)
-        from rerankd.backends.quantize import convert_fp16, quantize_int8
+            facts.update(export_fp32(spec, staging / MODEL_FILE))
+        else:
+            {"int8": quantize_int8, "fp16": convert_fp16}[precision](source, staging / MODEL_FILE)
+        (staging / "export.json").write_text(json.dumps(facts, indent=2))
+        seconds = time.perf_counter() - started
+        log.info("exported %s to ONNX (%s) in %.1f s: %s", spec.name, options.key, seconds, folder)
 
-        {"int8": quantize_int8, "fp16": convert_fp16}[precision](source, staging / MODEL_FILE)
-        return None
-
-    started = time.perf_counter()
-    _build_atomically(folder, build, {"model": spec.name, "revision": spec.revision, "options": options.key})
-    log.info("exported %s to ONNX (%s) in %.1f s: %s", spec.name, options.key, time.perf_counter() - started, folder)
-    return folder / MODEL_FILE
+    return build_once(folder, build, done=MODEL_FILE) / MODEL_FILE
 
 
 def export_fp32(spec: ModelSpec, target: Path) -> dict:
@@ -143,21 +142,3 @@ def _named_output(model, names: list[str], output: str):
             return getattr(self.model(**dict(zip(names, inputs, strict=True))), output)
 
     return NamedOutput().eval()  # eval: the exporter restores the wrapper's mode, and that reaches the model
-
-
-def _build_atomically(folder: Path, build: Callable[[Path], dict | None], facts: dict) -> None:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        extra = build(staging) or {}
-        (staging / "export.json").write_text(json.dumps({**facts, **extra, "opset": OPSET}, indent=2))
-        if folder.exists() and not (folder / MODEL_FILE).is_file():
-            shutil.rmtree(folder)  # a broken leftover (not ours to keep): replace it
-        try:
-            staging.rename(folder)
-        except OSError:
-            if not (folder / MODEL_FILE).is_file():
-                raise
-            # Another process finished the same export first; its copy is as good as ours.
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

@@ -6,9 +6,9 @@ the real model's; its scores are not relevance. For speed and score-equality tes
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
+from rerankd.cachedir import build_once
 from rerankd.config import default_cache_dir
 from rerankd.models.presets import packaged_default_path
 
@@ -18,9 +18,10 @@ FIXTURE_SEED = 0
 def build_ce_fixture(cache_dir: Path | None = None, *, seed: int = FIXTURE_SEED) -> Path:
     """Build the fixture once into `cache_dir/fixtures/` and return its folder (reused when present)."""
     target = (cache_dir or default_cache_dir()) / "fixtures" / f"ce-fixture-seed{seed}"
-    if (target / "config.json").is_file():
-        return target
+    return build_once(target, lambda staging: _build(staging, seed), done="config.json")
 
+
+def _build(folder: Path, seed: int) -> None:
     # torch and transformers load here, not at the top: resolving any other model must not pay for them.
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -29,14 +30,5 @@ def build_ce_fixture(cache_dir: Path | None = None, *, seed: int = FIXTURE_SEED)
     with torch.random.fork_rng(devices=[]):  # seeds the head without touching the caller's random state
         torch.manual_seed(seed)
         model = AutoModelForSequenceClassification.from_pretrained(body, num_labels=1)
-    tokenizer = AutoTokenizer.from_pretrained(body)
-    # Build beside the target and rename, so a concurrent or interrupted build never leaves half a model.
-    staging = target.with_name(f"{target.name}.building")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    if target.exists():
-        shutil.rmtree(staging)
-    else:
-        staging.rename(target)
-    return target
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(body).save_pretrained(folder)
