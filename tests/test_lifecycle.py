@@ -52,8 +52,11 @@ def test_api_keys_are_enforced(thread_server) -> None:
 
 
 def test_overload_answers_429_with_retry_after_and_loses_nothing_accepted(thread_server) -> None:
-    # A queue of at most 64 pairs: concurrent 50-document requests overflow it.
-    app = create_app(Settings(model=["ce-fixture"], warmup_seconds=0, max_queued_pairs=64, max_batch_tokens=512))
+    # A queue of at most 64 pairs (and no limit in time): concurrent 50-document requests overflow it.
+    settings = Settings(
+        model=["ce-fixture"], warmup_seconds=0, max_queued_pairs=64, max_batch_tokens=512, max_queue_seconds=0
+    )
+    app = create_app(settings)
     with thread_server(app) as srv:
         wait_until(lambda: httpx.get(f"{srv.url}/ready").status_code == 200, timeout=120)
         body = {"query": "q", "documents": [f"document number {i} " * 20 for i in range(50)]}

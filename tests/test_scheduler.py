@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
 import numpy as np
@@ -189,12 +190,61 @@ def test_a_failing_batch_fails_its_requests_and_the_worker_goes_on() -> None:
     scheduler = make(flaky)
 
     async def main() -> None:
-        with pytest.raises(EngineFailure, match="boom"):
+        with pytest.raises(EngineFailure, match="inference failed") as failure:
             await scheduler.submit([Item(0, 4)])
+        assert "boom" not in str(failure.value)  # internal text stays in the log, not in the answer
         rows = await scheduler.submit([Item(1, 4), Item(2, 4)])
         assert rows.shape == (2, 1)
 
     asyncio.run(main())
+    scheduler.close()
+
+
+def test_a_bad_input_fails_only_its_own_request_when_batched_with_others() -> None:
+    poison = 666
+
+    def fragile(items: list[Item]) -> np.ndarray:
+        if any(item.ident == poison for item in items):
+            raise RuntimeError("cannot broadcast")
+        return np.array([[item.ident] for item in items], dtype=np.float64)
+
+    gate = threading.Event()
+    scheduler = make(lambda items: (gate.wait(10), fragile(items))[1])
+
+    async def main() -> list[np.ndarray | BaseException]:
+        blocker = asyncio.ensure_future(scheduler.submit([Item(-1, 4)]))  # holds the worker while the rest queue
+        await asyncio.sleep(0.05)
+        jobs = [scheduler.submit([Item(r * 10 + i, 4) for i in range(3)]) for r in range(4)]
+        jobs.append(scheduler.submit([Item(poison, 4)]))
+        gathered = asyncio.gather(*jobs, return_exceptions=True)
+        gate.set()
+        await blocker
+        return await gathered
+
+    results = asyncio.run(main())
+    scheduler.close()
+    assert isinstance(results[-1], EngineFailure)
+    for r, rows in enumerate(results[:-1]):
+        assert not isinstance(rows, BaseException)
+        assert rows[:, 0].tolist() == [r * 10 + i for i in range(3)]
+
+
+def test_an_error_outside_inference_does_not_end_the_worker() -> None:
+    calls = []
+
+    def observer(inputs: int, tokens: int, seconds: float) -> None:
+        calls.append(inputs)
+        if len(calls) == 1:
+            raise RuntimeError("observer bug")
+
+    scheduler = make(Recorder(), on_batch=observer)
+
+    async def main() -> np.ndarray:
+        with contextlib.suppress(EngineFailure):
+            await asyncio.wait_for(scheduler.submit([Item(0, 4)]), timeout=10)
+        return await asyncio.wait_for(scheduler.submit([Item(1, 4)]), timeout=10)
+
+    assert asyncio.run(main())[:, 0].tolist() == [1]
     scheduler.close()
 
 

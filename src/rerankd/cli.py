@@ -51,6 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from rerankd.api import create_app
+    from rerankd.api.server import build_server
     from rerankd.backends.select import choose
     from rerankd.logs import configure_logging
     from rerankd.metrics import Metrics
@@ -76,16 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             server.should_exit = True
 
     service = LocalService(settings, metrics, specs=specs, on_failure=stop)
-    app = create_app(settings, service, metrics)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        log_config=None,
-        timeout_graceful_shutdown=30,
-    )
-    server = uvicorn.Server(config)
+    server = build_server(create_app(settings, service, metrics), settings)
     server.run()
     return 1 if service.state == "failed" else 0
 
@@ -99,7 +91,8 @@ def _serve_fleet(settings: Settings) -> int:
 def cmd_rerank(args: argparse.Namespace) -> int:
     from rerankd.pipeline.rerank import LocalService, RerankRequest
 
-    settings = _settings(args, _RERANK_FLAGS).model_copy(update={"warmup_seconds": 0.0})
+    # One-off: no warm-up, and no embedding pre-filter (plain direct scoring needs none).
+    settings = _settings(args, _RERANK_FLAGS).model_copy(update={"warmup_seconds": 0.0, "embedding_model": ""})
     source = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
     with source:
         documents = [line.rstrip("\n") for line in source if line.strip()]

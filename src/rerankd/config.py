@@ -53,7 +53,22 @@ class Settings(BaseModel):
     )
     max_batch_size: int = Field(default=128, ge=1, description="Most pairs in one batch.")
     max_queued_pairs: int = Field(
-        default=100_000, ge=1, description="Pairs waiting in one model's queue before new work gets 429."
+        default=100_000,
+        ge=1,
+        description="Pairs waiting in one model's queue before new work gets 429 (a memory "
+        "bound; `max_queue_seconds` is the limit that normally applies first).",
+    )
+    max_queue_seconds: float = Field(
+        default=10,
+        ge=0,
+        description="Estimated seconds of work admitted to a model before new requests get 429 with Retry-After "
+        "(and /ready turns 503); 0 = no limit.",
+    )
+    request_timeout_seconds: float = Field(
+        default=60,
+        ge=0,
+        description="Default deadline of a request (the `timeout_ms` field overrides it): past it, its queued work "
+        "is dropped and it gets 504; 0 = none.",
     )
     scheduling: Literal["fair", "fifo"] = Field(
         default="fair",
@@ -67,13 +82,35 @@ class Settings(BaseModel):
     # HTTP server
     host: str = Field(default="127.0.0.1", description="Address to listen on.")
     port: int = Field(default=8080, ge=0, le=65535, description="Port to listen on.")
-    api_keys: list[str] = Field(default=[], description="Bearer tokens accepted on the API; empty = no authentication.")
+    api_keys: list[str] = Field(
+        default=[], description="Bearer tokens accepted on the API (comma list or repeated); empty = no authentication."
+    )
+    api_keys_file: Path | None = Field(
+        default=None, description="File of further bearer tokens, one per line (# comments); read at start-up."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
     log_format: Literal["text", "json"] = Field(default="text", description="Log line format.")
+
+    max_connections: int = Field(
+        default=1024, ge=1, description="Open connections and requests at once; more get 503 (uvicorn's limit)."
+    )
+    header_timeout_seconds: float = Field(
+        default=10, gt=0, description="Time a client has to send a request's headers before it is disconnected."
+    )
+    body_timeout_seconds: float = Field(
+        default=30, gt=0, description="Time a client has to send a request's body before it gets 408."
+    )
+    keep_alive_seconds: float = Field(default=5, gt=0, description="Idle keep-alive connections close after this.")
 
     # Request limits
     max_documents: int = Field(default=10_000, ge=1, description="Most documents in one request.")
     max_request_bytes: int = Field(default=16 * 2**20, ge=1024, description="Largest request body in bytes.")
+    max_query_chars: int = Field(
+        default=32_768, ge=1, description="Longest query in characters (413 past it, before any tokenizing)."
+    )
+    max_query_tokens: int = Field(
+        default=0, ge=0, description="Longest query in tokens (413 past it); 0 = the model's window."
+    )
 
     # Strategies: hybrid pre-filter, fusion, chunking (pipeline/, prefilter/)
     strategy: Literal["auto", "direct", "hybrid", "bi-encoder"] = Field(
@@ -87,8 +124,14 @@ class Settings(BaseModel):
     candidates: int = Field(
         default=100, ge=1, description="Documents a hybrid or bi-encoder pre-filter keeps when no budget sets it."
     )
+    bm25_max_chars: int = Field(
+        default=20_000,
+        ge=1,
+        description="Characters of each document that BM25 (hybrid pre-filter, fusion) reads; it indexes ~1 MB/s.",
+    )
     embedding_model: str = Field(
-        default="default", description="Bi-encoder of the embedding pre-filter (loaded on first use)."
+        default="default",
+        description="Bi-encoder of the embedding pre-filter, loaded at start-up; empty = no embedding pre-filter.",
     )
     embedding_cache_entries: int = Field(
         default=50_000, ge=0, description="Document embeddings kept in memory (~1.5 KiB each at 384 dims); 0 = off."
@@ -161,10 +204,21 @@ class Settings(BaseModel):
     @field_validator("model", "api_keys", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
-        # Environment variables carry lists as comma-separated text.
+        # Environment variables carry lists as comma-separated text, and a repeated flag may too (`--api-keys a,b`).
         if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
+            value = [value]
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return [part.strip() for item in value for part in item.split(",") if part.strip()]
         return value
+
+    def accepted_api_keys(self) -> list[str]:
+        """`api_keys` plus the lines of `api_keys_file` (blank lines and # comments skipped)."""
+        keys = list(self.api_keys)
+        if self.api_keys_file is not None:
+            for line in Path(self.api_keys_file).read_text(encoding="utf-8").splitlines():
+                if line.strip() and not line.lstrip().startswith("#"):
+                    keys.append(line.strip())
+        return keys
 
     @classmethod
     def load(cls, overrides: dict[str, Any] | None = None, config_file: str | Path | None = None) -> Settings:

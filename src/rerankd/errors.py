@@ -59,6 +59,13 @@ class NotReady(RerankdError):
     type = "not_ready"
 
 
+class DeadlineExceeded(RerankdError):
+    """The request's deadline passed before it was answered; its queued work was dropped."""
+
+    status = 504
+    type = "timeout"
+
+
 class EngineFailure(RerankdError):
     """The backend failed while scoring a batch."""
 

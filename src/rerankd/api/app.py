@@ -11,7 +11,7 @@ from rerankd import __version__
 from rerankd.api import cohere, ops, tei
 from rerankd.api.calls import ClientGone
 from rerankd.api.errors import install_error_handlers
-from rerankd.api.middleware import BodyLimit, RequestMetrics
+from rerankd.api.middleware import BodyLimit, RequestId, RequestMetrics
 from rerankd.config import Settings
 from rerankd.metrics import Metrics
 from rerankd.pipeline.rerank import LocalService, RerankService
@@ -36,6 +36,7 @@ def create_app(
 
     app = FastAPI(title="rerankd", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
+    app.state.api_keys = [key.encode("utf-8") for key in settings.accepted_api_keys()]
     app.state.service = service
     app.state.metrics = metrics
     install_error_handlers(app)
@@ -48,6 +49,7 @@ def create_app(
     for router in routers:
         app.include_router(router)
     routes = {route.path for router in routers for route in router.routes if hasattr(route, "path")}
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, timeout=settings.body_timeout_seconds)
     app.add_middleware(RequestMetrics, metrics=metrics, routes=routes)
+    app.add_middleware(RequestId)
     return app

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import secrets
+import hmac
 
 from fastapi import Request
 
@@ -10,12 +10,15 @@ from rerankd.errors import Unauthorized
 
 
 def require_api_key(request: Request) -> None:
-    keys: list[str] = request.app.state.settings.api_keys
+    keys: list[bytes] = request.app.state.api_keys
     if not keys:
         return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    # Compared as bytes: headers may carry any octets (Starlette decodes them as Latin-1), keys any Unicode.
+    header = request.headers.get("authorization", "").encode("latin-1")
+    scheme, _, token = header.partition(b" ")
+    if scheme.lower() != b"bearer" or not token.strip():
         raise Unauthorized("Authorization: expected 'Bearer <api key>'")
-    if not any(secrets.compare_digest(token.strip(), key) for key in keys):
+    # Every key is compared, so the time taken does not tell which one nearly matched.
+    matches = [hmac.compare_digest(token.strip(), key) for key in keys]
+    if not any(matches):
         raise Unauthorized("Authorization: unknown api key")

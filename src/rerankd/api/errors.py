@@ -4,15 +4,43 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from rerankd.api.middleware import request_id_of
 from rerankd.errors import RerankdError
 
 log = logging.getLogger(__name__)
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str = Field(description="What is wrong, naming the field and the limit.")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+_RETRY = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+# Every status a rerank endpoint can answer besides 200, for the OpenAPI document.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "A broken rule or limit (the message names the field and the limit)."},
+    401: {"model": ErrorBody, "description": "Missing or unknown API key (when `api_keys` is set)."},
+    404: {"model": ErrorBody, "description": "The model is not served here."},
+    408: {"model": ErrorBody, "description": "The body did not arrive within `body_timeout_seconds`."},
+    413: {"model": ErrorBody, "description": "The body, the query or an input that may not be truncated is too large."},
+    422: {"model": ErrorBody, "description": "A field has the wrong type."},
+    429: {"model": ErrorBody, "description": "Over `max_queue_seconds` of queued work.", "headers": _RETRY},
+    500: {"model": ErrorBody, "description": "Internal error; the message carries the request id of the log line."},
+    503: {"model": ErrorBody, "description": "Loading, shutting down or over the connection cap.", "headers": _RETRY},
+    504: {"model": ErrorBody, "description": "Not answered within the request's deadline (`timeout_ms`)."},
+}
 
 
 def error_response(status: int, type_: str, message: str, retry_after: float | None = None) -> JSONResponse:
@@ -37,9 +65,9 @@ def describe_validation(exc: RequestValidationError) -> str:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RerankdError)
-    async def _rerankd(_: Request, exc: RerankdError) -> JSONResponse:
-        if exc.status >= 500 and exc.status != 503:
-            log.error("%s: %s", exc.type, exc.message)
+    async def _rerankd(request: Request, exc: RerankdError) -> JSONResponse:
+        if exc.status >= 500 and exc.status not in (503, 504):
+            return _internal(request, exc)
         return error_response(exc.status, exc.type, exc.message, exc.retry_after)
 
     @app.exception_handler(RequestValidationError)
@@ -48,9 +76,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, "http_error", str(exc.detail))
+        response = error_response(exc.status_code, "http_error", str(exc.detail))
+        response.headers.update(exc.headers or {})  # 405 carries `Allow`
+        return response
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error")
-        return error_response(500, "internal_error", f"{type(exc).__name__}: {exc}")
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return _internal(request, exc)
+
+
+def _internal(request: Request, exc: Exception) -> JSONResponse:
+    """A 500 says only "internal error" and the request id; the log line with that id has the traceback."""
+    request_id = request_id_of(request.scope)
+    log.error("request %s failed: %s: %s", request_id, type(exc).__name__, exc, exc_info=exc)
+    return error_response(500, "internal_error", f"internal error (request id {request_id})")

@@ -1,29 +1,66 @@
-"""ASGI middleware: a bounded request body, and request metrics. Pure ASGI, so client disconnects still reach
-the endpoints (Starlette's BaseHTTPMiddleware hides them)."""
+"""ASGI middleware: request ids, a bounded request body, and request metrics. Pure ASGI, so client disconnects
+still reach the endpoints (Starlette's BaseHTTPMiddleware hides them)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import time
+import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rerankd.metrics import Metrics
 
 
-async def _send_error(send: Send, status: int, type_: str, message: str) -> None:
+async def _send_error(send: Send, status: int, type_: str, message: str, *, close: bool = False) -> None:
     body = json.dumps({"error": {"type": type_, "message": message}}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:  # the rest of the body may still come: the connection cannot carry another request
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-class BodyLimit:
-    """Reads at most `max_bytes` of a request body, answering 413 past it, then replays the body to the app."""
+_CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+
+def request_id_of(scope: Scope) -> str:
+    return scope.get("state", {}).get("request_id", "")
+
+
+class RequestId:
+    """Gives every request an id (the client's `X-Request-Id` when it is a sane token), returned in the response's
+    `X-Request-Id` header and put in error bodies and log lines, so a 500 can be found in the log."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"")
+        request_id = given.decode() if _CLIENT_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def tag(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())]}
+            await send(message)
+
+        await self.app(scope, receive, tag)
+
+
+class BodyLimit:
+    """Reads at most `max_bytes` of a request body within `timeout` seconds (413 past the size, 408 past the time,
+    so a client trickling its body cannot hold a connection and a task forever), then replays it to the app."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in {"POST", "PUT", "PATCH"}:
@@ -35,18 +72,24 @@ class BodyLimit:
             return
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await self._reject(send, size, at_least=True)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        await self._reject(send, size, at_least=True)
+                        return
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            message = f"request body: not received within {self.timeout:g} s (body_timeout_seconds), got {size} bytes"
+            await _send_error(send, 408, "request_timeout", message, close=True)
+            return
         body = b"".join(chunks)
         replayed = False
 

@@ -13,20 +13,26 @@ router = APIRouter(tags=["operations"])
 
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
-    """Alive: 200 while the process serves HTTP, also during loading; 503 once loading has failed."""
-    state = service_of(request).state
-    return JSONResponse(
-        {"status": "failed" if state == "failed" else "ok"}, status_code=503 if state == "failed" else 200
-    )
+    """Alive: 200 while the process serves HTTP, also during loading; 503 once loading has failed or when an
+    engine is stuck (work queued, no batch finished for `replica_stall_seconds`), so an orchestrator restarts it."""
+    service = service_of(request)
+    if service.state == "failed":
+        return JSONResponse({"status": "failed"}, status_code=503)
+    if problem := service.health_problem():
+        return JSONResponse({"status": "stuck", "reason": problem}, status_code=503)
+    return JSONResponse({"status": "ok"})
 
 
 @router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
-    """Ready: 200 only once every model is loaded and warmed up; 503 before."""
-    state = service_of(request).state
-    if state == "ready":
-        return JSONResponse({"status": "ready"})
-    return JSONResponse({"status": state}, status_code=503, headers={"Retry-After": "2"})
+    """Ready: 200 once every model is loaded and warmed up and the queue is under `max_queue_seconds`; 503 before,
+    and while overloaded, so a load balancer sends new work elsewhere."""
+    service = service_of(request)
+    if service.state != "ready":
+        return JSONResponse({"status": service.state}, status_code=503, headers={"Retry-After": "2"})
+    if service.overloaded:
+        return JSONResponse({"status": "overloaded"}, status_code=503, headers={"Retry-After": "1"})
+    return JSONResponse({"status": "ready"})
 
 
 @router.get("/v1/models", dependencies=[Depends(require_api_key)])

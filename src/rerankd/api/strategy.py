@@ -57,6 +57,12 @@ class StrategyFields(BaseModel):
         "`truncate: false`). Default: the server's `max_chunks_per_doc`.",
     )
 
+    timeout_ms: float | None = Field(
+        default=None,
+        description="Deadline in ms (> 0): a request not answered by then gets 504 and its queued work is dropped. "
+        "Default: the server's `request_timeout_seconds`.",
+    )
+
     def strategy_fields(self) -> dict[str, Any]:
         """The fields as `RerankRequest` keyword arguments."""
         return {name: getattr(self, name) for name in StrategyFields.model_fields}

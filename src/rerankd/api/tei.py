@@ -13,11 +13,12 @@ from pydantic import ConfigDict, Field
 
 from rerankd.api.auth import require_api_key
 from rerankd.api.calls import rerank_for
+from rerankd.api.errors import ERROR_RESPONSES
 from rerankd.api.strategy import ScoreDetails, StrategyFields, score_details, strategy_headers
 from rerankd.errors import InvalidRequest
 from rerankd.pipeline.rerank import RerankRequest
 
-router = APIRouter(dependencies=[Depends(require_api_key)], tags=["rerank"])
+router = APIRouter(dependencies=[Depends(require_api_key)], tags=["rerank"], responses=ERROR_RESPONSES)
 
 
 class TeiRequest(StrategyFields):

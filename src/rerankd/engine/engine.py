@@ -17,7 +17,7 @@ import numpy as np
 from rerankd.backends import Backend, load_backend
 from rerankd.config import Settings
 from rerankd.engine.scheduler import QueueStats, Scheduler
-from rerankd.engine.tokenize import Encoded, Tokenizer
+from rerankd.engine.tokenize import Encoded, Tokenizer, Tokens
 from rerankd.metrics import Metrics
 from rerankd.models import ModelSpec
 
@@ -102,19 +102,28 @@ class Engine:
     def description(self) -> str:
         return f"{self.backend.name}/{self.backend.device}/{self.backend.precision}"
 
+    @property
+    def query_limit(self) -> int:
+        """The most query tokens the model can see: its window less the special tokens."""
+        return self.spec.max_length - self.tokenizer.special_tokens(pair=self.spec.kind == "cross-encoder")
+
     def stats(self) -> QueueStats:
         return self.scheduler.stats()
 
-    async def prepare(self, query: str, documents: Sequence[str]) -> Prepared:
+    def query_tokens(self, query: str) -> Tokens:
+        """The query's tokens, once per request (every pair and every estimate reuses them)."""
+        return self.tokenizer.tokens([query])[0]
+
+    async def prepare(self, query: Tokens, documents: Sequence[str]) -> Prepared:
         """Tokenize off the event loop."""
         return await asyncio.to_thread(self.prepare_sync, query, documents)
 
-    def prepare_sync(self, query: str, documents: Sequence[str]) -> Prepared:
+    def prepare_sync(self, query: Tokens, documents: Sequence[str]) -> Prepared:
         if self.spec.kind == "cross-encoder":
             inputs = self.tokenizer.encode_pairs(query, documents)
             truncated = [item.truncated for item in inputs]
         else:
-            inputs = self.tokenizer.encode_texts([query, *documents])
+            inputs = [self.tokenizer.single(query), *self.tokenizer.encode_texts(documents)]
             truncated = [item.truncated for item in inputs[1:]]
         return Prepared(inputs, truncated, sum(len(item) for item in inputs))
 
@@ -150,7 +159,7 @@ class Engine:
     def warmup(self, seconds: float) -> Calibration:
         """Run realistic batches for at least `seconds` (at least twice), and measure the speed."""
         documents = [" ".join(_WARMUP_WORDS[: (i % 7) + 1] * (2 + 3 * (i % 13))) for i in range(64)]
-        prepared = self.prepare_sync("warm-up query about a fox", documents)
+        prepared = self.prepare_sync(self.query_tokens("warm-up query about a fox"), documents)
         runs, started, pair_count, tokens = 0, 0.0, 0, 0
         deadline = time.perf_counter() + seconds
         while runs < 2 or time.perf_counter() < deadline:

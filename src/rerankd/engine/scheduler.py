@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import threading
 import time
@@ -27,6 +28,8 @@ from typing import Protocol, TypeVar
 import numpy as np
 
 from rerankd.errors import EngineFailure, NotReady, Overloaded
+
+log = logging.getLogger(__name__)
 
 # Each window holds this many batches' worth of tokens: enough to sort well, small enough that new arrivals wait
 # at most a few batches.
@@ -142,6 +145,7 @@ class Scheduler:
         self.max_batch_size = max_batch_size
         self.max_queued_pairs = max_queued_pairs
         self.fair = fair
+        self.name = name
         self._on_batch = on_batch
         self._queue: deque[_Waiting] = deque()  # requests in turn order
         self._cond = threading.Condition()
@@ -227,8 +231,13 @@ class Scheduler:
                 if not self._queue:
                     return
                 window = self._take_window()
-            for batch in self.plan(window):
-                self._run(batch)
+            try:
+                for batch in self.plan(window):
+                    self._run(batch)
+            except Exception:  # a bug here must neither end the worker nor strand the window's requests
+                log.exception("scheduler %s: unexpected error; failing the window's requests", self.name)
+                for job in _jobs(window):
+                    job.fail(EngineFailure("internal error in the batching queue"))
 
     def _take_window(self) -> list[_Entry]:
         """Up to WINDOW_BATCHES batches' worth of inputs: each waiting request in turn gives up to one batch's
@@ -252,6 +261,24 @@ class Scheduler:
                 self._queue.rotate(-1)
         return window
 
+    def _run_isolated(self, live: list[_Entry]) -> None:
+        """Run a batch; if it fails and holds several requests, run each request's rows on their own, so one bad
+        input fails only its own request."""
+        try:
+            rows = self._run_batch([entry.item for entry in live])
+        except Exception as exc:
+            jobs = _jobs(live)
+            if len(jobs) > 1:
+                for job in jobs:
+                    self._run_isolated([entry for entry in live if entry.job is job])
+                return
+            log.error("scheduler %s: inference failed: %s: %s", self.name, type(exc).__name__, exc)
+            jobs[0].fail(EngineFailure("inference failed for this request's inputs"))
+            return
+        for entry, row in zip(live, rows, strict=True):
+            if not entry.job.cancelled:
+                entry.job.put(entry.index, row, entry.total)
+
     def plan(self, items: Sequence[T]) -> list[list[T]]:
         return plan_batches(items, self.max_batch_tokens, self.max_batch_size)
 
@@ -265,16 +292,7 @@ class Scheduler:
             self._inflight_pairs = len(live)
             self._inflight_tokens = len(live) * max(len(entry) for entry in live)
         started = time.perf_counter()
-        try:
-            rows = self._run_batch([entry.item for entry in live])
-        except Exception as exc:  # a failed batch fails its requests, never the worker
-            error = EngineFailure(f"inference failed: {type(exc).__name__}: {exc}")
-            for job in {id(entry.job): entry.job for entry in live}.values():
-                job.fail(error)
-        else:
-            for entry, row in zip(live, rows, strict=True):
-                if not entry.job.cancelled:
-                    entry.job.put(entry.index, row, entry.total)
+        self._run_isolated(live)
         elapsed = time.perf_counter() - started
         with self._cond:
             padded = self._inflight_tokens
@@ -287,3 +305,8 @@ class Scheduler:
             )
         if self._on_batch is not None:
             self._on_batch(len(live), padded, elapsed)
+
+
+def _jobs(entries: Sequence[_Entry]) -> list[_Job]:
+    """The distinct requests of `entries`, in order of first appearance."""
+    return list({id(entry.job): entry.job for entry in entries}.values())

@@ -1,4 +1,15 @@
-"""Tokenization: (query, document) pairs or single texts to token ids, and padding into a `Batch`."""
+"""Tokenization: texts to token ids once each, (query, document) pairs built from ids, padding into a `Batch`.
+
+Safe by construction under threads: the model's `tokenizers.Tokenizer` is copied once, with truncation and padding
+turned off, and never reconfigured, so concurrent calls cannot see each other's settings (Hugging Face tokenizers
+switch truncation per call on a shared object, which raced). A request's query is tokenized once and every
+document once; pair inputs are assembled from ids with sentence-transformers' truncation (longest first, model
+window) and the model's own special-token template, so "truncated" is known without a second pass.
+
+Bounded work: only the part of a text that can reach the model is tokenized. `encode_prefix` tokenizes growing
+prefixes of a text until it holds the tokens asked for (words cut at the prefix's end are not counted), so a 10 MB
+document costs what its first few thousand characters cost.
+"""
 
 from __future__ import annotations
 
@@ -6,96 +17,193 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from tokenizers import Encoding
+from tokenizers import Tokenizer as RustTokenizer
 from transformers import AutoTokenizer
 
 from rerankd.backends import Batch
 from rerankd.models import ModelSpec
 
+# The first prefix tried holds this many characters per token asked for: English WordPiece / BPE averages ~4.
+PREFIX_CHARS_PER_TOKEN = 6
+# Without word boundaries (a tokenizer with no pre-tokenizer, a very long "word"), tokens ending this many
+# characters before a prefix's end are taken as unaffected by the cut.
+CUT_MARGIN_CHARS = 256
+
+TokenSpan = tuple[int, int, int]  # (start character, end character, word number)
+
 
 @dataclass(frozen=True, slots=True)
 class Encoded:
-    """One model input. `truncated` says whether the tokenizer cut it to the model's window."""
+    """One model input. `truncated` says whether the model's window cut it."""
 
-    ids: list[int]
-    type_ids: list[int] | None
+    ids: np.ndarray
+    type_ids: np.ndarray | None
     truncated: bool = False
 
     def __len__(self) -> int:
         return len(self.ids)
 
 
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    """One text's tokens without special tokens: all of them, or the first ones when `complete` is False."""
+
+    ids: np.ndarray
+    spans: list[TokenSpan]
+    complete: bool
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True, slots=True)
+class _Template:
+    """Where the model input puts special tokens around one text or two: learned from the post-processor."""
+
+    before: list[int]  # special ids before the first text
+    between: list[int]  # between first and second (pairs only)
+    after: list[int]  # after the last text
+    type_ids: tuple[int, ...]  # per part: before, first, between, second, after
+
+    @property
+    def specials(self) -> int:
+        return len(self.before) + len(self.between) + len(self.after)
+
+
+def _learn_template(tokenizer: RustTokenizer, pair: bool) -> _Template:
+    first = tokenizer.encode("alpha", add_special_tokens=False)
+    second = tokenizer.encode("omega", add_special_tokens=False) if pair else None
+    full = tokenizer.post_process(first, second, add_special_tokens=True)
+    ids, types = full.ids, full.type_ids
+    a, b = first.ids, second.ids if second else []
+    start = next(i for i in range(len(ids)) if ids[i : i + len(a)] == a)
+    middle = start + len(a)
+    second_start = next(i for i in range(middle, len(ids) + 1) if ids[i : i + len(b)] == b) if pair else middle
+    end = second_start + len(b)
+
+    def type_of(position: int) -> int:
+        return types[position] if position < len(types) else 0
+
+    return _Template(
+        before=ids[:start],
+        between=ids[middle:second_start],
+        after=ids[end:],
+        type_ids=(type_of(0), type_of(start), type_of(middle), type_of(second_start), type_of(end)),
+    )
+
+
+def longest_first(first: int, second: int, budget: int) -> tuple[int, int]:
+    """How many tokens of each text a pair keeps: Hugging Face tokenizers' `longest_first` truncation, which
+    sentence-transformers uses (the shorter text is kept whole if it fits in half, else both get half)."""
+    if first + second <= budget:
+        return first, second
+    short = min(first, second)
+    kept_long = short if short > budget else max(short, budget - short)
+    kept_short = short
+    if kept_short + kept_long > budget:
+        kept_short, kept_long = budget // 2, budget // 2 + budget % 2
+    return (kept_long, kept_short) if first > second else (kept_short, kept_long)
+
+
 class Tokenizer:
-    """The model's own fast tokenizer, with sentence-transformers' truncation (longest first, model window)."""
+    """The model's own fast tokenizer with sentence-transformers' truncation; thread-safe."""
 
     def __init__(self, spec: ModelSpec) -> None:
-        self._tokenizer = AutoTokenizer.from_pretrained(spec.path)
+        loaded = AutoTokenizer.from_pretrained(spec.path)
+        backend = getattr(loaded, "backend_tokenizer", None)
+        if not isinstance(backend, RustTokenizer):
+            raise ValueError(f"{spec.name}: needs a fast (tokenizers) tokenizer; found {type(loaded).__name__}")
+        self._tokenizer = RustTokenizer.from_str(backend.to_str())  # a private copy, configured once
+        self._tokenizer.no_truncation()
+        self._tokenizer.no_padding()
         self.max_length = spec.max_length
-        self.pad_id = int(self._tokenizer.pad_token_id or 0)
-        self.uses_token_types = "token_type_ids" in self._tokenizer.model_input_names
+        self.pad_id = int(loaded.pad_token_id or 0)
+        self.uses_token_types = "token_type_ids" in loaded.model_input_names
+        self._pair = _learn_template(self._tokenizer, pair=True)
+        self._single = _learn_template(self._tokenizer, pair=False)
 
-    def encode_pairs(self, query: str, documents: Sequence[str]) -> list[Encoded]:
-        return self._encode([query] * len(documents), list(documents))
+    # -- texts to tokens ------------------------------------------------------------------------------------------
 
-    def encode_texts(self, texts: Sequence[str]) -> list[Encoded]:
-        return self._encode(list(texts), None)
+    def tokens(self, texts: Sequence[str]) -> list[Tokens]:
+        """Every token of each text (for queries, which the API bounds by characters)."""
+        return [_tokens(encoding, complete=True) for encoding in self._encode_batch(texts)]
+
+    def encode_prefix(self, texts: Sequence[str], max_tokens: int) -> list[Tokens]:
+        """Each text's first `max_tokens` tokens (all of them if fewer), tokenizing only as much text as needed.
+
+        A result is `complete` when it holds the whole text; otherwise the text has more than `max_tokens`."""
+        results: list[Tokens | None] = [None] * len(texts)
+        chars = max(64, PREFIX_CHARS_PER_TOKEN * max_tokens)
+        pending = list(range(len(texts)))
+        while pending:
+            prefixes = [texts[i][:chars] for i in pending]
+            still: list[int] = []
+            for i, prefix, encoding in zip(pending, prefixes, self._encode_batch(prefixes), strict=True):
+                whole = len(prefix) == len(texts[i])
+                stable = len(encoding.ids) if whole else _stable_tokens(encoding, len(prefix))
+                if whole and stable <= max_tokens:
+                    results[i] = _tokens(encoding, complete=True)
+                elif stable > max_tokens:  # enough tokens that no later text can change
+                    results[i] = _tokens(encoding, complete=False, keep=max_tokens)
+                else:
+                    still.append(i)
+            pending, chars = still, chars * 4
+        return [result for result in results if result is not None]
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Token counts without special tokens or truncation."""
-        encoded = self._tokenizer(list(texts), add_special_tokens=False, return_attention_mask=False)
-        return [len(ids) for ids in encoded["input_ids"]]
-
-    def token_spans(self, texts: Sequence[str]) -> list[list[tuple[int, int, int]]]:
-        """Per text, each token's `(start, end, word)`: character span and word number, without special tokens."""
-        encoded = self._tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
-        return [
-            [
-                (start, end, -1 if word is None else word)
-                for (start, end), word in zip(offsets, encoded.word_ids(i), strict=True)
-            ]
-            for i, offsets in enumerate(encoded["offset_mapping"])
-        ]
-
-    def special_tokens(self, *, pair: bool) -> int:
-        """Special tokens the model input adds around one text or a (query, document) pair."""
-        return int(self._tokenizer.num_special_tokens_to_add(pair=pair))
+        return [len(encoding.ids) for encoding in self._encode_batch(texts)]
 
     def clip(self, text: str, max_tokens: int) -> str:
         """The longest prefix of `text` that holds at most `max_tokens` tokens (Cohere's `max_tokens_per_doc`)."""
-        encoded = self._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        offsets = encoded["offset_mapping"]
-        return text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]]
+        tokens = self.encode_prefix([text], max_tokens)[0]
+        return text if tokens.complete else text[: tokens.spans[-1][1]]
 
-    def _encode(self, first: list[str], second: list[str] | None) -> list[Encoded]:
-        encoded = self._tokenizer(
-            first,
-            second,
-            truncation="longest_first",
-            max_length=self.max_length,
-            return_attention_mask=False,
-            return_token_type_ids=self.uses_token_types,
-        )
-        ids_list = encoded["input_ids"]
-        types_list = encoded["token_type_ids"] if self.uses_token_types else [None] * len(ids_list)
-        full = self._full_lengths(first, second, ids_list)
-        return [
-            Encoded(ids, types, truncated=length > self.max_length)
-            for ids, types, length in zip(ids_list, types_list, full, strict=True)
+    def special_tokens(self, *, pair: bool) -> int:
+        """Special tokens the model input adds around one text or a (query, document) pair."""
+        return (self._pair if pair else self._single).specials
+
+    def document_room(self, query: Tokens | None) -> int:
+        """The most document tokens that can reach the model beside `query` (None: a text on its own)."""
+        if query is None:
+            return self.max_length - self._single.specials
+        return max(self.max_length - self._pair.specials - len(query), (self.max_length - self._pair.specials) // 2)
+
+    # -- tokens to model inputs -----------------------------------------------------------------------------------
+
+    def encode_pairs(self, query: Tokens, documents: Sequence[str]) -> list[Encoded]:
+        """Model inputs of (query, document) pairs; each document tokenized once, only as far as can matter."""
+        budget = self.max_length - self._pair.specials
+        # One token more than the query or the window could keep tells longest-first which text is longer.
+        documents_tokens = self.encode_prefix(documents, max(budget, len(query)) + 1)
+        return [self.pair(query, tokens) for tokens in documents_tokens]
+
+    def encode_texts(self, texts: Sequence[str]) -> list[Encoded]:
+        return [self.single(tokens) for tokens in self.encode_prefix(texts, self.max_length)]
+
+    def pair(self, query: Tokens, document: Tokens) -> Encoded:
+        budget = self.max_length - self._pair.specials
+        keep_query, keep_document = longest_first(len(query), len(document), budget)
+        truncated = keep_query < len(query) or keep_document < len(document) or not document.complete
+        return self._assemble(self._pair, query.ids[:keep_query], document.ids[:keep_document], truncated)
+
+    def single(self, text: Tokens) -> Encoded:
+        budget = self.max_length - self._single.specials
+        truncated = len(text) > budget or not text.complete
+        return self._assemble(self._single, text.ids[:budget], None, truncated)
+
+    def _assemble(self, template: _Template, first: np.ndarray, second: np.ndarray | None, truncated: bool) -> Encoded:
+        parts = [template.before, first, template.between, *([] if second is None else [second]), template.after]
+        ids = np.concatenate([np.asarray(part, dtype=np.int64) for part in parts])
+        if not self.uses_token_types:
+            return Encoded(ids, None, truncated)
+        kinds = (0, 1, 2, 3, 4) if second is not None else (0, 1, 2, 4)
+        types = [
+            np.full(len(part), template.type_ids[kind], dtype=np.int64) for part, kind in zip(parts, kinds, strict=True)
         ]
-
-    def _full_lengths(self, first: list[str], second: list[str] | None, ids_list: list[list[int]]) -> list[int]:
-        """Untruncated lengths, computed only for inputs that reached the window (the rest were not cut)."""
-        lengths = [len(ids) for ids in ids_list]
-        at_limit = [i for i, length in enumerate(lengths) if length >= self.max_length]
-        if at_limit:
-            again = self._tokenizer(
-                [first[i] for i in at_limit],
-                [second[i] for i in at_limit] if second is not None else None,
-                return_attention_mask=False,
-                return_token_type_ids=False,
-            )["input_ids"]
-            for i, ids in zip(at_limit, again, strict=True):
-                lengths[i] = len(ids)
-        return lengths
+        type_ids = np.concatenate(types)
+        return Encoded(ids, type_ids, truncated)
 
     def collate(self, items: Sequence[Encoded]) -> Batch:
         """Pad to the longest item; int64 as both torch and ONNX Runtime expect."""
@@ -109,3 +217,28 @@ class Tokenizer:
             if token_type_ids is not None and item.type_ids is not None:
                 token_type_ids[row, : len(item)] = item.type_ids
         return Batch(input_ids, attention_mask, token_type_ids)
+
+    def _encode_batch(self, texts: Sequence[str]) -> list[Encoding]:
+        return self._tokenizer.encode_batch(list(texts), add_special_tokens=False) if texts else []
+
+
+def _tokens(encoding: Encoding, *, complete: bool, keep: int | None = None) -> Tokens:
+    ids = encoding.ids[:keep]
+    words = encoding.word_ids[: len(ids)]
+    spans = [
+        (start, end, -1 if word is None else word)
+        for (start, end), word in zip(encoding.offsets[: len(ids)], words, strict=True)
+    ]
+    return Tokens(np.asarray(ids, dtype=np.int64), spans, complete)
+
+
+def _stable_tokens(encoding: Encoding, prefix_chars: int) -> int:
+    """Tokens of a prefix that the rest of the text cannot change: those of every word but the last (which the
+    cut may have split), or, without word boundaries, those ending well before the cut."""
+    words = encoding.word_ids
+    if not words:
+        return 0
+    last = words[-1]
+    if last is not None and last > 0:
+        return next(i for i, word in enumerate(words) if word == last)
+    return sum(1 for _, end in encoding.offsets if end <= prefix_chars - CUT_MARGIN_CHARS)

@@ -44,6 +44,11 @@ class FleetService:
         self._watcher: asyncio.Task[None] | None = None
         self._outstanding = [0, 0]  # requests, estimated tokens
 
+    overloaded = False  # replicas turn work away themselves; the ingress queues at the router
+
+    def health_problem(self) -> str | None:
+        return None  # replicas report their own health to Ray
+
     def start(self) -> None:
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
@@ -58,7 +63,7 @@ class FleetService:
 
     async def rerank(self, request: RerankRequest) -> RerankResult:
         models = self.models()
-        check_limits(request, self.settings.max_documents)
+        check_limits(request, self.settings.max_documents, self.settings.max_query_chars)
         max_length = models[0].max_length
         if request.max_tokens_per_doc is not None:
             max_length = min(max_length, request.max_tokens_per_doc + len(request.query) // 4 + 3)

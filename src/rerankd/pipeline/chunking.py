@@ -13,11 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rerankd.engine.tokenize import Tokenizer
+from rerankd.engine.tokenize import Tokenizer, Tokens, TokenSpan
 
 MIN_CHUNK_TOKENS = 16  # a query that leaves less room than this is cut by the tokenizer instead
-
-TokenSpan = tuple[int, int, int]  # (start character, end character, word number)
 
 
 @dataclass(frozen=True)
@@ -29,6 +27,11 @@ class ChunkRule:
     @property
     def stride(self) -> int:
         return max(1, self.size - min(self.overlap, self.size // 2))
+
+    @property
+    def reach(self) -> int:
+        """Tokens of a document that its chunks can use, with room for chunk starts that move to word starts."""
+        return self.max_chunks * (self.size + self.stride) + 1
 
 
 def _word_start(tokens: Sequence[TokenSpan], i: int) -> int:
@@ -45,10 +48,12 @@ def _next_word_start(tokens: Sequence[TokenSpan], i: int) -> int:
     return i
 
 
-def split(tokens: Sequence[TokenSpan], rule: ChunkRule) -> tuple[list[tuple[int, int]], bool]:
-    """Character spans of one text's chunks, and whether the cap left text out. One chunk = the whole text."""
+def split(tokens: Sequence[TokenSpan], rule: ChunkRule, complete: bool = True) -> tuple[list[tuple[int, int]], bool]:
+    """Character spans of one text's chunks, and whether the cap left text out. One chunk = the whole text.
+
+    `complete` is False when `tokens` are only the text's first tokens (`ChunkRule.reach` of them)."""
     n = len(tokens)
-    if n <= rule.size:
+    if n <= rule.size and complete:
         return [], False
     spans: list[tuple[int, int]] = []
     start = 0
@@ -59,7 +64,7 @@ def split(tokens: Sequence[TokenSpan], rule: ChunkRule) -> tuple[list[tuple[int,
             end = snapped if snapped > start else start + rule.size
         spans.append((tokens[start][0], tokens[end - 1][1]))
         if end >= n or len(spans) == rule.max_chunks:
-            return spans, end < n
+            return spans, end < n or not complete
         following = _word_start(tokens, start + rule.stride)
         # A word longer than the stride: go on at the next word rather than inside this one.
         start = following if following > start else _next_word_start(tokens, start + rule.stride)
@@ -85,7 +90,7 @@ class Chunks:
         return best.astype(np.float32)
 
 
-def rule_for(tokenizer: Tokenizer, query: str | None, *, size: int, overlap: int, max_chunks: int) -> ChunkRule:
+def rule_for(tokenizer: Tokenizer, query: Tokens | None, *, size: int, overlap: int, max_chunks: int) -> ChunkRule:
     """The chunk size: `size` tokens (0 = as many as fit), never more than the window leaves beside the query.
 
     `query` is None for bi-encoders, which embed the query on its own.
@@ -93,7 +98,7 @@ def rule_for(tokenizer: Tokenizer, query: str | None, *, size: int, overlap: int
     if query is None:
         room = tokenizer.max_length - tokenizer.special_tokens(pair=False)
     else:
-        room = tokenizer.max_length - tokenizer.special_tokens(pair=True) - tokenizer.count_tokens([query])[0]
+        room = tokenizer.max_length - tokenizer.special_tokens(pair=True) - len(query)
     room = max(room, MIN_CHUNK_TOKENS)
     return ChunkRule(min(size, room) if size else room, overlap, max_chunks)
 
@@ -102,8 +107,11 @@ def chunk(tokenizer: Tokenizer, documents: Sequence[str], rule: ChunkRule) -> Ch
     texts: list[str] = []
     owners: list[int] = []
     capped: list[int] = []
-    for index, (document, tokens) in enumerate(zip(documents, tokenizer.token_spans(documents), strict=True)):
-        spans, cut = split(tokens, rule)
+    # Only the text the chunks can use is tokenized: a 10 MB document costs what its first chunks cost.
+    for index, (document, tokens) in enumerate(
+        zip(documents, tokenizer.encode_prefix(documents, rule.reach), strict=True)
+    ):
+        spans, cut = split(tokens.spans, rule, tokens.complete)
         pieces = [document[start:end] for start, end in spans] or [document]
         texts.extend(pieces)
         owners.extend([index] * len(pieces))

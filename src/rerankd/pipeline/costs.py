@@ -51,13 +51,13 @@ class CostModel:
         return 1000.0 * documents * self._bm25_seconds_per_doc
 
     def costs(
-        self, engine: Engine, query: str, documents: Sequence[str], *, chunks: ChunkRule | None, bm25: bool
+        self, engine: Engine, query_tokens: int, documents: Sequence[str], *, chunks: ChunkRule | None, bm25: bool
     ) -> tuple[Costs, float]:
         """The request's `Costs`, and the part of them that is queue wait (for `learn_model`)."""
         stats = self._stats(engine)
         pair = engine.spec.kind == "cross-encoder"
         window = engine.tokenizer.max_length
-        fixed = engine.tokenizer.special_tokens(pair=pair) + (engine.tokenizer.count_tokens([query])[0] if pair else 0)
+        fixed = engine.tokenizer.special_tokens(pair=pair) + (query_tokens if pair else 0)
         doc_tokens = np.fromiter((len(d) for d in documents), dtype=np.float64, count=len(documents))
         doc_tokens /= stats.chars_per_token
         if chunks is None:
@@ -75,6 +75,15 @@ class CostModel:
         fixed_ms = wait_ms + (self.bm25_ms(len(documents)) if bm25 else 0.0)
         pairs_per_second = speed / per_pair / stats.correction
         return Costs(pairs_per_second, float(np.mean(pieces)), fixed_ms), wait_ms
+
+    def work_seconds(
+        self, engine: Engine, query: str, documents: Sequence[str], *, chunks: ChunkRule | None, scored: int
+    ) -> float:
+        """Model time of a request not yet tokenized (its query's tokens guessed from characters), for admission:
+        `scored` of its documents reach the model."""
+        query_tokens = round(len(query) / self._stats(engine).chars_per_token)
+        costs, _ = self.costs(engine, query_tokens, documents, chunks=chunks, bm25=False)
+        return costs.model_ms(min(scored, len(documents))) / 1000.0
 
     def learn_tokens(self, engine: Engine, texts: Sequence[str], tokens: Sequence[int]) -> None:
         """Characters per token from texts the model tokenized (those it did not truncate)."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from rerankd.engine import Engine, Prepared
+from rerankd.engine import Engine, Prepared, Tokens
 from rerankd.errors import PayloadTooLarge
 from rerankd.pipeline import chunking
 from rerankd.pipeline.costs import CostModel
@@ -138,7 +138,7 @@ class _Job:
     """What scoring a request's candidates needs, whichever slice of them is scored."""
 
     engine: Engine
-    query: str
+    query: Tokens
     documents: Sequence[str]
     rule: chunking.ChunkRule | None
     options: Options
@@ -165,16 +165,24 @@ class _FirstStage:
 class Reranker:
     """Runs requests' stages on engines. Holds what it learns about costs; the embedding pre-filter is lent."""
 
-    def __init__(self, embedding_prefilter: Callable[[], Awaitable[EmbeddingPrefilter]]) -> None:
+    def __init__(
+        self, embedding_prefilter: Callable[[], Awaitable[EmbeddingPrefilter]], *, bm25_max_chars: int = 20_000
+    ) -> None:
         self._embedding_prefilter = embedding_prefilter
+        self._bm25_max_chars = bm25_max_chars
         self.costs = CostModel()
 
-    async def run(self, engine: Engine, query: str, documents: Sequence[str], options: Options) -> Outcome:
+    async def run(
+        self, engine: Engine, query: str, query_tokens: Tokens, documents: Sequence[str], options: Options
+    ) -> Outcome:
+        """Rank `documents` for `query`, whose tokens the caller has (it bounds them)."""
         started = time.perf_counter()
         first = _FirstStage(self, query, documents, options.first_stage_scores)
-        rule = self._chunk_rule(engine, query, options)
+        rule = self._chunk_rule(engine, query_tokens, options)
         fusing = options.fusion != "none"
-        costs, wait_ms = self.costs.costs(engine, query, documents, chunks=rule, bm25=fusing and not first.known)
+        costs, wait_ms = self.costs.costs(
+            engine, len(query_tokens), documents, chunks=rule, bm25=fusing and not first.known
+        )
         chosen = self._plan(options, len(documents), costs, options.strategy)
         meta: dict[str, Any] = {}
         if chosen.prefiltered:
@@ -189,7 +197,7 @@ class Reranker:
         if chosen.prefiltered and options.budget_ms is not None:
             deadline = started + DEADLINE_SHARE * options.budget_ms / 1000
         model_started = time.perf_counter()
-        scored = await self._score_until(_Job(engine, query, documents, rule, options), candidates, deadline)
+        scored = await self._score_until(_Job(engine, query_tokens, documents, rule, options), candidates, deadline)
         if wait_ms == 0:  # with a queue ahead, the time says more about the queue than about the estimate
             self.costs.learn_model(
                 engine, costs.model_ms(len(scored.raw)), 1000 * (time.perf_counter() - model_started)
@@ -213,7 +221,9 @@ class Reranker:
 
     async def bm25(self, query: str, documents: Sequence[str]) -> np.ndarray:
         started = time.perf_counter()
-        scores = await asyncio.to_thread(bm25_scores, query, documents)
+        # BM25 indexes about 1 MB of text a second here: a document's first bm25_max_chars decide its score.
+        texts = [document[: self._bm25_max_chars] for document in documents]
+        scores = await asyncio.to_thread(bm25_scores, query, texts)
         self.costs.learn_bm25(len(documents), time.perf_counter() - started)
         return scores
 
@@ -239,7 +249,7 @@ class Reranker:
         return await embeddings.scores(query, documents), f"embeddings:{embeddings.engine.spec.name}"
 
     @staticmethod
-    def _chunk_rule(engine: Engine, query: str, options: Options) -> chunking.ChunkRule | None:
+    def _chunk_rule(engine: Engine, query: Tokens, options: Options) -> chunking.ChunkRule | None:
         if options.chunks is None:
             return None
         pair_query = query if engine.spec.kind == "cross-encoder" else None
@@ -306,11 +316,10 @@ class Reranker:
             }
         return _Scored(raw, final, prepared.tokens, meta)
 
-    def _learn_lengths(self, engine: Engine, query: str, texts: Sequence[str], prepared: Prepared) -> None:
+    def _learn_lengths(self, engine: Engine, query: Tokens, texts: Sequence[str], prepared: Prepared) -> None:
         """Characters per token, from the documents the tokenizer did not cut."""
         pair = engine.spec.kind == "cross-encoder"
         items = prepared.inputs if pair else prepared.inputs[1:]
-        overhead = engine.tokenizer.special_tokens(pair=pair)
-        overhead += engine.tokenizer.count_tokens([query])[0] if pair else 0
+        overhead = engine.tokenizer.special_tokens(pair=pair) + (len(query) if pair else 0)
         kept = [i for i, cut in enumerate(prepared.truncated) if not cut]
         self.costs.learn_tokens(engine, [texts[i] for i in kept], [len(items[i]) - overhead for i in kept])

@@ -19,9 +19,11 @@ import numpy as np
 
 from rerankd.config import Settings
 from rerankd.engine import Engine, ModelRegistry
-from rerankd.errors import InvalidRequest, NotReady, RerankdError
+from rerankd.errors import DeadlineExceeded, InvalidRequest, NotReady, PayloadTooLarge, RerankdError
 from rerankd.metrics import Metrics
 from rerankd.models import ModelSpec, resolve_model
+from rerankd.pipeline.admission import Admission
+from rerankd.pipeline.chunking import ChunkRule
 from rerankd.pipeline.fusion import FusionMethod, best_first
 from rerankd.pipeline.hybrid import ChunkOptions, Options, Outcome, Reranker
 from rerankd.pipeline.planner import STRATEGIES, Strategy
@@ -51,6 +53,7 @@ class RerankRequest:
     first_stage_scores: Sequence[float] | None = None  # the client's own retrieval score per document
     chunking: bool | None = None  # None: the `chunking` setting, or on when max_chunks_per_doc is given
     max_chunks_per_doc: int | None = None
+    timeout_ms: float | None = None  # None: the server's request_timeout_seconds
 
 
 @dataclass(frozen=True)
@@ -92,17 +95,28 @@ class RerankService(Protocol):
 
     def models(self) -> list[ModelInfo]: ...
 
+    @property
+    def overloaded(self) -> bool:
+        """Whether new work would be turned away now (readiness reports it)."""
+
+    def health_problem(self) -> str | None:
+        """Why the process should be restarted, or None."""
+
     def close(self) -> None: ...
 
 
 MAX_CHUNKS_PER_DOC = 100  # bounds one request's work: documents x chunks pairs
 
 
-def check_limits(request: RerankRequest, max_documents: int) -> None:
-    """Rules every dialect shares; messages name the field and the limit."""
+def check_limits(request: RerankRequest, max_documents: int, max_query_chars: int | None = None) -> None:
+    """Rules every dialect shares, checked before any expensive step; messages name the field and the limit."""
     name = request.documents_field
     if not request.query.strip():
         raise InvalidRequest("query: must not be empty")
+    if max_query_chars is not None and len(request.query) > max_query_chars:
+        raise PayloadTooLarge(
+            f"query: at most {max_query_chars} characters (max_query_chars), got {len(request.query)}"
+        )
     if not request.documents:
         raise InvalidRequest(f"{name}: must hold at least one document")
     if len(request.documents) > max_documents:
@@ -114,6 +128,23 @@ def check_limits(request: RerankRequest, max_documents: int) -> None:
     if request.max_tokens_per_doc is not None and request.max_tokens_per_doc < 1:
         raise InvalidRequest(f"max_tokens_per_doc: must be at least 1, got {request.max_tokens_per_doc}")
     _check_strategy_fields(request)
+    check_unicode("query", request.query)
+    for index, document in enumerate(request.documents):
+        check_unicode(f"{name}[{index}]", document)
+
+
+def check_unicode(field: str, text: str) -> None:
+    """Text must be encodable as UTF-8: JSON can carry lone UTF-16 surrogates (\\ud800) that no tokenizer can
+    read. Rejected rather than replaced, so that what is scored is what was sent."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest(
+            f"{field}: lone surrogate U+{ord(text[exc.start]):04X} at character {exc.start} is not valid Unicode; "
+            "send surrogates only as pairs"
+        ) from None
 
 
 def _check_strategy_fields(request: RerankRequest) -> None:
@@ -132,6 +163,9 @@ def _check_strategy_fields(request: RerankRequest) -> None:
     chunks = request.max_chunks_per_doc
     if chunks is not None and not (1 <= chunks <= MAX_CHUNKS_PER_DOC):
         raise InvalidRequest(f"max_chunks_per_doc: must be between 1 and {MAX_CHUNKS_PER_DOC}, got {chunks}")
+    timeout = request.timeout_ms
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise InvalidRequest(f"timeout_ms: must be a number above 0, got {timeout}")
     scores = request.first_stage_scores
     if scores is not None:
         if len(scores) != len(request.documents):
@@ -166,11 +200,11 @@ class LocalService:
         self._specs = specs
         self._on_failure = on_failure
         self._registry: ModelRegistry | None = None
-        self._reranker = Reranker(self._embedding_prefilter)
+        self._reranker = Reranker(self._embedding_prefilter, bm25_max_chars=settings.bm25_max_chars)
         self._embedding_cache = EmbeddingCache(settings.embedding_cache_entries, metrics)
         self._embeddings: EmbeddingPrefilter | None = None
-        self._embeddings_lock = threading.Lock()
         self._own_engines: list[Engine] = []  # loaded for the pre-filter, not served
+        self.admission = Admission(settings.max_queue_seconds)
 
     def start(self) -> None:
         threading.Thread(target=self._load_or_report, name="rerankd-loader", daemon=True).start()
@@ -193,6 +227,8 @@ class LocalService:
             engines = [Engine.load(spec, self.settings, self.metrics) for spec in specs]
             for engine in engines:
                 engine.warmup(self.settings.warmup_seconds)
+            if self.settings.embedding_model:
+                self._embeddings = self._load_embeddings(engines)
         except Exception as exc:
             self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
             raise
@@ -214,19 +250,60 @@ class LocalService:
         ]
 
     async def rerank(self, request: RerankRequest) -> RerankResult:
+        """Checks and admission first (cheap, no tokenizing), then the work, bounded by the request's deadline."""
         engine = self.registry.get(request.model)
-        check_limits(request, self.settings.max_documents)
+        check_limits(request, self.settings.max_documents, self.settings.max_query_chars)
+        options = self._options(request)
+        work = self._reranker.costs.work_seconds(
+            engine, request.query, request.documents, chunks=_rough_rule(engine, options), scored=_scored(options)
+        )
+        timeout = request.timeout_ms / 1000 if request.timeout_ms else self.settings.request_timeout_seconds
+        with self.admission.admit(engine.spec.name, work):
+            try:
+                async with asyncio.timeout(timeout or None) as deadline:
+                    return await self._rerank(engine, request, options)
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                source = "timeout_ms" if request.timeout_ms else "request_timeout_seconds"
+                raise DeadlineExceeded(
+                    f"request: not answered within {timeout:g} s ({source}); its queued work was dropped"
+                ) from None
+
+    async def _rerank(self, engine: Engine, request: RerankRequest, options: Options) -> RerankResult:
         started = time.perf_counter()
+        query = await asyncio.to_thread(engine.query_tokens, request.query)
+        limit = self.settings.max_query_tokens or engine.query_limit
+        if len(query) > limit:
+            source = "max_query_tokens" if self.settings.max_query_tokens else "max_query_tokens: the model's window"
+            raise PayloadTooLarge(f"query: at most {limit} tokens ({source}), got {len(query)}")
         documents = request.documents
         if request.max_tokens_per_doc is not None and request.max_tokens_per_doc < engine.spec.max_length:
             documents = await asyncio.to_thread(_clip_all, engine, documents, request.max_tokens_per_doc)
-        options = self._options(request)
-        outcome = await self._reranker.run(engine, request.query, documents, options)
+        outcome = await self._reranker.run(engine, request.query, query, documents, options)
         if self.metrics:
             self.metrics.documents.labels(engine.spec.name).inc(len(documents))
             self.metrics.strategies.labels(engine.spec.name, outcome.plan.strategy).inc()
         meta = _describe(options, outcome, elapsed_ms=1000 * (time.perf_counter() - started))
         return RerankResult(engine.spec.name, _ranked(outcome, request.top_n), outcome.tokens, {"rerankd": meta})
+
+    def health_problem(self) -> str | None:
+        """Why this process should be restarted, or None: an engine with work waiting and no batch finished."""
+        if self._registry is None:
+            return None
+        limit = self.settings.replica_stall_seconds
+        for engine in self._registry.engines:
+            stats = engine.stats()
+            if stats.stalled_seconds > limit:
+                return (
+                    f"{engine.spec.name}: {stats.queued_pairs} pairs queued and no batch finished for "
+                    f"{stats.stalled_seconds:.0f} s (replica_stall_seconds={limit:g})"
+                )
+        return None
+
+    @property
+    def overloaded(self) -> bool:
+        return self.admission.overloaded()
 
     def _options(self, request: RerankRequest) -> Options:
         """The request's fields, else the server's settings of the same name."""
@@ -255,23 +332,26 @@ class LocalService:
         )
 
     async def _embedding_prefilter(self) -> EmbeddingPrefilter:
-        return self._embeddings or await asyncio.to_thread(self._load_embeddings)
+        if self._embeddings is None:
+            raise InvalidRequest(
+                "strategy: bi-encoder needs an embedding pre-filter; this server has none (embedding_model)"
+            )
+        return self._embeddings
 
-    def _load_embeddings(self) -> EmbeddingPrefilter:
-        """The bi-encoder of the embedding pre-filter: a served engine of that model, else one loaded now."""
-        with self._embeddings_lock:
-            if self._embeddings is None:
-                spec = resolve_model(self.settings.embedding_model, cache_dir=self.settings.cache_dir)
-                engine = next((e for e in self.registry.engines if e.spec.name == spec.name), None)
-                if engine is None:
-                    log.info("loading %s for the embedding pre-filter", spec.name)
-                    engine = Engine.load(spec, self.settings, self.metrics)
-                    self._own_engines.append(engine)
-                try:
-                    self._embeddings = EmbeddingPrefilter(engine, self._embedding_cache)
-                except ValueError as exc:
-                    raise RerankdError(str(exc)) from None
-            return self._embeddings
+    def _load_embeddings(self, served: list[Engine]) -> EmbeddingPrefilter:
+        """The bi-encoder of the embedding pre-filter, at start-up: a served engine of that model, else its own."""
+        spec = resolve_model(self.settings.embedding_model, cache_dir=self.settings.cache_dir)
+        engine = next((e for e in served if e.spec.name == spec.name), None)
+        if engine is None:
+            if spec.kind != "bi-encoder":
+                raise RerankdError(f"embedding_model: {spec.name} is a {spec.kind}; it must be a bi-encoder")
+            log.info("loading %s for the embedding pre-filter", spec.name)
+            engine = Engine.load(spec, self.settings, self.metrics)
+            self._own_engines.append(engine)
+        try:
+            return EmbeddingPrefilter(engine, self._embedding_cache)
+        except ValueError as exc:
+            raise RerankdError(str(exc)) from None
 
     def close(self) -> None:
         if self._registry is not None:
@@ -313,3 +393,20 @@ def _describe(options: Options, outcome: Outcome, *, elapsed_ms: float) -> dict[
 
 def _clip_all(engine: Engine, documents: Sequence[str], max_tokens: int) -> list[str]:
     return [engine.tokenizer.clip(document, max_tokens) for document in documents]
+
+
+def _scored(options: Options) -> int:
+    """Documents the model may score, at most: every one unless a pre-filter caps them."""
+    if options.strategy in ("hybrid", "bi-encoder"):
+        return options.candidates or options.default_candidates
+    if options.strategy == "auto" and options.budget_ms is not None:
+        return options.candidates or options.default_candidates
+    return 2**31
+
+
+def _rough_rule(engine: Engine, options: Options) -> ChunkRule | None:
+    """The chunk rule before the query is tokenized: chunks of the requested size, else half the window."""
+    if options.chunks is None:
+        return None
+    size = options.chunks.tokens or engine.spec.max_length // 2
+    return ChunkRule(size, options.chunks.overlap, options.chunks.max_chunks)

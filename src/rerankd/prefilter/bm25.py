@@ -24,8 +24,10 @@ class Bm25:
         self._stemmer = Stemmer.Stemmer("english")
         self.size = len(texts)
         tokens = bm25s.tokenize(list(texts), stopwords="en", stemmer=self._stemmer, show_progress=False)
-        self._index = bm25s.BM25()
-        self._index.index(tokens, show_progress=False)
+        self._index: bm25s.BM25 | None = None
+        if tokens.vocab:  # bm25s cannot index texts without a single term (empty, or only stop words)
+            self._index = bm25s.BM25()
+            self._index.index(tokens, show_progress=False)
 
     def _query_tokens(self, queries: Sequence[str]) -> list[list[str]]:
         return bm25s.tokenize(
@@ -34,14 +36,16 @@ class Bm25:
 
     def scores(self, query: str) -> np.ndarray:
         """One score per text (0 where no query term occurs), float32."""
-        known = self._index.get_tokens_ids(self._query_tokens([query])[0])
-        if not known:  # only stop words or terms absent from every text
+        known = self._index.get_tokens_ids(self._query_tokens([query])[0]) if self._index else []
+        if not known:  # only stop words, terms absent from every text, or texts without terms
             return np.zeros(self.size, dtype=np.float32)
         return self._index.get_scores(known).astype(np.float32)
 
     def top(self, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """The best `k` texts per query: `(indices, scores)`, each `(len(queries), k)`, best first."""
         k = min(k, self.size)
+        if self._index is None:
+            return np.tile(np.arange(k), (len(queries), 1)), np.zeros((len(queries), k), dtype=np.float32)
         indices, scores = self._index.retrieve(self._query_tokens(queries), k=k, show_progress=False)
         return np.asarray(indices), np.asarray(scores, dtype=np.float32)
 
