@@ -30,7 +30,7 @@ from common import RESULTS, format_table, machine, percentile, plot_path, save
 from fleet_workload import make_requests, open_loop, poisson_times, wait_ready
 
 from rerankd.config import Settings
-from rerankd.fleet.costmodel import CostModel
+from rerankd.fleet.costmodel import SimulatedReplica
 from rerankd.fleet.launch import Fleet
 from rerankd.fleet.netns import loopback_only
 
@@ -107,7 +107,7 @@ def main() -> None:
         recheck()
         return
 
-    cost = CostModel(tokens_per_second=3000, cold_start_seconds=args.cold_start)
+    cost = SimulatedReplica(tokens_per_second=3000, cold_start_seconds=args.cold_start)
     settings = Settings(
         autoscale="1:4", autoscale_upscale_seconds=args.upscale_seconds,
         autoscale_downscale_seconds=args.downscale_seconds, replica_cpus=0.25, port=args.port, log_level="warning",

@@ -21,7 +21,7 @@ from common import format_table, plot_path, save
 from fleet_workload import Outcome, closed_loop, make_requests, metric, replica_pids, wait_ready
 
 from rerankd.config import Settings
-from rerankd.fleet.costmodel import CostModel
+from rerankd.fleet.costmodel import SimulatedReplica
 from rerankd.fleet.launch import Fleet
 from rerankd.fleet.netns import loopback_only
 
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=300)
     args = parser.parse_args()
 
-    cost = CostModel(tokens_per_second=4000, cold_start_seconds=5) if args.cost_model else None
+    cost = SimulatedReplica(tokens_per_second=4000, cold_start_seconds=5) if args.cost_model else None
     settings = Settings(
         model=["ce-fixture"], replicas=args.replicas, replica_cpus=2 / args.replicas, warmup_seconds=0,
         port=args.port, log_level="warning",

@@ -35,7 +35,7 @@ from fleet_workload import (
 )
 
 from rerankd.config import Settings
-from rerankd.fleet.costmodel import CostModel
+from rerankd.fleet.costmodel import SimulatedReplica
 from rerankd.fleet.launch import Fleet
 from rerankd.fleet.netns import loopback_only
 
@@ -60,7 +60,7 @@ def summarise(policy: str, result: LoadResult) -> dict[str, Any]:
     }
 
 
-def run_policies(fleet: Fleet, settings: Settings, requests: list[Request], rate: float, cost: CostModel | None):
+def run_policies(fleet: Fleet, settings: Settings, requests: list[Request], rate: float, cost: SimulatedReplica | None):
     rows = []
     for policy in POLICIES:
         fleet.deploy(settings.model_copy(update={"routing": policy}), cost)
@@ -80,10 +80,10 @@ def run_policies(fleet: Fleet, settings: Settings, requests: list[Request], rate
 def cost_run(args: argparse.Namespace, rng: np.random.Generator) -> dict[str, Any]:
     requests = make_requests(rng, pareto_counts(rng, args.requests), words=(10, 40))
     overhead = 0.002
-    mean_tokens = float(np.mean([CostModel().tokens(r.query, r.documents) for r in requests]))
+    mean_tokens = float(np.mean([SimulatedReplica().tokens(r.query, r.documents) for r in requests]))
     # Pick the replicas' speed so that the arrival rate below is `utilisation` of the fleet's capacity.
     mean_seconds = args.utilisation * args.replicas / args.rate
-    cost = CostModel(tokens_per_second=mean_tokens / (mean_seconds - overhead), overhead_seconds=overhead)
+    cost = SimulatedReplica(tokens_per_second=mean_tokens / (mean_seconds - overhead), overhead_seconds=overhead)
     settings = Settings(model=["ce-fixture"], replicas=args.replicas, replica_cpus=0.1, port=args.port)
     with Fleet(settings, cost=cost, num_cpus=2) as fleet:
         rows = run_policies(fleet, settings, requests, args.rate, cost)
@@ -101,7 +101,7 @@ def real_run(args: argparse.Namespace, rng: np.random.Generator) -> dict[str, An
     settings = Settings(
         model=["ce-fixture"], replicas=args.real_replicas, replica_cpus=1, warmup_seconds=0, port=args.port
     )
-    tokens = CostModel().tokens  # an estimate of a request's work; a ratio of two of them is all that is used
+    tokens = SimulatedReplica().tokens  # an estimate of a request's work; a ratio of two of them is all that is used
     with Fleet(settings, num_cpus=args.real_replicas) as fleet:
         wait_ready(fleet.url)
         # Capacity in tokens/s, from the same size mix in a closed loop that keeps every replica busy. Measured in

@@ -2,7 +2,7 @@
 
 This machine cannot host 10-100 replicas at 1,000+ requests/s, so this script simulates them: every routing
 decision is `rerankd.fleet.router.pick_replica` over a `WorkLedger`, every second the autoscaler is
-`rerankd.fleet.autoscale.decide`, replica speed is `rerankd.fleet.costmodel.CostModel` (one request at a time per
+`rerankd.fleet.autoscale.decide`, replica speed is `rerankd.fleet.costmodel.SimulatedReplica` (one request at a time per
 replica, in arrival order), and replicas take 30-60 s to start. Request sizes are heavy-tailed (5-1,000 documents
 of 20-300 tokens); the router only sees an estimate of each request's tokens (+-20% noise), as in production.
 
@@ -29,7 +29,7 @@ from fleet_workload import pareto_counts
 
 from rerankd.config import Settings
 from rerankd.fleet.autoscale import AutoscaleConfig, PolicyState, Signals, decide
-from rerankd.fleet.costmodel import CostModel
+from rerankd.fleet.costmodel import SimulatedReplica
 from rerankd.fleet.replica import MIN_BUSY_FOR_SPEED_SECONDS
 from rerankd.fleet.router import Policy, WorkLedger, pick_replica
 
@@ -68,7 +68,7 @@ class Trace:
     estimates: np.ndarray  # the router's estimate
 
 
-def make_trace(args: argparse.Namespace, cost: CostModel, rng: np.random.Generator) -> Trace:
+def make_trace(args: argparse.Namespace, cost: SimulatedReplica, rng: np.random.Generator) -> Trace:
     # Piecewise rate: base, a one-minute ramp to peak at t=120 s, peak for 240 s, base again.
     base, peak = args.rate * args.scale, args.peak * args.scale
     edges = [(0, 120, base, base), (120, 180, base, peak), (180, 420, peak, peak), (420, args.duration, base, base)]
@@ -100,7 +100,7 @@ def make_trace(args: argparse.Namespace, cost: CostModel, rng: np.random.Generat
 
 
 class Simulation:
-    def __init__(self, scenario: Scenario, trace: Trace, cost: CostModel, config: AutoscaleConfig, args) -> None:
+    def __init__(self, scenario: Scenario, trace: Trace, cost: SimulatedReplica, config: AutoscaleConfig, args) -> None:
         self.scenario = scenario
         self.trace = trace
         self.cost = cost
@@ -286,7 +286,7 @@ def main() -> None:
         args.peak = args.rate
 
     settings = Settings()  # the autoscaling knobs' defaults, as `rerankd serve --autoscale` uses them
-    cost = CostModel(tokens_per_second=args.tokens_per_second)
+    cost = SimulatedReplica(tokens_per_second=args.tokens_per_second)
     trace = make_trace(args, cost, np.random.default_rng(args.seed))
     mean_service = float(np.mean([cost.seconds(t) for t in trace.tokens[:20000]]))
     # Start where the base load needs the fleet to be (the policy's own formula), as a fleet that has been running.

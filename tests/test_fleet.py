@@ -20,7 +20,7 @@ import pytest
 from conftest import free_port, is_ready, local_rerank, wait_until
 
 from rerankd.config import Settings
-from rerankd.fleet.costmodel import CostModel
+from rerankd.fleet.costmodel import SimulatedReplica
 from rerankd.fleet.netns import loopback_only
 from rerankd.fleet.processes import replica_pids
 from rerankd.pipeline.rerank import RerankRequest
@@ -173,7 +173,7 @@ def test_a_burst_scales_a_cost_model_fleet_up_within_the_delay_and_not_down_befo
             replica_cpus=0.5, port=free_port(), log_level="warning",
         )  # fmt: skip
         try:
-            fleet = Fleet(settings, cost=CostModel(tokens_per_second=3000, cold_start_seconds=1), num_cpus=2)
+            fleet = Fleet(settings, cost=SimulatedReplica(tokens_per_second=3000, cold_start_seconds=1), num_cpus=2)
             fleet.connect()
         except Exception as exc:  # pragma: no cover - depends on the machine
             pytest.skip(f"Ray cannot start here: {exc}")

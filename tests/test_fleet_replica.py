@@ -14,7 +14,7 @@ from conftest import wait_until
 from rerankd.config import Settings
 from rerankd.engine import Scheduler
 from rerankd.errors import InvalidRequest, Overloaded
-from rerankd.fleet.costmodel import CostModel, CostModelService
+from rerankd.fleet.costmodel import SimulatedReplica, SimulatedService
 from rerankd.fleet.ray_app import check_settings, replica_plan
 from rerankd.fleet.replica import Load, RemoteError, ReplicaCore, health_problem, merge_stats
 from rerankd.fleet.router import Work
@@ -49,14 +49,14 @@ def test_health_fails_only_while_a_real_scheduler_is_stuck_with_work_waiting() -
     assert health_problem(merge_stats([scheduler.stats()], 0.0), stall_seconds=0.3) is None
 
 
-def replica(cost: CostModel) -> tuple[ReplicaCore, CostModelService]:
-    service = CostModelService(cost)
+def replica(cost: SimulatedReplica) -> tuple[ReplicaCore, SimulatedService]:
+    service = SimulatedService(cost)
     service.load()
     return ReplicaCore("r0", service, service.load_now, stall_seconds=60), service
 
 
 def test_routing_stats_break_outstanding_work_down_by_origin() -> None:
-    core, _ = replica(CostModel(tokens_per_second=2000))
+    core, _ = replica(SimulatedReplica(tokens_per_second=2000))
     request = RerankRequest("fast embedded database", ["sqlite is a small database"] * 20)
 
     async def scenario() -> tuple[dict, dict]:
@@ -77,7 +77,7 @@ def test_routing_stats_break_outstanding_work_down_by_origin() -> None:
 
 
 def test_routing_stats_report_speed_in_estimated_tokens_per_busy_second() -> None:
-    core, _ = replica(CostModel(tokens_per_second=840, overhead_seconds=0.0))
+    core, _ = replica(SimulatedReplica(tokens_per_second=840, overhead_seconds=0.0))
     request = RerankRequest("q words", ["one two three four five six seven"] * 30)  # 420 tokens: 0.5 s each
 
     async def serve(times: int) -> None:
@@ -92,7 +92,7 @@ def test_routing_stats_report_speed_in_estimated_tokens_per_busy_second() -> Non
 
 
 def test_autoscaling_stats_report_busy_fraction_queue_and_p99() -> None:
-    core, _ = replica(CostModel(tokens_per_second=5000, overhead_seconds=0.0))
+    core, _ = replica(SimulatedReplica(tokens_per_second=5000, overhead_seconds=0.0))
     request = RerankRequest("q words", ["one two three four five six seven"] * 30)  # ~400 tokens, ~0.08 s
 
     async def scenario() -> dict[str, float]:
@@ -109,7 +109,7 @@ def test_autoscaling_stats_report_busy_fraction_queue_and_p99() -> None:
 
 
 def test_errors_cross_the_replica_boundary_with_status_and_retry_after() -> None:
-    core, _ = replica(CostModel())
+    core, _ = replica(SimulatedReplica())
     reply = asyncio.run(core.rerank(RerankRequest(" ", ["a"]), None))
     assert reply.result is None and reply.error is not None
     error = reply.error.to_exception()
@@ -119,8 +119,8 @@ def test_errors_cross_the_replica_boundary_with_status_and_retry_after() -> None
 
 
 def test_cost_model_runs_requests_one_at_a_time_in_arrival_order() -> None:
-    cost = CostModel(tokens_per_second=10_000, overhead_seconds=0.0)
-    service = CostModelService(cost)
+    cost = SimulatedReplica(tokens_per_second=10_000, overhead_seconds=0.0)
+    service = SimulatedService(cost)
     service.load()
     big = RerankRequest("q", ["w " * 50] * 40)  # 40 x (1 + 50 words) x 1.3 -> ~2,800 tokens, ~0.28 s
     small = RerankRequest("q", ["w w w"])

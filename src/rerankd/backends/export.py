@@ -1,10 +1,11 @@
 """Export a model to ONNX once, cached by model revision and options; int8 and fp16 derive from the fp32 export.
 
 Exporter: torch.onnx's TorchScript exporter (`dynamo=False`). optimum's ONNX exporter (optimum-onnx 0.1) requires
-transformers<4.58 and this project runs transformers 5, so it cannot be installed beside it; the TorchScript
-exporter ships with torch, handles BERT-family encoders completely, and takes ~2 s for MiniLM-L6. The model is
-loaded with eager attention: that graph is the one onnxruntime's fusions recognise (int8 measured 5-10% faster
-than from the SDPA graph). Every export is checked against torch on a padded batch before it is kept.
+transformers<4.58, while this project allows transformers>=4.56 and is tested on 5.x, so it cannot be relied on
+beside it; the TorchScript exporter ships with torch, handles BERT-family encoders completely, and takes ~2 s for
+MiniLM-L6. The model is loaded with eager attention: that graph is the one onnxruntime's fusions recognise (int8
+measured 5-10% faster than from the SDPA graph). Every export is checked against torch on a padded batch before
+it is kept.
 
 Cache layout: `<cache_dir>/onnx/<model short name>-<revision>-<options>/model.onnx`, built once under a file lock
 and renamed into place (`rerankd.cachedir`), so readers never see half an export and concurrent builders wait.

@@ -27,7 +27,9 @@ TOKENS_PER_WORD = 1.3
 
 
 @dataclass(frozen=True)
-class CostModel:
+class SimulatedReplica:
+    """How fast a simulated replica is: each request costs `overhead + tokens / tokens_per_second` seconds."""
+
     tokens_per_second: float = 20_000.0
     overhead_seconds: float = 0.002  # per request: tokenization, transport
     cold_start_seconds: float = 0.0  # load time before the replica turns ready
@@ -44,10 +46,10 @@ class CostModel:
         return self.overhead_seconds + tokens / self.tokens_per_second
 
 
-class CostModelService:
+class SimulatedService:
     """A `RerankService` that costs time, not compute (see the module docstring)."""
 
-    def __init__(self, cost: CostModel, max_documents: int = 10_000) -> None:
+    def __init__(self, cost: SimulatedReplica, max_documents: int = 10_000) -> None:
         self.cost = cost
         self.max_documents = max_documents
         self.state: State = "loading"

@@ -12,7 +12,7 @@ from typing import Any
 
 from rerankd.config import Settings
 from rerankd.errors import RerankdError
-from rerankd.fleet.costmodel import CostModel
+from rerankd.fleet.costmodel import SimulatedReplica
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 class Fleet:
     """One Serve application on Ray; `start()` returns once every replica is up, `stop()` undoes what it began."""
 
-    def __init__(self, settings: Settings, *, cost: CostModel | None = None, num_cpus: float | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, cost: SimulatedReplica | None = None, num_cpus: float | None = None
+    ) -> None:
         self.settings = settings
         self.cost = cost
         self.num_cpus = num_cpus
@@ -63,7 +65,7 @@ class Fleet:
         print("rerankd: Ray started", file=sys.stderr, flush=True)
         serve.start(http_options={"host": self.settings.host, "port": self.settings.port})
 
-    def deploy(self, settings: Settings, cost: CostModel | None = None) -> None:
+    def deploy(self, settings: Settings, cost: SimulatedReplica | None = None) -> None:
         """(Re)deploy the application, e.g. with another routing policy; waits until its replicas run."""
         import ray
         from ray import serve

@@ -21,7 +21,7 @@ from ray.serve.config import AutoscalingConfig, AutoscalingPolicy, RequestRouter
 from rerankd.api import create_app
 from rerankd.config import Settings
 from rerankd.fleet.autoscale import AutoscaleConfig, RayAutoscalePolicy, policy_kwargs
-from rerankd.fleet.costmodel import CostModel, CostModelService
+from rerankd.fleet.costmodel import SimulatedReplica, SimulatedService
 from rerankd.fleet.metrics import FleetMetrics
 from rerankd.fleet.replica import ReplicaCore, ReplicaReply, local_load
 from rerankd.fleet.router import Work, WorkAwareRouter
@@ -64,11 +64,11 @@ def health_period_seconds(settings: Settings) -> float:
 class ModelReplica:
     """One engine (or cost model) per replica; see the module docstring."""
 
-    def __init__(self, settings: dict[str, Any], cost: CostModel | None = None) -> None:
+    def __init__(self, settings: dict[str, Any], cost: SimulatedReplica | None = None) -> None:
         parsed = Settings.model_validate(settings)
         name = serve.get_replica_context().replica_id.unique_id
         if cost is not None:
-            stand_in = CostModelService(cost, parsed.max_documents)
+            stand_in = SimulatedService(cost, parsed.max_documents)
             stand_in.load()
             self.core = ReplicaCore(name, stand_in, stand_in.load_now, stall_seconds=parsed.replica_stall_seconds)
         else:
@@ -148,7 +148,7 @@ def check_settings(settings: Settings) -> None:
         AutoscaleConfig.from_settings(settings)
 
 
-def build_app(settings: Settings, *, cluster_gpus: float = 0.0, cost: CostModel | None = None) -> Application:
+def build_app(settings: Settings, *, cluster_gpus: float = 0.0, cost: SimulatedReplica | None = None) -> Application:
     """The Serve application for `settings`: fixed `replicas` or `autoscale` min:max model replicas."""
     check_settings(settings)
     plan = replica_plan(settings, cluster_gpus)
