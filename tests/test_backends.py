@@ -123,7 +123,7 @@ def ranking_agreement(a: np.ndarray, b: np.ndarray, k: int) -> tuple[float, floa
 def debian_candidates() -> list[tuple[str, list[str]]]:
     """6 dev queries, each with BM25's top 20 from a 3,000-document slice of the corpus plus its own answer."""
     if not DEBIAN_DATA.is_dir():
-        pytest.skip("the Debian data set is not in ../shared")
+        pytest.skip(f"the Debian data set is not at {DEBIAN_DATA} (../shared)")
     from rerankd.datasets import load_beir
     from rerankd.prefilter import Bm25
 
@@ -141,7 +141,7 @@ def debian_candidates() -> list[tuple[str, list[str]]]:
 def test_int8_keeps_the_rankings_of_real_models(model: str, debian_candidates: list[tuple[str, list[str]]]) -> None:
     """Looser than the benchmark's targets (Spearman 0.98, top-10 0.9 over 100 queries): 6 queries vary more."""
     if model == str(TRAINED_CE) and not TRAINED_CE.is_dir():
-        pytest.skip("the trained cross-encoder is not in ../shared")
+        pytest.skip(f"the trained cross-encoder is not at {TRAINED_CE} (../shared)")
     spec = resolve_model(model)
     exact = score_many(spec, Settings(backend="onnx", precision="fp32", device="cpu"), debian_candidates)
     fast = score_many(spec, Settings(backend="onnx", precision="int8", device="cpu"), debian_candidates)

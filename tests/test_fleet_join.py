@@ -47,7 +47,7 @@ def cluster() -> Iterator[tuple[str, dict[str, str]]]:
         started = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env)
         try:
             if started.returncode != 0:
-                pytest.skip(f"`ray start` cannot run here:\n{started.stdout[-1500:]}{started.stderr[-1500:]}")
+                pytest.fail(f"`ray start` failed:\n{started.stdout[-1500:]}{started.stderr[-1500:]}")
             token = Path.home() / ".ray" / "auth_token"
             if "RAY_AUTH_MODE" not in env and token.exists():  # a cluster with token authentication
                 env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}

@@ -54,7 +54,7 @@ def test_presets_name_hub_ids() -> None:
     assert all(p.kind in {"cross-encoder", "bi-encoder"} for p in PRESETS.values())
 
 
-@pytest.mark.skipif(not TRAINED_CE.is_dir(), reason="the trained cross-encoder is not in ../shared")
+@pytest.mark.skipif(not TRAINED_CE.is_dir(), reason=f"the trained cross-encoder is not at {TRAINED_CE} (../shared)")
 def test_engine_scores_equal_sentence_transformers_including_truncation() -> None:
     """The trained model, with documents longer than its window: same scores as CrossEncoder.predict."""
     documents = ["sqlite database engine", "game of ancient warfare " * 200, "menu editor", "x"]

@@ -10,7 +10,7 @@ from conftest import DEBIAN_DATA
 
 from rerankd.datasets import load_beir
 
-pytestmark = pytest.mark.skipif(not DEBIAN_DATA.is_dir(), reason="Debian descriptions data set not present")
+pytestmark = pytest.mark.skipif(not DEBIAN_DATA.is_dir(), reason=f"the Debian data set is not at {DEBIAN_DATA}")
 
 
 def load_cases(count: int = 6, distractors: int = 9) -> list[tuple[str, str, list[str]]]:
