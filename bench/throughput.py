@@ -333,7 +333,8 @@ def concurrency_row(name: str, server: Served, requests: list[list[str]], satura
 def _pair_lengths(spec: ModelSpec, docs: list[str]) -> list[int]:
     from rerankd.engine.tokenize import Tokenizer
 
-    return [len(item) for item in Tokenizer(spec).encode_pairs(QUERY, docs)]
+    tokenizer = Tokenizer(spec)
+    return [len(item) for item in tokenizer.encode_pairs(tokenizer.tokens([QUERY])[0], docs)]
 
 
 def _add_ratios(rows: list[dict[str, Any]]) -> None:

@@ -89,4 +89,6 @@ def _internal(request: Request, exc: Exception) -> JSONResponse:
     """A 500 says only "internal error" and the request id; the log line with that id has the traceback."""
     request_id = request_id_of(request.scope)
     log.error("request %s failed: %s: %s", request_id, type(exc).__name__, exc, exc_info=exc)
-    return error_response(500, "internal_error", f"internal error (request id {request_id})")
+    response = error_response(500, "internal_error", f"internal error (request id {request_id})")
+    response.headers["X-Request-Id"] = request_id  # this answer bypasses the middleware that adds it
+    return response

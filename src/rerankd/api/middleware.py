@@ -46,8 +46,9 @@ class RequestId:
         scope.setdefault("state", {})["request_id"] = request_id
 
         async def tag(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())]}
+            headers = message.get("headers", [])
+            if message["type"] == "http.response.start" and not any(name == b"x-request-id" for name, _ in headers):
+                message = {**message, "headers": [*headers, (b"x-request-id", request_id.encode())]}
             await send(message)
 
         await self.app(scope, receive, tag)

@@ -114,11 +114,14 @@ class Engine:
         """The query's tokens, once per request (every pair and every estimate reuses them)."""
         return self.tokenizer.tokens([query])[0]
 
-    async def prepare(self, query: Tokens, documents: Sequence[str]) -> Prepared:
+    async def prepare(self, query: Tokens | str, documents: Sequence[str]) -> Prepared:
         """Tokenize off the event loop."""
         return await asyncio.to_thread(self.prepare_sync, query, documents)
 
-    def prepare_sync(self, query: Tokens, documents: Sequence[str]) -> Prepared:
+    def prepare_sync(self, query: Tokens | str, documents: Sequence[str]) -> Prepared:
+        """Model inputs; `query` as tokens when the caller has them already (a request tokenizes it once)."""
+        if isinstance(query, str):
+            query = self.query_tokens(query)
         if self.spec.kind == "cross-encoder":
             inputs = self.tokenizer.encode_pairs(query, documents)
             truncated = [item.truncated for item in inputs]
@@ -159,7 +162,7 @@ class Engine:
     def warmup(self, seconds: float) -> Calibration:
         """Run realistic batches for at least `seconds` (at least twice), and measure the speed."""
         documents = [" ".join(_WARMUP_WORDS[: (i % 7) + 1] * (2 + 3 * (i % 13))) for i in range(64)]
-        prepared = self.prepare_sync(self.query_tokens("warm-up query about a fox"), documents)
+        prepared = self.prepare_sync("warm-up query about a fox", documents)
         runs, started, pair_count, tokens = 0, 0.0, 0, 0
         deadline = time.perf_counter() + seconds
         while runs < 2 or time.perf_counter() < deadline:
