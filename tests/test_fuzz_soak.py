@@ -69,7 +69,7 @@ def test_generated_bodies_never_get_a_5xx_and_mostly_reach_scoring(server: str, 
 
 # -- soak -----------------------------------------------------------------------------------------------------------
 
-WORDS = "package library database server client tool data file network user archive compress sql".split()
+WORDS = [
     "package",
     "library",
     "database",
