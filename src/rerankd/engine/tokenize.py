@@ -35,7 +35,8 @@ TokenSpan = tuple[int, int, int]  # (start character, end character, word number
 
 @dataclass(frozen=True, slots=True)
 class Encoded:
-    """One model input. `truncated` says whether the model's window cut it."""
+    """One model input (int32 ids: half the memory of a queued request; batches are int64). `truncated` says
+    whether the model's window cut it."""
 
     ids: np.ndarray
     type_ids: np.ndarray | None
@@ -47,11 +48,12 @@ class Encoded:
 
 @dataclass(frozen=True, slots=True)
 class Tokens:
-    """One text's tokens without special tokens: all of them, or the first ones when `complete` is False."""
+    """One text's tokens without special tokens: all of them, or the first ones when `complete` is False.
+    `spans` (character spans and word numbers) only when asked for: chunking and clipping need them."""
 
     ids: np.ndarray
-    spans: list[TokenSpan]
     complete: bool
+    spans: list[TokenSpan] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -129,7 +131,7 @@ class Tokenizer:
         """Every token of each text (for queries, which the API bounds by characters)."""
         return [_tokens(encoding, complete=True) for encoding in self._encode_batch(texts)]
 
-    def encode_prefix(self, texts: Sequence[str], max_tokens: int) -> list[Tokens]:
+    def encode_prefix(self, texts: Sequence[str], max_tokens: int, *, spans: bool = False) -> list[Tokens]:
         """Each text's first `max_tokens` tokens (all of them if fewer), tokenizing only as much text as needed.
 
         A result is `complete` when it holds the whole text; otherwise the text has more than `max_tokens`."""
@@ -143,9 +145,9 @@ class Tokenizer:
                 whole = len(prefix) == len(texts[i])
                 stable = len(encoding.ids) if whole else _stable_tokens(encoding, len(prefix))
                 if whole and stable <= max_tokens:
-                    results[i] = _tokens(encoding, complete=True)
+                    results[i] = _tokens(encoding, complete=True, spans=spans)
                 elif stable > max_tokens:  # enough tokens that no later text can change
-                    results[i] = _tokens(encoding, complete=False, keep=max_tokens)
+                    results[i] = _tokens(encoding, complete=False, keep=max_tokens, spans=spans)
                 else:
                     still.append(i)
             pending, chars = still, chars * 4
@@ -157,8 +159,8 @@ class Tokenizer:
 
     def clip(self, text: str, max_tokens: int) -> str:
         """The longest prefix of `text` that holds at most `max_tokens` tokens (Cohere's `max_tokens_per_doc`)."""
-        tokens = self.encode_prefix([text], max_tokens)[0]
-        return text if tokens.complete else text[: tokens.spans[-1][1]]
+        tokens = self.encode_prefix([text], max_tokens, spans=True)[0]
+        return text if tokens.complete or tokens.spans is None else text[: tokens.spans[-1][1]]
 
     def special_tokens(self, *, pair: bool) -> int:
         """Special tokens the model input adds around one text or a (query, document) pair."""
@@ -195,12 +197,12 @@ class Tokenizer:
 
     def _assemble(self, template: _Template, first: np.ndarray, second: np.ndarray | None, truncated: bool) -> Encoded:
         parts = [template.before, first, template.between, *([] if second is None else [second]), template.after]
-        ids = np.concatenate([np.asarray(part, dtype=np.int64) for part in parts])
+        ids = np.concatenate([np.asarray(part, dtype=np.int32) for part in parts])
         if not self.uses_token_types:
             return Encoded(ids, None, truncated)
         kinds = (0, 1, 2, 3, 4) if second is not None else (0, 1, 2, 4)
         types = [
-            np.full(len(part), template.type_ids[kind], dtype=np.int64) for part, kind in zip(parts, kinds, strict=True)
+            np.full(len(part), template.type_ids[kind], dtype=np.int32) for part, kind in zip(parts, kinds, strict=True)
         ]
         type_ids = np.concatenate(types)
         return Encoded(ids, type_ids, truncated)
@@ -222,14 +224,13 @@ class Tokenizer:
         return self._tokenizer.encode_batch(list(texts), add_special_tokens=False) if texts else []
 
 
-def _tokens(encoding: Encoding, *, complete: bool, keep: int | None = None) -> Tokens:
-    ids = encoding.ids[:keep]
+def _tokens(encoding: Encoding, *, complete: bool, keep: int | None = None, spans: bool = False) -> Tokens:
+    ids = np.asarray(encoding.ids[:keep], dtype=np.int32)
+    if not spans:
+        return Tokens(ids, complete)
     words = encoding.word_ids[: len(ids)]
-    spans = [
-        (start, end, -1 if word is None else word)
-        for (start, end), word in zip(encoding.offsets[: len(ids)], words, strict=True)
-    ]
-    return Tokens(np.asarray(ids, dtype=np.int64), spans, complete)
+    offsets = encoding.offsets[: len(ids)]
+    return Tokens(ids, complete, [(a, b, -1 if w is None else w) for (a, b), w in zip(offsets, words, strict=True)])
 
 
 def _stable_tokens(encoding: Encoding, prefix_chars: int) -> int:

@@ -109,9 +109,9 @@ def chunk(tokenizer: Tokenizer, documents: Sequence[str], rule: ChunkRule) -> Ch
     capped: list[int] = []
     # Only the text the chunks can use is tokenized: a 10 MB document costs what its first chunks cost.
     for index, (document, tokens) in enumerate(
-        zip(documents, tokenizer.encode_prefix(documents, rule.reach), strict=True)
+        zip(documents, tokenizer.encode_prefix(documents, rule.reach, spans=True), strict=True)
     ):
-        spans, cut = split(tokens.spans, rule, tokens.complete)
+        spans, cut = split(tokens.spans or [], rule, tokens.complete)
         pieces = [document[start:end] for start, end in spans] or [document]
         texts.extend(pieces)
         owners.extend([index] * len(pieces))
