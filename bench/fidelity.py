@@ -22,7 +22,7 @@ from scipy.stats import spearmanr
 
 from rerankd.config import Settings
 from rerankd.datasets import load_beir
-from rerankd.engine import Engine
+from rerankd.engine.engine import Engine
 from rerankd.evaluation.harness import measure, sample_queries
 from rerankd.models import ModelSpec, resolve_model
 from rerankd.prefilter import Bm25

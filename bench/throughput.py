@@ -33,7 +33,7 @@ from common import DEBIAN_DATA, format_table, percentile, plot_path, save
 
 from rerankd.config import Settings
 from rerankd.cores import available_cores
-from rerankd.engine import Engine
+from rerankd.engine.engine import Engine
 from rerankd.models import ModelSpec, resolve_model
 from rerankd.models.fixture import build_ce_fixture
 

@@ -18,7 +18,8 @@ import uvicorn
 
 from rerankd.config import Settings
 from rerankd.models.fixture import build_ce_fixture
-from rerankd.pipeline.rerank import LocalService, RerankRequest, RerankResult
+from rerankd.pipeline.service import LocalService
+from rerankd.pipeline.types import RerankRequest, RerankResult
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -20,7 +20,7 @@ from sentence_transformers import CrossEncoder, SentenceTransformer
 from rerankd.backends.export import ExportOptions, cache_folder, ensure_onnx
 from rerankd.backends.select import choose, cpu_flags, cuda_available
 from rerankd.config import Settings
-from rerankd.engine import Engine
+from rerankd.engine.engine import Engine
 from rerankd.models import ModelSpec, resolve_model
 
 

@@ -10,7 +10,7 @@ import pytest
 from sentence_transformers import SentenceTransformer
 
 from rerankd.config import Settings
-from rerankd.engine import Engine
+from rerankd.engine.engine import Engine
 from rerankd.metrics import Metrics
 from rerankd.models import resolve_model
 from rerankd.models.presets import packaged_default_path

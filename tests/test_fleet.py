@@ -24,7 +24,7 @@ from rerankd.config import Settings
 from rerankd.fleet.costmodel import SimulatedReplica
 from rerankd.fleet.netns import loopback_only
 from rerankd.fleet.processes import replica_pids
-from rerankd.pipeline.rerank import RerankRequest
+from rerankd.pipeline.types import RerankRequest
 
 QUERY = "fast embedded SQL database"
 DOCUMENTS = [

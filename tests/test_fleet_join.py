@@ -23,7 +23,7 @@ from conftest import free_port, is_ready, local_rerank, wait_until
 
 from rerankd.fleet.netns import loopback_only
 from rerankd.fleet.processes import namespace_pids
-from rerankd.pipeline.rerank import RerankRequest
+from rerankd.pipeline.types import RerankRequest
 
 RAY = str(Path(sys.executable).with_name("ray"))
 QUERY = "fast embedded SQL database"

@@ -12,13 +12,13 @@ import pytest
 from conftest import wait_until
 
 from rerankd.config import Settings
-from rerankd.engine import Scheduler
+from rerankd.engine.scheduler import Scheduler
 from rerankd.errors import InvalidRequest, Overloaded
 from rerankd.fleet.costmodel import SimulatedReplica, SimulatedService
 from rerankd.fleet.ray_app import check_settings, replica_plan
 from rerankd.fleet.replica import Load, RemoteError, ReplicaCore, health_problem, merge_stats
 from rerankd.fleet.router import Work
-from rerankd.pipeline.rerank import RerankRequest
+from rerankd.pipeline.types import RerankRequest
 
 
 def test_health_fails_only_while_a_real_scheduler_is_stuck_with_work_waiting() -> None:

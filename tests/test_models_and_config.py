@@ -15,7 +15,7 @@ from sentence_transformers import CrossEncoder
 
 from rerankd.cli import build_parser
 from rerankd.config import Settings
-from rerankd.engine import Engine
+from rerankd.engine.engine import Engine
 from rerankd.errors import ModelNotFound
 from rerankd.models import resolve_model
 from rerankd.models.presets import PRESETS

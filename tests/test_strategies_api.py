@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import SERVER_MAX_DOCUMENTS
 
-from rerankd.pipeline.rerank import MAX_CHUNKS_PER_DOC
+from rerankd.pipeline.types import MAX_CHUNKS_PER_DOC
 from rerankd.prefilter import bm25_scores
 
 QUERY = "embedded sql database library"

@@ -1,8 +1,6 @@
-"""The engine: tokenization, the batching queue and the model, behind async calls."""
+"""The engine: tokenization (`tokenize`), the batching queue (`scheduler`) and the model (`engine`), behind async
+calls; `registry` maps request model names to engines.
 
-from rerankd.engine.engine import Calibration, Engine, Prepared
-from rerankd.engine.registry import ModelRegistry
-from rerankd.engine.scheduler import QueueStats, Scheduler
-from rerankd.engine.tokenize import Tokens
-
-__all__ = ["Calibration", "Engine", "ModelRegistry", "Prepared", "QueueStats", "Scheduler", "Tokens"]
+Import the submodules directly: this file imports nothing, so the scheduler's light types (`QueueStats`) do not
+load the model stack.
+"""

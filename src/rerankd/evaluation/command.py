@@ -55,7 +55,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"rerankd: eval needs the eval extra ({exc.name}): pip install 'rerankd[eval]'", file=sys.stderr)
         return 2
     from rerankd.datasets import load_beir
-    from rerankd.pipeline.rerank import LocalService
+    from rerankd.pipeline.service import LocalService
 
     dataset = load_beir(args.dataset, args.split)
     final = settings.model[0]

@@ -23,7 +23,8 @@ from ranx import Qrels, Run, evaluate
 from rerankd.datasets import BeirDataset
 from rerankd.evaluation.variants import QueryScores, Variant, standard_variants
 from rerankd.pipeline.fusion import FusionMethod
-from rerankd.pipeline.rerank import LocalService, RerankRequest
+from rerankd.pipeline.service import LocalService
+from rerankd.pipeline.types import RerankRequest
 from rerankd.prefilter import Bm25, bm25_scores
 from rerankd.reporting import percentile
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from rerankd.pipeline.fusion import FusionMethod
 from rerankd.pipeline.hybrid import Options, prefilter_order, rank_candidates, select
-from rerankd.pipeline.rerank import RerankRequest
+from rerankd.pipeline.types import RerankRequest
 
 Kind = Literal["first-stage", "bi-encoder-only", "direct", "hybrid", "bi-encoder"]
 FirstStage = Literal["client", "request"]

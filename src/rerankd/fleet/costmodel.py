@@ -20,7 +20,7 @@ import numpy as np
 
 from rerankd.errors import ModelNotFound
 from rerankd.fleet.replica import Load
-from rerankd.pipeline.rerank import ModelInfo, RerankRequest, RerankResult, State, check_limits, rank
+from rerankd.pipeline.types import ModelInfo, RerankRequest, RerankResult, State, check_limits, rank
 
 COST_MODEL_NAME = "cost-model"
 TOKENS_PER_WORD = 1.3

@@ -1,9 +1,7 @@
-"""The Ray Serve application: an ingress deployment serving the usual FastAPI app (every API dialect) in front of
-a model deployment whose replicas each run a whole engine.
+"""The Ray Serve application: an ingress deployment (`ingress.py`, every API dialect) in front of a model
+deployment (`model_replica.py`) whose replicas each run a whole engine; this module sizes and wires the two.
 
-A model replica loads and warms its model in its constructor, so Ray routes nothing to it before it is ready; it
-reports its queue to the routers (`record_routing_stats`) and to the autoscaler (`record_autoscaling_stats`), and
-fails its health check when its engine is stuck, so Ray replaces it.
+Only the driver that starts the fleet imports it; each deployment's replicas import their own module alone.
 """
 
 from __future__ import annotations
@@ -11,23 +9,18 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from ray import serve
 from ray.serve import Application
 from ray.serve.config import AutoscalingConfig, AutoscalingPolicy, RequestRouterConfig
 
-from rerankd.api import create_app
 from rerankd.config import Settings
 from rerankd.fleet.autoscale import AutoscaleConfig, RayAutoscalePolicy, policy_kwargs
-from rerankd.fleet.costmodel import SimulatedReplica, SimulatedService
-from rerankd.fleet.metrics import FleetMetrics
-from rerankd.fleet.replica import ReplicaCore, ReplicaReply, local_load
-from rerankd.fleet.router import Work, WorkAwareRouter
-from rerankd.fleet.service import FleetService
-from rerankd.metrics import Metrics
-from rerankd.pipeline.rerank import LocalService, ModelInfo, RerankRequest
+from rerankd.fleet.costmodel import SimulatedReplica
+from rerankd.fleet.ingress import Ingress
+from rerankd.fleet.model_replica import ModelReplica
+from rerankd.fleet.router import WorkAwareRouter
 
 APP_NAME = "rerankd"
 MODEL_DEPLOYMENT = "Model"
@@ -59,57 +52,6 @@ def health_period_seconds(settings: Settings) -> float:
     # Ray replaces a replica after 3 failed checks in a row: look often enough that a stall is caught soon after
     # `replica_stall_seconds`, rarely enough to cost nothing.
     return max(1.0, min(10.0, settings.replica_stall_seconds / 4))
-
-
-class ModelReplica:
-    """One engine (or cost model) per replica; see the module docstring."""
-
-    def __init__(self, settings: dict[str, Any], cost: SimulatedReplica | None = None) -> None:
-        parsed = Settings.model_validate(settings)
-        name = serve.get_replica_context().replica_id.unique_id
-        if cost is not None:
-            stand_in = SimulatedService(cost, parsed.max_documents)
-            stand_in.load()
-            self.core = ReplicaCore(name, stand_in, stand_in.load_now, stall_seconds=parsed.replica_stall_seconds)
-        else:
-            local = LocalService(parsed, Metrics())
-            local.load()  # blocking: Ray marks the replica ready only when this returns
-            self.core = ReplicaCore(name, local, partial(local_load, local), stall_seconds=parsed.replica_stall_seconds)
-
-    async def rerank(self, request: RerankRequest, work: Work | None = None) -> ReplicaReply:
-        return await self.core.rerank(request, work)
-
-    def models(self) -> list[ModelInfo]:
-        return self.core.service.models()
-
-    def check_health(self) -> None:
-        self.core.check_health()
-
-    def record_routing_stats(self) -> dict[str, Any]:
-        return self.core.routing_stats()
-
-    def record_autoscaling_stats(self) -> dict[str, float]:
-        return self.core.autoscaling_stats()
-
-    def __del__(self) -> None:
-        core = getattr(self, "core", None)  # absent when loading failed
-        if core is not None:
-            core.service.close()
-
-
-@serve.ingress()
-class Ingress:
-    """The FastAPI app of `rerankd serve`, with a `FleetService` behind it instead of a local engine."""
-
-    def __init__(self, settings: dict[str, Any], model: Any) -> None:
-        self.settings = Settings.model_validate(settings)
-        self.metrics = Metrics()
-        app_name = serve.get_replica_context().app_name
-        fleet_metrics = FleetMetrics(self.metrics)
-        self.service = FleetService(self.settings, model, fleet_metrics, app_name=app_name, deployment=MODEL_DEPLOYMENT)
-
-    def __serve_build_asgi_app__(self) -> Any:
-        return create_app(self.settings, self.service, self.metrics)
 
 
 def _router_config(settings: Settings) -> RequestRouterConfig:
@@ -170,4 +112,4 @@ def build_app(settings: Settings, *, cluster_gpus: float = 0.0, cost: SimulatedR
         ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=INGRESS_MAX_REQUESTS,
     )
-    return ingress.bind(settings.model_dump(mode="json"), model)
+    return ingress.bind(settings.model_dump(mode="json"), model, MODEL_DEPLOYMENT)

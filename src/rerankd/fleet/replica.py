@@ -1,7 +1,7 @@
 """What one model replica does besides reranking: keep the numbers routers, the autoscaler and health checks read.
 
 `ReplicaCore` wraps any `RerankService` (the real `LocalService`, or the cost model) and has no Ray in it, so it
-runs and is tested in-process; `ray_app.ModelReplica` only forwards Ray's calls to it.
+runs and is tested in-process; `model_replica.ModelReplica` only forwards Ray's calls to it.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rerankd.engine import QueueStats
+from rerankd.engine.scheduler import QueueStats
 from rerankd.errors import RerankdError
 from rerankd.fleet.router import Work
-from rerankd.pipeline.rerank import LocalService, RerankRequest, RerankResult, RerankService
+from rerankd.pipeline.types import RerankRequest, RerankResult, RerankService
 
 # Latencies kept for the p99 the autoscaler reads: the last LATENCY_WINDOW_SECONDS, at most LATENCY_SAMPLES.
 LATENCY_WINDOW_SECONDS = 30.0
@@ -45,21 +45,6 @@ def merge_stats(stats: Sequence[QueueStats], busy_seconds: float) -> Load:
         stalled_seconds=max((s.stalled_seconds for s in stats), default=0.0),
         busy_seconds=busy_seconds,
     )
-
-
-def local_load(service: LocalService) -> Load:
-    """The engines' queue stats, plus their inference time read from the replica's own metrics registry."""
-    if service.state != "ready":
-        return Load()
-    engines = service.registry.engines
-    busy = 0.0
-    if service.metrics is not None:
-        for engine in engines:
-            value = service.metrics.registry.get_sample_value(
-                "rerankd_batch_duration_seconds_sum", {"model": engine.spec.name}
-            )
-            busy += value or 0.0
-    return merge_stats([engine.stats() for engine in engines], busy)
 
 
 def health_problem(load: Load, stall_seconds: float) -> str | None:

@@ -19,7 +19,7 @@ from rerankd.errors import EngineFailure, NotReady
 from rerankd.fleet.metrics import FleetMetrics
 from rerankd.fleet.replica import ReplicaReply
 from rerankd.fleet.router import Work, estimate_tokens, origin_id
-from rerankd.pipeline.rerank import ModelInfo, RerankRequest, RerankResult, State, check_limits
+from rerankd.pipeline.types import ModelInfo, RerankRequest, RerankResult, State, check_limits
 
 log = logging.getLogger(__name__)
 

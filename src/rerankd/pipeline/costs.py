@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rerankd.engine import Engine
+from rerankd.engine.engine import Engine
 from rerankd.pipeline.chunking import ChunkRule
 from rerankd.pipeline.planner import Costs
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from rerankd.engine import Engine, Prepared, Tokens
+from rerankd.engine.engine import Engine, Prepared
+from rerankd.engine.tokenize import Tokens
 from rerankd.errors import PayloadTooLarge
 from rerankd.pipeline import chunking
 from rerankd.pipeline.costs import CostModel

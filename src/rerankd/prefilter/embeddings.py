@@ -14,8 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rerankd.engine import Engine
-from rerankd.engine.engine import cosine
+from rerankd.engine.engine import Engine, cosine
 from rerankd.metrics import Metrics
 
 CacheKey = tuple[str, bytes]

@@ -1,0 +1,72 @@
+"""The fleet's model deployment: each replica runs a whole engine (`LocalService`), or a `SimulatedService`.
+
+A model replica loads and warms its model in its constructor, so Ray routes nothing to it before it is ready; it
+reports its queue to the routers (`record_routing_stats`) and to the autoscaler (`record_autoscaling_stats`), and
+fails its health check when its engine is stuck, so Ray replaces it. The accounting itself is `ReplicaCore`.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from ray import serve
+
+from rerankd.config import Settings
+from rerankd.fleet.costmodel import SimulatedReplica, SimulatedService
+from rerankd.fleet.replica import Load, ReplicaCore, ReplicaReply, merge_stats
+from rerankd.fleet.router import Work
+from rerankd.metrics import Metrics
+from rerankd.pipeline.service import LocalService
+from rerankd.pipeline.types import ModelInfo, RerankRequest
+
+
+class ModelReplica:
+    """One engine (or cost model) per replica; see the module docstring."""
+
+    def __init__(self, settings: dict[str, Any], cost: SimulatedReplica | None = None) -> None:
+        parsed = Settings.model_validate(settings)
+        name = serve.get_replica_context().replica_id.unique_id
+        if cost is not None:
+            stand_in = SimulatedService(cost, parsed.max_documents)
+            stand_in.load()
+            self.core = ReplicaCore(name, stand_in, stand_in.load_now, stall_seconds=parsed.replica_stall_seconds)
+        else:
+            local = LocalService(parsed, Metrics())
+            local.load()  # blocking: Ray marks the replica ready only when this returns
+            self.core = ReplicaCore(name, local, partial(local_load, local), stall_seconds=parsed.replica_stall_seconds)
+
+    async def rerank(self, request: RerankRequest, work: Work | None = None) -> ReplicaReply:
+        return await self.core.rerank(request, work)
+
+    def models(self) -> list[ModelInfo]:
+        return self.core.service.models()
+
+    def check_health(self) -> None:
+        self.core.check_health()
+
+    def record_routing_stats(self) -> dict[str, Any]:
+        return self.core.routing_stats()
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        return self.core.autoscaling_stats()
+
+    def __del__(self) -> None:
+        core = getattr(self, "core", None)  # absent when loading failed
+        if core is not None:
+            core.service.close()
+
+
+def local_load(service: LocalService) -> Load:
+    """The engines' queue stats, plus their inference time read from the replica's own metrics registry."""
+    if service.state != "ready":
+        return Load()
+    engines = service.registry.engines
+    busy = 0.0
+    if service.metrics is not None:
+        for engine in engines:
+            value = service.metrics.registry.get_sample_value(
+                "rerankd_batch_duration_seconds_sum", {"model": engine.spec.name}
+            )
+            busy += value or 0.0
+    return merge_stats([engine.stats() for engine in engines], busy)

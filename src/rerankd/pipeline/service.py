@@ -1,0 +1,259 @@
+"""`LocalService`: the `RerankService` of one process, answering requests with the engines it loads.
+
+It checks and admits each request, then runs the strategy's pipeline (`hybrid.Reranker`) under the request's deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from rerankd.config import Settings
+from rerankd.engine.engine import Engine
+from rerankd.engine.registry import ModelRegistry
+from rerankd.errors import DeadlineExceeded, InvalidRequest, NotReady, PayloadTooLarge, RerankdError
+from rerankd.metrics import Metrics
+from rerankd.models import ModelSpec, resolve_model
+from rerankd.pipeline.admission import Admission
+from rerankd.pipeline.chunking import ChunkRule
+from rerankd.pipeline.hybrid import ChunkOptions, Options, Outcome, Reranker
+from rerankd.pipeline.types import ModelInfo, Ranked, RerankRequest, RerankResult, State, check_limits
+from rerankd.prefilter import EmbeddingCache, EmbeddingPrefilter
+
+log = logging.getLogger(__name__)
+
+
+class LocalService:
+    """Serves the models of this process. Loading runs in the background so the port opens at once."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        *,
+        specs: list[ModelSpec] | None = None,
+        on_failure: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.state: State = "loading"
+        self.error: str | None = None
+        self._specs = specs
+        self._on_failure = on_failure
+        self._registry: ModelRegistry | None = None
+        self._reranker = Reranker(self._embedding_prefilter, bm25_max_chars=settings.bm25_max_chars)
+        self._embedding_cache = EmbeddingCache(settings.embedding_cache_entries, metrics)
+        self._embeddings: EmbeddingPrefilter | None = None
+        self._own_engines: list[Engine] = []  # loaded for the pre-filter, not served
+        self.admission = Admission(settings.max_queue_seconds)
+
+    def start(self) -> None:
+        threading.Thread(target=self._load_or_report, name="rerankd-loader", daemon=True).start()
+
+    def _load_or_report(self) -> None:
+        try:
+            self.load()
+        except Exception:
+            log.exception("loading failed")
+            if self._on_failure is not None:
+                self._on_failure()
+
+    def load(self) -> None:
+        """Resolve, load and warm every model, blocking; then the service is ready."""
+        try:
+            specs = self._specs or [
+                resolve_model(name, kind=self.settings.model_kind, cache_dir=self.settings.cache_dir)
+                for name in self.settings.model
+            ]
+            engines = [Engine.load(spec, self.settings, self.metrics) for spec in specs]
+            for engine in engines:
+                engine.warmup(self.settings.warmup_seconds)
+            if self.settings.embedding_model:
+                self._embeddings = self._load_embeddings(engines)
+        except Exception as exc:
+            self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
+            raise
+        self._registry = ModelRegistry(engines)
+        self.state = "ready"
+        if self.metrics:
+            self.metrics.ready.set(1)
+
+    @property
+    def registry(self) -> ModelRegistry:
+        if self._registry is None:
+            raise NotReady(f"the model is {self.state}; retry shortly", retry_after=2)
+        return self._registry
+
+    def models(self) -> list[ModelInfo]:
+        return [
+            ModelInfo(e.spec.name, e.spec.kind, e.spec.aliases, e.spec.max_length, e.description)
+            for e in self.registry.engines
+        ]
+
+    async def rerank(self, request: RerankRequest) -> RerankResult:
+        """Checks and admission first (cheap, no tokenizing), then the work, bounded by the request's deadline."""
+        engine = self.registry.get(request.model)
+        check_limits(request, self.settings.max_documents, self.settings.max_query_chars)
+        options = self._options(request)
+        work = self._reranker.costs.work_seconds(
+            engine, request.query, request.documents, chunks=_rough_rule(engine, options), scored=_scored(options)
+        )
+        timeout = request.timeout_ms / 1000 if request.timeout_ms else self.settings.request_timeout_seconds
+        with self.admission.admit(engine.spec.name, work):
+            try:
+                async with asyncio.timeout(timeout or None) as deadline:
+                    return await self._rerank(engine, request, options)
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                source = "timeout_ms" if request.timeout_ms else "request_timeout_seconds"
+                raise DeadlineExceeded(
+                    f"request: not answered within {timeout:g} s ({source}); its queued work was dropped"
+                ) from None
+
+    async def _rerank(self, engine: Engine, request: RerankRequest, options: Options) -> RerankResult:
+        started = time.perf_counter()
+        query = await asyncio.to_thread(engine.query_tokens, request.query)
+        limit = self.settings.max_query_tokens or engine.query_limit
+        if len(query) > limit:
+            source = "max_query_tokens" if self.settings.max_query_tokens else "max_query_tokens: the model's window"
+            raise PayloadTooLarge(f"query: at most {limit} tokens ({source}), got {len(query)}")
+        documents = request.documents
+        if request.max_tokens_per_doc is not None and request.max_tokens_per_doc < engine.spec.max_length:
+            documents = await asyncio.to_thread(_clip_all, engine, documents, request.max_tokens_per_doc)
+        outcome = await self._reranker.run(engine, request.query, query, documents, options)
+        if self.metrics:
+            self.metrics.documents.labels(engine.spec.name).inc(len(documents))
+            self.metrics.strategies.labels(engine.spec.name, outcome.plan.strategy).inc()
+        meta = _describe(options, outcome, elapsed_ms=1000 * (time.perf_counter() - started))
+        return RerankResult(engine.spec.name, _ranked(outcome, request.top_n), outcome.tokens, {"rerankd": meta})
+
+    def health_problem(self) -> str | None:
+        """Why this process should be restarted, or None: an engine with work waiting and no batch finished."""
+        if self._registry is None:
+            return None
+        limit = self.settings.replica_stall_seconds
+        for engine in self._registry.engines:
+            stats = engine.stats()
+            if stats.stalled_seconds > limit:
+                return (
+                    f"{engine.spec.name}: {stats.queued_pairs} pairs queued and no batch finished for "
+                    f"{stats.stalled_seconds:.0f} s (replica_stall_seconds={limit:g})"
+                )
+        return None
+
+    @property
+    def overloaded(self) -> bool:
+        return self.admission.overloaded()
+
+    def _options(self, request: RerankRequest) -> Options:
+        """The request's fields, else the server's settings of the same name."""
+        s = self.settings
+        chunking = request.chunking
+        if chunking is None:
+            chunking = s.chunking or request.max_chunks_per_doc is not None
+        first_stage = request.first_stage_scores
+        return Options(
+            strategy=request.strategy or s.strategy,
+            budget_ms=request.latency_budget_ms or s.latency_budget_ms or None,
+            candidates=request.candidates,
+            default_candidates=s.candidates,
+            fusion=request.fusion or s.fusion,
+            fusion_weight=s.fusion_weight if request.fusion_weight is None else request.fusion_weight,
+            rrf_k=s.rrf_k,
+            first_stage_scores=None if first_stage is None else np.asarray(first_stage, dtype=np.float64),
+            chunks=ChunkOptions(
+                s.chunk_tokens, s.chunk_overlap_tokens, request.max_chunks_per_doc or s.max_chunks_per_doc
+            )
+            if chunking
+            else None,
+            raw_scores=request.raw_scores,
+            truncate=request.truncate,
+            documents_field=request.documents_field,
+        )
+
+    async def _embedding_prefilter(self) -> EmbeddingPrefilter:
+        if self._embeddings is None:
+            raise InvalidRequest(
+                "strategy: bi-encoder needs an embedding pre-filter; this server has none (embedding_model)"
+            )
+        return self._embeddings
+
+    def _load_embeddings(self, served: list[Engine]) -> EmbeddingPrefilter:
+        """The bi-encoder of the embedding pre-filter, at start-up: a served engine of that model, else its own."""
+        spec = resolve_model(self.settings.embedding_model, cache_dir=self.settings.cache_dir)
+        engine = next((e for e in served if e.spec.name == spec.name), None)
+        if engine is None:
+            if spec.kind != "bi-encoder":
+                raise RerankdError(f"embedding_model: {spec.name} is a {spec.kind}; it must be a bi-encoder")
+            log.info("loading %s for the embedding pre-filter", spec.name)
+            engine = Engine.load(spec, self.settings, self.metrics)
+            self._own_engines.append(engine)
+        try:
+            return EmbeddingPrefilter(engine, self._embedding_cache)
+        except ValueError as exc:
+            raise RerankdError(str(exc)) from None
+
+    def close(self) -> None:
+        if self._registry is not None:
+            self._registry.close()
+        for engine in self._own_engines:
+            engine.close()
+
+
+def _ranked(outcome: Outcome, top_n: int | None) -> list[Ranked]:
+    fused = outcome.first_stage is not None
+    cut = np.isnan(outcome.model_scores)
+    return [
+        Ranked(
+            int(i),
+            float(outcome.scores[i]),
+            model_score=None if not fused or cut[i] else float(outcome.model_scores[i]),
+            first_stage_score=None if not fused else float(outcome.first_stage[i]),  # type: ignore[index]
+            cut_by_prefilter=bool(cut[i]),
+        )
+        for i in outcome.order[:top_n]
+    ]
+
+
+def _describe(options: Options, outcome: Outcome, *, elapsed_ms: float) -> dict[str, Any]:
+    """What ran, for the response's `meta.rerankd` and the `X-Rerankd-*` headers."""
+    plan = outcome.plan
+    return {
+        "strategy": plan.strategy,
+        "requested_strategy": options.strategy,
+        "documents": plan.documents,
+        "candidates": plan.candidates,
+        "estimate_ms": plan.estimate_ms,
+        "elapsed_ms": round(elapsed_ms, 1),
+        "latency_budget_ms": plan.budget_ms,
+        "reason": plan.reason,
+        **outcome.meta,
+    }
+
+
+def _clip_all(engine: Engine, documents: Sequence[str], max_tokens: int) -> list[str]:
+    return [engine.tokenizer.clip(document, max_tokens) for document in documents]
+
+
+def _scored(options: Options) -> int:
+    """Documents the model may score, at most: every one unless a pre-filter caps them."""
+    if options.strategy in ("hybrid", "bi-encoder"):
+        return options.candidates or options.default_candidates
+    if options.strategy == "auto" and options.budget_ms is not None:
+        return options.candidates or options.default_candidates
+    return 2**31
+
+
+def _rough_rule(engine: Engine, options: Options) -> ChunkRule | None:
+    """The chunk rule before the query is tokenized: chunks of the requested size, else half the window."""
+    if options.chunks is None:
+        return None
+    size = options.chunks.tokens or engine.spec.max_length // 2
+    return ChunkRule(size, options.chunks.overlap, options.chunks.max_chunks)
