@@ -7,7 +7,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rerankd.pipeline.hybrid import Options, assemble, prefilter_order, rank_candidates, select
+from rerankd.pipeline.fusion import best_first
+from rerankd.pipeline.ranking import assemble, rank_candidates, select
 
 scores_lists = st.lists(st.integers(-5, 5).map(float), min_size=1, max_size=40)
 
@@ -21,12 +22,12 @@ def test_every_document_once_in_the_right_places(first: list[float], data: st.Da
     fusion = data.draw(st.sampled_from(["none", "zscore", "rrf"]))
     first_stage = np.array(first)
     candidates, rest = select(first_stage, k)
-    order, scores = rank_candidates(candidates, rest, model, first_stage, Options(fusion=fusion, fusion_weight=0.4))
+    order, scores = rank_candidates(candidates, rest, model, first_stage, fusion=fusion, weight=0.4, rrf_k=60)
 
     assert sorted(order.tolist()) == list(range(n))  # every index exactly once
     assert set(order[:k].tolist()) == set(candidates.tolist())  # scored documents first
     assert order[k:].tolist() == rest.tolist()  # then the cut ones, in pre-filter order
-    assert rest.tolist() == prefilter_order(first_stage)[k:].tolist()
+    assert rest.tolist() == best_first(first_stage)[k:].tolist()
     assert np.all(np.diff(scores[order]) <= 0)  # scores never rise down the list
     if fusion == "none":
         np.testing.assert_array_equal(scores[candidates], model)  # the model's own scores

@@ -2,7 +2,7 @@
 
 Scoring every candidate once per query and replaying each strategy on those scores is what makes a full
 evaluation affordable on a CPU. The replay goes through the very functions the service ranks with
-(`pipeline.hybrid.select` and `rank_candidates`), and `eval` times every strategy through the real service.
+(`pipeline.ranking.select` and `rank_candidates`), and `eval` times every strategy through the real service.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Literal
 
 import numpy as np
 
-from rerankd.pipeline.fusion import FusionMethod
-from rerankd.pipeline.hybrid import Options, prefilter_order, rank_candidates, select
+from rerankd.pipeline.fusion import FusionMethod, best_first
+from rerankd.pipeline.ranking import rank_candidates, select
 from rerankd.pipeline.types import RerankRequest
 
 Kind = Literal["first-stage", "bi-encoder-only", "direct", "hybrid", "bi-encoder"]
@@ -48,9 +48,6 @@ class Variant:
         """Variants that differ only in fusion weight or rule cost the same; they share one timing."""
         return self.kind, self.candidates, self.fusion != "none", self.first_stage
 
-    def options(self, rrf_k: int) -> Options:
-        return Options(fusion=self.fusion, fusion_weight=self.weight, rrf_k=rrf_k)
-
     def request(self, scores: QueryScores, *, model: str, bi_model: str) -> RerankRequest:
         """The service request that runs this strategy on the query's candidates."""
         if self.kind == "bi-encoder-only":
@@ -70,16 +67,18 @@ class Variant:
     def rank(self, scores: QueryScores, rrf_k: int) -> np.ndarray:
         """Candidate positions, best first, as the service would order them."""
         if self.kind == "first-stage":
-            return prefilter_order(scores.first)
+            return best_first(scores.first)
         if self.kind == "bi-encoder-only":
-            return prefilter_order(scores.bi)
+            return best_first(scores.bi)
         first = scores.first if self.first_stage == "client" else scores.request_bm25
         everything = np.arange(len(scores.doc_ids))
         if self.kind == "direct":
             candidates, rest = everything, everything[:0]
         else:
             candidates, rest = select(first if self.kind == "hybrid" else scores.bi, self.candidates or 0)
-        order, _ = rank_candidates(candidates, rest, scores.model[candidates], first, self.options(rrf_k))
+        order, _ = rank_candidates(
+            candidates, rest, scores.model[candidates], first, fusion=self.fusion, weight=self.weight, rrf_k=rrf_k
+        )
         return order
 
 

@@ -1,7 +1,7 @@
 """Multi-stage reranking: plan, pre-filter to K candidates, score them with the model, fuse, assemble.
 
-`direct` is the one-stage case (every document is a candidate). The pure pieces (`select`, `rank_candidates`)
-are what `eval` replays on cached scores, so measured accuracy is the served ranking's accuracy.
+`direct` is the one-stage case (every document is a candidate). This module runs the stages on engines; the
+ordering itself is `ranking.py`, which `eval` replays on cached scores, so measured accuracy is the served ranking's.
 """
 
 from __future__ import annotations
@@ -20,18 +20,15 @@ from rerankd.engine.tokenize import Tokens
 from rerankd.errors import PayloadTooLarge
 from rerankd.pipeline import chunking
 from rerankd.pipeline.costs import CostModel
-from rerankd.pipeline.fusion import FusionMethod, best_first, fuse
+from rerankd.pipeline.fusion import FusionMethod
 from rerankd.pipeline.planner import Costs, Plan, Strategy, plan
+from rerankd.pipeline.ranking import rank_candidates, select
 from rerankd.prefilter import EmbeddingPrefilter, bm25_scores
 
 # With a latency budget, a pre-filtered request scores its candidates best-first in slices of this many documents
 # and starts no slice that would end after this share of the budget (the rest is for the answer itself).
 DEADLINE_SLICE = 8
 DEADLINE_SHARE = 0.92
-
-# Documents the pre-filter cut are listed after the scored ones; each is given a score this much below the one
-# before it, so scores never rise down the list and re-sorting by score keeps the order.
-CUT_SCORE_STEP = 1e-6
 
 
 @dataclass(frozen=True)
@@ -70,46 +67,6 @@ class Outcome:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def prefilter_order(scores: np.ndarray) -> np.ndarray:
-    """Document indices by first-stage score, best first; ties keep document order."""
-    return best_first(scores)
-
-
-def select(prefilter_scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The `k` candidates and the rest, each in pre-filter order."""
-    ordered = prefilter_order(prefilter_scores)
-    return ordered[:k], ordered[k:]
-
-
-def assemble(candidates: np.ndarray, candidate_scores: np.ndarray, rest: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The final order and per-document scores: candidates by score (ties: document order), then `rest` as given."""
-    documents = len(candidates) + len(rest)
-    candidate_scores = np.asarray(candidate_scores, dtype=np.float64)
-    ranked = candidates[best_first(candidate_scores, candidates)]
-    scores = np.empty(documents, dtype=np.float64)
-    scores[candidates] = candidate_scores
-    if len(rest):
-        floor = candidate_scores.min() if len(candidates) else 0.0
-        scores[rest] = floor - CUT_SCORE_STEP * np.arange(1, len(rest) + 1)
-    return np.concatenate([ranked, rest]).astype(np.int64), scores
-
-
-def rank_candidates(
-    candidates: np.ndarray,
-    rest: np.ndarray,
-    scores: np.ndarray,
-    first_stage: np.ndarray | None,
-    options: Options,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Order every document: `candidates` by their model `scores` (the raw logits, fused with `first_stage` per
-    document when `options.fusion` asks), then the documents the pre-filter cut."""
-    if options.fusion != "none":
-        if first_stage is None:
-            raise ValueError("fusion needs first-stage scores")
-        scores = fuse(scores, first_stage[candidates], options.fusion, options.fusion_weight, rrf_k=options.rrf_k)
-    return assemble(candidates, scores, rest)
-
-
 @dataclass(frozen=True)
 class _Scored:
     raw: np.ndarray  # per candidate: logits (what fusion uses)
@@ -135,7 +92,7 @@ class _Scored:
 
 
 @dataclass(frozen=True)
-class _Job:
+class _ScoringJob:
     """What scoring a request's candidates needs, whichever slice of them is scored."""
 
     engine: Engine
@@ -198,7 +155,8 @@ class Reranker:
         if chosen.prefiltered and options.budget_ms is not None:
             deadline = started + DEADLINE_SHARE * options.budget_ms / 1000
         model_started = time.perf_counter()
-        scored = await self._score_until(_Job(engine, query_tokens, documents, rule, options), candidates, deadline)
+        job = _ScoringJob(engine, query_tokens, documents, rule, options)
+        scored = await self._score_until(job, candidates, deadline)
         if wait_ms == 0:  # with a queue ahead, the time says more about the queue than about the estimate
             self.costs.learn_model(
                 engine, costs.model_ms(len(scored.raw)), 1000 * (time.perf_counter() - model_started)
@@ -215,7 +173,15 @@ class Reranker:
                 "fused": ["model", first.source],
                 **({"rrf_k": options.rrf_k} if options.fusion == "rrf" else {}),
             }
-        order, scores = rank_candidates(candidates, rest, scored.raw if fusing else scored.final, first_scores, options)
+        order, scores = rank_candidates(
+            candidates,
+            rest,
+            scored.raw if fusing else scored.final,
+            first_scores,
+            fusion=options.fusion,
+            weight=options.fusion_weight,
+            rrf_k=options.rrf_k,
+        )
         model_scores = np.full(len(documents), np.nan)
         model_scores[candidates] = scored.final
         return Outcome(order, scores, model_scores, first_scores, scored.tokens, chosen, {**meta, **scored.meta})
@@ -262,7 +228,7 @@ class Reranker:
             max_chunks=options.chunks.max_chunks,
         )
 
-    async def _score_until(self, job: _Job, candidates: np.ndarray, deadline: float | None) -> _Scored:
+    async def _score_until(self, job: _ScoringJob, candidates: np.ndarray, deadline: float | None) -> _Scored:
         """Score candidates best-first in slices, starting no slice that would end past `deadline`: the machine's
         speed swings, and what is left unscored is the least promising (pre-filter order). No deadline: one go."""
         if deadline is None:
@@ -279,7 +245,7 @@ class Reranker:
             done += size
         return _Scored.concat(parts)
 
-    async def _score(self, job: _Job, candidates: np.ndarray) -> _Scored:
+    async def _score(self, job: _ScoringJob, candidates: np.ndarray) -> _Scored:
         """The model's score of each candidate (the best chunk's, when chunking)."""
         engine, query, documents, rule, options = job.engine, job.query, job.documents, job.rule, job.options
         texts = [documents[i] for i in candidates]
