@@ -4,9 +4,10 @@ Requests submit their tokenized inputs from the event loop; one worker thread ta
 (several requests' worth), sorts it by length so padding is small, cuts it into batches whose padded size stays
 within `max_batch_tokens`, runs them, and hands each request its rows when all are done.
 
-Which inputs make a window: `fair` (the default) takes up to one batch's worth of tokens from each waiting
-request in turn (deficit round-robin), so a 10-document request that arrives behind a 1,000-document one waits
-a window, not the whole large request; requests that fit in one turn are served in arrival order as before.
+Which inputs make a window: `fair` (the default) gives each waiting request a turn of up to one batch's worth of
+tokens, round-robin (each turn's share starts afresh; nothing unused carries over), so a 10-document request that
+arrives behind a 1,000-document one waits a window, not the whole large request; requests that fit in one turn
+are served in arrival order as before.
 `fifo` takes inputs strictly in arrival order.
 The event loop never waits on inference. Inputs of a request that was cancelled (its client went away) are
 dropped from the queue. The scheduler knows nothing of HTTP or of models: it runs a `run_batch` callable.
