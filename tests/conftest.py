@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -80,6 +81,29 @@ def ce_fixture_path() -> Path:
     return build_ce_fixture()
 
 
+@contextlib.contextmanager
+def served(arguments: list[str], log: Path, timeout: float = 180) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`rerankd serve ARGUMENTS` on a free loopback port until it is ready: (base URL, process); stopped after."""
+    port = free_port()
+    command = [sys.executable, "-m", "rerankd.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *arguments]
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: is_ready(url) or process.poll() is not None, timeout=timeout, interval=0.2)
+        if process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        yield url, process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 @pytest.fixture(scope="session")
 def server(ce_fixture_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`rerankd serve` as a user starts it: the packaged default first, then the ce-fixture.
@@ -87,30 +111,14 @@ def server(ce_fixture_path: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     The engine is pinned to onnx fp32 (within 1e-7 of sentence-transformers here), so the score tests stay exact
     whatever `auto` picks on the machine; tests/test_backends.py checks each backend/precision on its own.
     """
-    port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
-    command = [
-        sys.executable, "-m", "rerankd.cli", "serve",
+    arguments = [
         "--model", "default", "--model", "ce-fixture",
-        "--host", "127.0.0.1", "--port", str(port),
         "--max-documents", str(SERVER_MAX_DOCUMENTS), "--max-request-bytes", str(SERVER_MAX_REQUEST_BYTES),
         "--warmup-seconds", "0", "--backend", "onnx", "--precision", "fp32",
     ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: is_ready(url) or process.poll() is not None, timeout=180, interval=0.2)
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+    with served(arguments, log) as (url, _):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 class ThreadServer:

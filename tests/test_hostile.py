@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port, is_ready, wait_until
+from conftest import served, wait_until
 
 from rerankd.api import create_app
 from rerankd.api.errors import ERROR_RESPONSES
@@ -37,23 +34,14 @@ BODY_TIMEOUT = 2
 
 @pytest.fixture(scope="module")
 def hostile_server(ce_fixture_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
-    port = free_port()
     log = tmp_path_factory.mktemp("hostile") / "server.log"
-    command = [
-        sys.executable, "-m", "rerankd.cli", "serve", "--model", "ce-fixture", "--port", str(port),
-        "--warmup-seconds", "0.5", "--backend", "onnx", "--precision", "fp32", "--embedding-model", "",
-        "--header-timeout-seconds", str(HEADER_TIMEOUT), "--body-timeout-seconds", str(BODY_TIMEOUT),
+    arguments = [
+        "--model", "ce-fixture", "--warmup-seconds", "0.5", "--backend", "onnx", "--precision", "fp32",
+        "--embedding-model", "", "--header-timeout-seconds", str(HEADER_TIMEOUT),
+        "--body-timeout-seconds", str(BODY_TIMEOUT),
     ]  # fmt: skip
-    with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: is_ready(url) or process.poll() is not None, timeout=180, interval=0.2)
-        assert process.poll() is None, log.read_text()[-3000:]
+    with served(arguments, log) as (url, process):
         yield url, process.pid
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def rss_mb(pid: int) -> float:
