@@ -4,34 +4,16 @@ or everything in a network namespace."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from pathlib import Path
 
-
-def _processes() -> Iterator[tuple[int, Path]]:
-    """(pid, its /proc folder) of every process; any of them may be gone by the time it is read."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            yield int(entry.name), entry
-
-
-def _parents() -> dict[int, int]:
-    parents = {}
-    for pid, entry in _processes():
-        try:
-            # The command name may hold spaces and parentheses; the fields after its last ")" do not.
-            parents[pid] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-    return parents
+import psutil
 
 
 def namespace_pids(inode: int) -> list[int]:
     """Processes other than this one whose network namespace is `inode` (`os.stat(".../ns/net").st_ino`)."""
     found = []
-    for pid, entry in _processes():
-        try:
-            if pid != os.getpid() and (entry / "ns/net").stat().st_ino == inode:
+    for pid in psutil.pids():
+        try:  # psutil has no namespace API; the process may be gone by now
+            if pid != os.getpid() and os.stat(f"/proc/{pid}/ns/net").st_ino == inode:
                 found.append(pid)
         except OSError:
             continue
@@ -41,19 +23,16 @@ def namespace_pids(inode: int) -> list[int]:
 def replica_pids(root: int | None = None, title: str = "ServeReplica:rerankd:Model") -> list[int]:
     """Model replica processes started by `root` (default: this process), found by the title Ray gives them
     (`ray::ServeReplica:<app>:<deployment>`)."""
-    root = root or os.getpid()
-    parents = _parents()
     found = []
-    for pid in parents:
-        ancestor = parents.get(pid)
-        while ancestor not in (None, 0, 1, root):
-            ancestor = parents.get(ancestor)
-        if ancestor != root:
-            continue
+    try:
+        descendants = psutil.Process(root or os.getpid()).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    for process in descendants:
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except OSError:
+            cmdline = " ".join(process.cmdline())
+        except psutil.Error:  # gone, a zombie, or not ours to read
             continue
         if title in cmdline:
-            found.append(pid)
+            found.append(process.pid)
     return sorted(found)

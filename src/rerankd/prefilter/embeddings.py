@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
+from cachetools import LRUCache
 
 from rerankd.engine.engine import Engine, cosine
 from rerankd.metrics import Metrics
@@ -21,12 +21,13 @@ CacheKey = tuple[str, bytes]
 
 
 class EmbeddingCache:
-    """Least-recently-used document embeddings, at most `max_entries` (0 keeps nothing). Thread-safe."""
+    """Least-recently-used document embeddings, at most `max_entries` (0 keeps nothing). Thread-safe: `LRUCache`
+    is not, and a lookup reorders it, so every access holds the lock."""
 
     def __init__(self, max_entries: int, metrics: Metrics | None = None) -> None:
         self.max_entries = max_entries
         self._metrics = metrics
-        self._entries: OrderedDict[CacheKey, np.ndarray] = OrderedDict()
+        self._entries: LRUCache[CacheKey, np.ndarray] = LRUCache(maxsize=max(1, max_entries))
         self._lock = threading.Lock()
 
     @staticmethod
@@ -39,9 +40,6 @@ class EmbeddingCache:
     def get_many(self, model: str, keys: Sequence[CacheKey]) -> list[np.ndarray | None]:
         with self._lock:
             found = [self._entries.get(key) for key in keys]
-            for key, vector in zip(keys, found, strict=True):
-                if vector is not None:
-                    self._entries.move_to_end(key)
         if self._metrics:
             hits = sum(vector is not None for vector in found)
             self._metrics.embedding_cache_hits.labels(model).inc(hits)
@@ -52,11 +50,7 @@ class EmbeddingCache:
         if self.max_entries == 0:
             return
         with self._lock:
-            for key, vector in items.items():
-                self._entries[key] = vector
-                self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            self._entries.update(items)
             size = len(self._entries)
         if self._metrics:
             self._metrics.embedding_cache_entries.labels(model).set(size)
