@@ -43,6 +43,12 @@ class Metrics:
         self.inflight_tokens = Gauge(
             "rerankd_inflight_tokens", "Padded tokens in the running batch.", ["model"], registry=r
         )
+        self.queue_seconds = Gauge(
+            "rerankd_queue_seconds",
+            "Expected wait of a new request: admitted work in seconds (what max_queue_seconds limits).",
+            ["model"],
+            registry=r,
+        )
         self.ready = Gauge("rerankd_ready", "1 once every model is loaded and warmed.", registry=r)
         self.strategies = Counter(
             "rerankd_strategy", "Requests by the strategy that ran.", ["model", "strategy"], registry=r
@@ -70,6 +76,9 @@ class Metrics:
         self.queue_pairs.labels(model).set_function(lambda: stats().queued_pairs)  # type: ignore[attr-defined]
         self.queue_tokens.labels(model).set_function(lambda: stats().queued_tokens)  # type: ignore[attr-defined]
         self.inflight_tokens.labels(model).set_function(lambda: stats().inflight_tokens)  # type: ignore[attr-defined]
+
+    def watch_admission(self, model: str, queued_seconds: Callable[[str], float]) -> None:
+        self.queue_seconds.labels(model).set_function(lambda: queued_seconds(model))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

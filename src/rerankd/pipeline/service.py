@@ -80,6 +80,9 @@ class LocalService:
             self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
             raise
         self._registry = ModelRegistry(engines)
+        if self.metrics:
+            for engine in engines:
+                self.metrics.watch_admission(engine.spec.name, self.admission.queued_seconds)
         self.state = "ready"
         if self.metrics:
             self.metrics.ready.set(1)
