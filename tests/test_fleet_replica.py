@@ -13,7 +13,7 @@ from conftest import wait_until
 
 from rerankd.config import Settings
 from rerankd.engine.scheduler import Scheduler
-from rerankd.errors import InvalidRequest, Overloaded
+from rerankd.errors import BY_TYPE, InvalidRequest, Overloaded, RerankdError
 from rerankd.fleet.costmodel import SimulatedReplica, SimulatedService
 from rerankd.fleet.ray_app import check_settings, replica_plan
 from rerankd.fleet.replica import Load, RemoteError, ReplicaCore, health_problem, merge_stats
@@ -37,16 +37,17 @@ def test_health_fails_only_while_a_real_scheduler_is_stuck_with_work_waiting() -
     worker = threading.Thread(target=lambda: results.append(asyncio.run(submit_two())))
     worker.start()
     try:
-        assert health_problem(merge_stats([scheduler.stats()], 0.0), stall_seconds=0.3) is None
+        assert health_problem(merge_stats([scheduler.stats()]), stall_seconds=0.3) is None
         wait_until(lambda: scheduler.stats().stalled_seconds > 0.4, timeout=10)
-        problem = health_problem(merge_stats([scheduler.stats()], 0.0), stall_seconds=0.3)
+        problem = health_problem(merge_stats([scheduler.stats()]), stall_seconds=0.3)
         assert problem is not None and "stuck" in problem and "replica_stall_seconds" in problem
     finally:
         release.set()
         worker.join(30)
         scheduler.close()
     assert len(results) == 1
-    assert health_problem(merge_stats([scheduler.stats()], 0.0), stall_seconds=0.3) is None
+    assert health_problem(merge_stats([scheduler.stats()]), stall_seconds=0.3) is None
+    assert merge_stats([scheduler.stats()]).busy_seconds > 0.4  # the stuck batch counts as inference time
 
 
 def replica(cost: SimulatedReplica) -> tuple[ReplicaCore, SimulatedService]:
@@ -116,6 +117,16 @@ def test_errors_cross_the_replica_boundary_with_status_and_retry_after() -> None
     assert isinstance(error, InvalidRequest) and error.status == 400 and "query" in error.message
     overloaded = RemoteError.of(Overloaded("queue full", retry_after=3)).to_exception()
     assert isinstance(overloaded, Overloaded) and overloaded.retry_after == 3
+
+
+def test_every_error_type_comes_back_with_its_class_and_status() -> None:
+    def subclasses(cls: type[RerankdError]) -> list[type[RerankdError]]:
+        return [cls, *(found for sub in cls.__subclasses__() for found in subclasses(sub))]
+
+    for cls in subclasses(RerankdError):  # a subclass that keeps its parent's `type` comes back as the parent
+        rebuilt = RemoteError.of(cls("m", retry_after=1.5)).to_exception()
+        assert type(rebuilt) is BY_TYPE[cls.type], cls
+        assert (rebuilt.type, rebuilt.status, rebuilt.retry_after) == (cls.type, cls.status, 1.5), cls
 
 
 def test_cost_model_runs_requests_one_at_a_time_in_arrival_order() -> None:

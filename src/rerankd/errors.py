@@ -71,3 +71,21 @@ class EngineFailure(RerankdError):
 
     status = 500
     type = "engine_failure"
+
+
+# Every error by its `type`, for rebuilding one that crossed a process boundary as data (fleet/replica.py). Listed
+# by hand so that what can come back is explicit; tests check each subclass is here.
+BY_TYPE: dict[str, type[RerankdError]] = {
+    cls.type: cls
+    for cls in (
+        RerankdError,
+        InvalidRequest,
+        PayloadTooLarge,
+        Unauthorized,
+        ModelNotFound,
+        Overloaded,
+        NotReady,
+        DeadlineExceeded,
+        EngineFailure,
+    )
+}

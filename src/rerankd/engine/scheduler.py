@@ -70,6 +70,7 @@ class QueueStats:
     batches_done: int
     stalled_seconds: float  # time since the last finished batch while work is waiting; 0 when idle
     tokens_per_second: float = 0.0  # recent padded tokens per second of inference (moving average); 0 before any
+    busy_seconds: float = 0.0  # inference time so far, all batches together
 
 
 BatchObserver = Callable[[int, int, float], None]  # (inputs, padded tokens, seconds)
@@ -157,6 +158,7 @@ class Scheduler:
         self._batches_done = 0
         self._last_progress = time.monotonic()
         self._tokens_per_second = 0.0
+        self._busy_seconds = 0.0
         self._closing = False
         self._thread = threading.Thread(target=self._work, name=f"rerankd-batcher-{name}", daemon=True)
         self._thread.start()
@@ -200,6 +202,7 @@ class Scheduler:
                 batches_done=self._batches_done,
                 stalled_seconds=time.monotonic() - self._last_progress if busy else 0.0,
                 tokens_per_second=self._tokens_per_second,
+                busy_seconds=self._busy_seconds,
             )
 
     def close(self, timeout: float = 30.0) -> None:
@@ -299,6 +302,7 @@ class Scheduler:
             padded = self._inflight_tokens
             self._inflight_pairs = self._inflight_tokens = 0
             self._batches_done += 1
+            self._busy_seconds += elapsed
             self._last_progress = time.monotonic()
             rate = padded / max(elapsed, 1e-6)
             self._tokens_per_second = (

@@ -58,15 +58,7 @@ class ModelReplica:
 
 
 def local_load(service: LocalService) -> Load:
-    """The engines' queue stats, plus their inference time read from the replica's own metrics registry."""
+    """The queue stats of the service's engines, summed; nothing before it is ready."""
     if service.state != "ready":
         return Load()
-    engines = service.registry.engines
-    busy = 0.0
-    if service.metrics is not None:
-        for engine in engines:
-            value = service.metrics.registry.get_sample_value(
-                "rerankd_batch_duration_seconds_sum", {"model": engine.spec.name}
-            )
-            busy += value or 0.0
-    return merge_stats([engine.stats() for engine in engines], busy)
+    return merge_stats([engine.stats() for engine in service.registry.engines])

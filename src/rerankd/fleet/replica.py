@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rerankd.engine.scheduler import QueueStats
-from rerankd.errors import RerankdError
+from rerankd.errors import BY_TYPE, RerankdError
 from rerankd.fleet.router import Work
 from rerankd.pipeline.types import RerankRequest, RerankResult, RerankService
 
@@ -37,13 +37,13 @@ class Load:
     busy_seconds: float = 0.0  # inference time so far, all batches together
 
 
-def merge_stats(stats: Sequence[QueueStats], busy_seconds: float) -> Load:
+def merge_stats(stats: Sequence[QueueStats]) -> Load:
     return Load(
         queued_pairs=sum(s.queued_pairs for s in stats),
         queued_tokens=sum(s.queued_tokens for s in stats),
         inflight_tokens=sum(s.inflight_tokens for s in stats),
         stalled_seconds=max((s.stalled_seconds for s in stats), default=0.0),
-        busy_seconds=busy_seconds,
+        busy_seconds=sum(s.busy_seconds for s in stats),
     )
 
 
@@ -59,26 +59,18 @@ def health_problem(load: Load, stall_seconds: float) -> str | None:
 
 @dataclass(frozen=True)
 class RemoteError:
-    """A `RerankdError` raised on the replica, carried back as data so its status and Retry-After survive."""
+    """A `RerankdError` raised on the replica, carried back as data so its class, status and Retry-After survive."""
 
-    type: str  # the class name
+    type: str  # the error's `type` (e.g. "overloaded"), a key of `errors.BY_TYPE`
     message: str
     retry_after: float | None
 
     @classmethod
     def of(cls, error: RerankdError) -> RemoteError:
-        return cls(type(error).__name__, error.message, error.retry_after)
+        return cls(error.type, error.message, error.retry_after)
 
     def to_exception(self) -> RerankdError:
-        classes = {c.__name__: c for c in _subclasses(RerankdError)}
-        return classes.get(self.type, RerankdError)(self.message, retry_after=self.retry_after)
-
-
-def _subclasses(cls: type) -> list[type]:
-    found = [cls]
-    for sub in cls.__subclasses__():
-        found += _subclasses(sub)
-    return found
+        return BY_TYPE.get(self.type, RerankdError)(self.message, retry_after=self.retry_after)
 
 
 @dataclass(frozen=True)
