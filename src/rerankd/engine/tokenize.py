@@ -166,12 +166,6 @@ class Tokenizer:
         """Special tokens the model input adds around one text or a (query, document) pair."""
         return (self._pair if pair else self._single).specials
 
-    def document_room(self, query: Tokens | None) -> int:
-        """The most document tokens that can reach the model beside `query` (None: a text on its own)."""
-        if query is None:
-            return self.max_length - self._single.specials
-        return max(self.max_length - self._pair.specials - len(query), (self.max_length - self._pair.specials) // 2)
-
     # -- tokens to model inputs -----------------------------------------------------------------------------------
 
     def encode_pairs(self, query: Tokens, documents: Sequence[str]) -> list[Encoded]:
