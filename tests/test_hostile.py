@@ -24,7 +24,8 @@ from rerankd.cli import _settings, build_parser
 from rerankd.config import Settings
 from rerankd.engine.tokenize import Tokenizer
 from rerankd.models import resolve_model
-from rerankd.pipeline.rerank import LocalService, ModelInfo, RerankRequest, RerankResult
+from rerankd.pipeline.service import LocalService
+from rerankd.pipeline.types import ModelInfo, RerankRequest, RerankResult
 
 REQUEST_SECONDS = 2.0  # the bound for a hostile request's answer (or refusal)
 RSS_GROWTH_MB = 300

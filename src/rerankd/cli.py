@@ -56,7 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from rerankd.logs import configure_logging
     from rerankd.metrics import Metrics
     from rerankd.models import resolve_model
-    from rerankd.pipeline.rerank import LocalService
+    from rerankd.pipeline.service import LocalService
 
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
@@ -89,7 +89,8 @@ def _serve_fleet(settings: Settings) -> int:
 
 
 def cmd_rerank(args: argparse.Namespace) -> int:
-    from rerankd.pipeline.rerank import LocalService, RerankRequest
+    from rerankd.pipeline.service import LocalService
+    from rerankd.pipeline.types import RerankRequest
 
     # One-off: no warm-up, and no embedding pre-filter (plain direct scoring needs none).
     settings = _settings(args, _RERANK_FLAGS).model_copy(update={"warmup_seconds": 0.0, "embedding_model": ""})

@@ -14,7 +14,7 @@ from rerankd.api.errors import install_error_handlers
 from rerankd.api.middleware import BodyLimit, RequestId, RequestMetrics
 from rerankd.config import Settings
 from rerankd.metrics import Metrics
-from rerankd.pipeline.rerank import LocalService, RerankService
+from rerankd.pipeline.types import RerankService
 
 DESCRIPTION = """Reranking with cross-encoders and bi-encoders. Cohere v2 (`/v2/rerank`), Cohere v1 and Jina
 (`/v1/rerank`), and TEI (`/rerank`) request shapes, one engine behind them."""
@@ -26,7 +26,12 @@ def create_app(
     """Build the app. Without a `service`, it serves `settings.model` in-process, loading in the background."""
     settings = settings or Settings()
     metrics = metrics or Metrics()
-    service = service or LocalService(settings, metrics)
+    if service is None:
+        # Imported here: the fleet's ingress builds this app around remote replicas and must not load the
+        # model stack (transformers, onnxruntime) at all.
+        from rerankd.pipeline.service import LocalService
+
+        service = LocalService(settings, metrics)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -7,7 +7,7 @@ import asyncio
 
 from fastapi import Request
 
-from rerankd.pipeline.rerank import RerankRequest, RerankResult, RerankService
+from rerankd.pipeline.types import RerankRequest, RerankResult, RerankService
 
 
 class ClientGone(Exception):

@@ -16,7 +16,7 @@ from rerankd.api.auth import require_api_key
 from rerankd.api.calls import rerank_for
 from rerankd.api.errors import ERROR_RESPONSES
 from rerankd.api.strategy import ScoreDetails, StrategyFields, score_details, strategy_headers
-from rerankd.pipeline.rerank import RerankRequest, RerankResult
+from rerankd.pipeline.types import RerankRequest, RerankResult
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["rerank"], responses=ERROR_RESPONSES)
 

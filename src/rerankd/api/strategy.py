@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from rerankd.pipeline.rerank import MAX_CHUNKS_PER_DOC, Ranked, RerankResult
+from rerankd.pipeline.types import MAX_CHUNKS_PER_DOC, Ranked, RerankResult
 
 
 class StrategyFields(BaseModel):
