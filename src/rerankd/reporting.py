@@ -2,21 +2,50 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
+import subprocess
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rerankd.cores import available_cores
 
+# CPU features that decide which kernels run fast (int8 dot products, bf16, wide vectors).
+_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu() -> dict[str, Any]:
+    """The CPU model and its relevant flags (Linux); the architecture elsewhere."""
+    info: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    flags = set(info.get("flags", "").split())
+    return {"model": info.get("model name", platform.processor() or platform.machine()),
+            "flags": [flag for flag in _CPU_FLAGS if flag in flags]}  # fmt: skip
+
+
+def commit() -> str:
+    """The checked-out commit (with `+dirty` when files differ from it), so a result names the code that made it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
 
 def machine() -> dict[str, Any]:
     return {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu(),
         "cores": available_cores(),
         "python": platform.python_version(),
+        "commit": commit(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
