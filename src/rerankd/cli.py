@@ -143,6 +143,13 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """Print Kubernetes manifests (KubeRay RayService, or plain) generated from the settings."""
+    from rerankd.deploy.kubernetes import run
+
+    return run(args, _settings(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rerankd", description="A fast reranking service.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -177,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--markdown", action="store_true", help="print the table of all settings instead")
     add_settings_flags(config)
     config.set_defaults(run=cmd_config)
+
+    from rerankd.deploy.kubernetes import add_arguments as add_deploy_arguments
+
+    deploy = commands.add_parser("deploy", help="Print Kubernetes manifests for these settings (docs/fleet.md).")
+    add_deploy_arguments(deploy)
+    deploy.add_argument("--config", help="YAML file of settings")
+    add_settings_flags(deploy)
+    deploy.set_defaults(run=cmd_deploy)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Deployment manifests generated from `Settings`: `rerankd deploy kuberay|kubernetes` (see `kubernetes.py`)."""
