@@ -30,9 +30,10 @@ from common import RESULTS, format_table, machine, percentile, plot_path, save
 from fleet_workload import make_requests, open_loop, poisson_times, wait_ready
 
 from rerankd.config import Settings
-from rerankd.fleet.costmodel import SimulatedReplica
 from rerankd.fleet.launch import Fleet
-from rerankd.fleet.netns import loopback_only
+from rerankd.testing.costmodel import SimulatedReplica
+from rerankd.testing.netns import loopback_only
+from rerankd.testing.simfleet import simulated_fleet
 
 ACTIVE_STATES = ("STARTING", "RUNNING", "UPDATING", "RECOVERING")
 # Phase plan: warm 15 s, burst 40 s, stop 120 s, then 6 cycles of 10 s on / 10 s off.
@@ -127,7 +128,7 @@ def main() -> None:
     requests = [template[i % len(template)] for i in range(len(times))]
 
     timeline: list[tuple[float, int, int]] = []
-    with loopback_only() as isolated, Fleet(settings, cost=cost, num_cpus=2) as fleet:
+    with loopback_only() as isolated, simulated_fleet(settings, cost, num_cpus=2) as fleet:
         wait_ready(fleet.url)
         t0 = time.perf_counter()
         halt = threading.Event()

@@ -18,12 +18,14 @@ import time
 
 import numpy as np
 from common import format_table, plot_path, save
-from fleet_workload import Outcome, closed_loop, make_requests, metric, replica_pids, wait_ready
+from fleet_workload import Outcome, closed_loop, make_requests, metric, wait_ready
 
 from rerankd.config import Settings
-from rerankd.fleet.costmodel import SimulatedReplica
 from rerankd.fleet.launch import Fleet
-from rerankd.fleet.netns import loopback_only
+from rerankd.testing.costmodel import SimulatedReplica
+from rerankd.testing.netns import loopback_only
+from rerankd.testing.processes import replica_pids
+from rerankd.testing.simfleet import simulated_app
 
 
 def watch_replicas(fleet: Fleet, stop: threading.Event, timeline: list[tuple[float, int]], t0: float) -> None:
@@ -45,6 +47,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cost = SimulatedReplica(tokens_per_second=4000, cold_start_seconds=5) if args.cost_model else None
+    app = simulated_app(cost) if cost else None
     settings = Settings(
         model=["ce-fixture"], replicas=args.replicas, replica_cpus=2 / args.replicas, warmup_seconds=0,
         port=args.port, log_level="warning",
@@ -53,7 +56,7 @@ def main() -> None:
     kill: dict[str, float] = {}
     timeline: list[tuple[float, int]] = []
 
-    with loopback_only() as isolated, Fleet(settings, cost=cost, num_cpus=2) as fleet:
+    with loopback_only() as isolated, Fleet(settings, app=app, num_cpus=2) as fleet:
         wait_ready(fleet.url)
         before = replica_pids()
         t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""What the fleet benchmarks share: heavy-tailed requests, an open-loop load generator, and finding replica pids.
+"""What the fleet benchmarks share: heavy-tailed requests, and an open-loop load generator.
 
 Document counts follow a Pareto law (alpha ~1.1) cut to 5-1,000: most requests are small, a few are huge, which
 is what search traffic looks like and what defeats round-robin.
@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 
 import httpx
 import numpy as np
-
-from rerankd.fleet.processes import replica_pids  # noqa: F401  (re-exported for fleet_fault.py)
 
 VOCABULARY = [
     "database", "library", "server", "network", "storage", "kernel", "driver", "python", "package", "module",

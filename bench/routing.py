@@ -35,9 +35,10 @@ from fleet_workload import (
 )
 
 from rerankd.config import Settings
-from rerankd.fleet.costmodel import SimulatedReplica
 from rerankd.fleet.launch import Fleet
-from rerankd.fleet.netns import loopback_only
+from rerankd.testing.costmodel import SimulatedReplica
+from rerankd.testing.netns import loopback_only
+from rerankd.testing.simfleet import simulated_fleet
 
 POLICIES = ("tokens", "round-robin", "power-of-two")
 WARMUP_REQUESTS = 20
@@ -60,10 +61,10 @@ def summarise(policy: str, result: LoadResult) -> dict[str, Any]:
     }
 
 
-def run_policies(fleet: Fleet, settings: Settings, requests: list[Request], rate: float, cost: SimulatedReplica | None):
+def run_policies(fleet: Fleet, settings: Settings, requests: list[Request], rate: float):
     rows = []
     for policy in POLICIES:
-        fleet.deploy(settings.model_copy(update={"routing": policy}), cost)
+        fleet.deploy(settings.model_copy(update={"routing": policy}))
         wait_ready(fleet.url)
         asyncio.run(closed_loop(fleet.url, requests[:WARMUP_REQUESTS], concurrency=2))
         times = poisson_times(rate, len(requests), seed=1)
@@ -85,8 +86,8 @@ def cost_run(args: argparse.Namespace, rng: np.random.Generator) -> dict[str, An
     mean_seconds = args.utilisation * args.replicas / args.rate
     cost = SimulatedReplica(tokens_per_second=mean_tokens / (mean_seconds - overhead), overhead_seconds=overhead)
     settings = Settings(model=["ce-fixture"], replicas=args.replicas, replica_cpus=0.1, port=args.port)
-    with Fleet(settings, cost=cost, num_cpus=2) as fleet:
-        rows = run_policies(fleet, settings, requests, args.rate, cost)
+    with simulated_fleet(settings, cost, num_cpus=2) as fleet:
+        rows = run_policies(fleet, settings, requests, args.rate)
     return {
         "replicas": args.replicas,
         "rate_per_s": args.rate,
@@ -114,7 +115,7 @@ def real_run(args: argparse.Namespace, rng: np.random.Generator) -> dict[str, An
         mean_tokens = float(np.mean([tokens(r.query, r.documents) for r in requests]))
         rate = args.utilisation * capacity_tokens / mean_tokens
         print(f"ce-fixture capacity {capacity_tokens:.0f} tokens/s; offering {rate:.2f} requests/s", flush=True)
-        rows = run_policies(fleet, settings, requests, rate, None)
+        rows = run_policies(fleet, settings, requests, rate)
     return {
         "replicas": args.real_replicas,
         "capacity_tokens_per_s": capacity_tokens,

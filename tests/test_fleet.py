@@ -21,10 +21,10 @@ import pytest
 from conftest import free_port, is_ready, local_rerank, wait_until
 
 from rerankd.config import Settings
-from rerankd.fleet.costmodel import SimulatedReplica
-from rerankd.fleet.netns import loopback_only
-from rerankd.fleet.processes import replica_pids
 from rerankd.pipeline.types import RerankRequest
+from rerankd.testing.costmodel import SimulatedReplica
+from rerankd.testing.netns import loopback_only
+from rerankd.testing.processes import replica_pids
 
 QUERY = "fast embedded SQL database"
 DOCUMENTS = [
@@ -161,7 +161,7 @@ def test_killing_a_replica_under_load_loses_no_request(fleet) -> None:
 
 
 def test_a_burst_scales_a_cost_model_fleet_up_within_the_delay_and_not_down_before_the_quiet_period() -> None:
-    from rerankd.fleet.launch import Fleet
+    from rerankd.testing.simfleet import simulated_fleet
 
     upscale, window = 2.0, 2.0  # the policy's delay, and the metrics window it reads (ray_app: max(2, delay))
     with loopback_only():
@@ -169,7 +169,7 @@ def test_a_burst_scales_a_cost_model_fleet_up_within_the_delay_and_not_down_befo
             autoscale="1:2", autoscale_upscale_seconds=upscale, autoscale_downscale_seconds=600,
             replica_cpus=0.5, port=free_port(), log_level="warning",
         )  # fmt: skip
-        fleet = Fleet(settings, cost=SimulatedReplica(tokens_per_second=3000, cold_start_seconds=1), num_cpus=2)
+        fleet = simulated_fleet(settings, SimulatedReplica(tokens_per_second=3000, cold_start_seconds=1), num_cpus=2)
         try:
             fleet.connect()  # Ray is a dependency: failing to start it fails the test
             fleet.deploy(settings)

@@ -21,9 +21,9 @@ import httpx
 import pytest
 from conftest import free_port, is_ready, local_rerank, wait_until
 
-from rerankd.fleet.netns import loopback_only
-from rerankd.fleet.processes import namespace_pids
 from rerankd.pipeline.types import RerankRequest
+from rerankd.testing.netns import loopback_only
+from rerankd.testing.processes import namespace_pids
 
 RAY = str(Path(sys.executable).with_name("ray"))
 QUERY = "fast embedded SQL database"

@@ -14,11 +14,11 @@ from conftest import wait_until
 from rerankd.config import Settings
 from rerankd.engine.scheduler import Scheduler
 from rerankd.errors import BY_TYPE, InvalidRequest, Overloaded, RerankdError
-from rerankd.fleet.costmodel import SimulatedReplica, SimulatedService
 from rerankd.fleet.ray_app import check_settings, replica_plan
 from rerankd.fleet.replica import Load, RemoteError, ReplicaCore, health_problem, merge_stats
 from rerankd.fleet.router import Work
 from rerankd.pipeline.types import RerankRequest
+from rerankd.testing.costmodel import SimulatedReplica, SimulatedService
 
 
 def test_health_fails_only_while_a_real_scheduler_is_stuck_with_work_waiting() -> None:
@@ -175,3 +175,19 @@ def test_fleet_settings_are_checked_before_ray_starts() -> None:
         check_settings(Settings(replicas=2, autoscale="1:4"))
     with pytest.raises(ValueError, match="min <= max"):
         check_settings(Settings(autoscale="4:1"))
+
+
+def test_a_simulated_fleet_is_the_production_app_with_stand_in_replicas() -> None:
+    from rerankd.fleet.ray_app import MODEL_DEPLOYMENT, build_app
+    from rerankd.testing.simfleet import SimulatedModelReplica, simulated_app
+
+    def model_deployment(app):  # the ingress is bound to the model deployment's handle
+        bound = next(arg for arg in app._bound_deployment.init_args if hasattr(arg, "_bound_deployment"))
+        return bound._bound_deployment
+
+    cost = SimulatedReplica(tokens_per_second=5)
+    real = model_deployment(build_app(Settings(replicas=2)))
+    simulated = model_deployment(simulated_app(cost)(Settings(replicas=2)))
+    assert real.name == simulated.name == MODEL_DEPLOYMENT and real.num_replicas == simulated.num_replicas == 2
+    assert simulated.func_or_class is SimulatedModelReplica and simulated.init_args[1:] == (cost,)
+    assert len(real.init_args) == 1  # production replicas get their settings, nothing else

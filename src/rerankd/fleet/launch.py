@@ -8,23 +8,24 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from rerankd.config import Settings
 from rerankd.errors import RerankdError
-from rerankd.fleet.costmodel import SimulatedReplica
+
+AppBuilder = Callable[..., Any]  # (settings, *, cluster_gpus) -> a Serve application, as ray_app.build_app
 
 log = logging.getLogger(__name__)
 
 
 class Fleet:
-    """One Serve application on Ray; `start()` returns once every replica is up, `stop()` undoes what it began."""
+    """One Serve application on Ray; `start()` returns once every replica is up, `stop()` undoes what it began.
+    `app` builds the application (default `ray_app.build_app`; simulations pass `rerankd.testing.simfleet`'s)."""
 
-    def __init__(
-        self, settings: Settings, *, cost: SimulatedReplica | None = None, num_cpus: float | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, *, app: AppBuilder | None = None, num_cpus: float | None = None) -> None:
         self.settings = settings
-        self.cost = cost
+        self.app = app
         self.num_cpus = num_cpus
         self._started_ray = False
 
@@ -65,7 +66,7 @@ class Fleet:
         print("rerankd: Ray started", file=sys.stderr, flush=True)
         serve.start(http_options={"host": self.settings.host, "port": self.settings.port})
 
-    def deploy(self, settings: Settings, cost: SimulatedReplica | None = None) -> None:
+    def deploy(self, settings: Settings) -> None:
         """(Re)deploy the application, e.g. with another routing policy; waits until its replicas run."""
         import ray
         from ray import serve
@@ -73,8 +74,8 @@ class Fleet:
 
         from rerankd.fleet.ray_app import APP_NAME, build_app
 
-        self.settings, self.cost = settings, cost or self.cost
-        app = build_app(settings, cluster_gpus=ray.cluster_resources().get("GPU", 0.0), cost=self.cost)
+        self.settings = settings
+        app = (self.app or build_app)(settings, cluster_gpus=ray.cluster_resources().get("GPU", 0.0))
         logging_config = LoggingConfig(log_level=settings.log_level.upper(), enable_access_log=False)
         serve.run(app, name=APP_NAME, route_prefix="/", logging_config=logging_config)
 

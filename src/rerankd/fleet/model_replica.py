@@ -1,4 +1,4 @@
-"""The fleet's model deployment: each replica runs a whole engine (`LocalService`), or a `SimulatedService`.
+"""The fleet's model deployment: each replica runs a whole engine (`LocalService`).
 
 A model replica loads and warms its model in its constructor, so Ray routes nothing to it before it is ready; it
 reports its queue to the routers (`record_routing_stats`) and to the autoscaler (`record_autoscaling_stats`), and
@@ -7,34 +7,34 @@ fails its health check when its engine is stuck, so Ray replaces it. The account
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 from ray import serve
 
 from rerankd.config import Settings
-from rerankd.fleet.costmodel import SimulatedReplica, SimulatedService
 from rerankd.fleet.replica import Load, ReplicaCore, ReplicaReply, merge_stats
 from rerankd.fleet.router import Work
 from rerankd.metrics import Metrics
 from rerankd.pipeline.service import LocalService
-from rerankd.pipeline.types import ModelInfo, RerankRequest
+from rerankd.pipeline.types import ModelInfo, RerankRequest, RerankService
 
 
 class ModelReplica:
-    """One engine (or cost model) per replica; see the module docstring."""
+    """One engine per replica; see the module docstring. Subclasses may run another service (`start_service`)."""
 
-    def __init__(self, settings: dict[str, Any], cost: SimulatedReplica | None = None) -> None:
+    def __init__(self, settings: dict[str, Any]) -> None:
         parsed = Settings.model_validate(settings)
         name = serve.get_replica_context().replica_id.unique_id
-        if cost is not None:
-            stand_in = SimulatedService(cost, parsed.max_documents)
-            stand_in.load()
-            self.core = ReplicaCore(name, stand_in, stand_in.load_now, stall_seconds=parsed.replica_stall_seconds)
-        else:
-            local = LocalService(parsed, Metrics())
-            local.load()  # blocking: Ray marks the replica ready only when this returns
-            self.core = ReplicaCore(name, local, partial(local_load, local), stall_seconds=parsed.replica_stall_seconds)
+        service, load = self.start_service(parsed)
+        self.core = ReplicaCore(name, service, load, stall_seconds=parsed.replica_stall_seconds)
+
+    def start_service(self, settings: Settings) -> tuple[RerankService, Callable[[], Load]]:
+        """The loaded service and its queue stats."""
+        local = LocalService(settings, Metrics())
+        local.load()  # blocking: Ray marks the replica ready only when this returns
+        return local, partial(local_load, local)
 
     async def rerank(self, request: RerankRequest, work: Work | None = None) -> ReplicaReply:
         return await self.core.rerank(request, work)

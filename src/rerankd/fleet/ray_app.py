@@ -17,7 +17,6 @@ from ray.serve.config import AutoscalingConfig, AutoscalingPolicy, RequestRouter
 
 from rerankd.config import Settings
 from rerankd.fleet.autoscale import AutoscaleConfig, RayAutoscalePolicy, policy_kwargs
-from rerankd.fleet.costmodel import SimulatedReplica
 from rerankd.fleet.ingress import Ingress
 from rerankd.fleet.model_replica import ModelReplica
 from rerankd.fleet.router import WorkAwareRouter
@@ -90,8 +89,15 @@ def check_settings(settings: Settings) -> None:
         AutoscaleConfig.from_settings(settings)
 
 
-def build_app(settings: Settings, *, cluster_gpus: float = 0.0, cost: SimulatedReplica | None = None) -> Application:
-    """The Serve application for `settings`: fixed `replicas` or `autoscale` min:max model replicas."""
+def build_app(
+    settings: Settings,
+    *,
+    cluster_gpus: float = 0.0,
+    replica: type[ModelReplica] = ModelReplica,
+    replica_args: tuple[Any, ...] = (),
+) -> Application:
+    """The Serve application for `settings`: fixed `replicas` or `autoscale` min:max model replicas, each a
+    `replica(settings, *replica_args)` (another class only in simulations: `rerankd.testing.simfleet`)."""
     check_settings(settings)
     plan = replica_plan(settings, cluster_gpus)
     options: dict[str, Any] = {
@@ -105,7 +111,7 @@ def build_app(settings: Settings, *, cluster_gpus: float = 0.0, cost: SimulatedR
         options["autoscaling_config"] = _autoscaling_config(settings)
     else:
         options["num_replicas"] = max(1, settings.replicas)
-    model = serve.deployment(ModelReplica).options(**options).bind(plan.settings.model_dump(mode="json"), cost)
+    model = serve.deployment(replica).options(**options).bind(plan.settings.model_dump(mode="json"), *replica_args)
     ingress = serve.deployment(Ingress).options(
         name=INGRESS_DEPLOYMENT,
         num_replicas=1,
