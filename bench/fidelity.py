@@ -44,7 +44,9 @@ def candidates(queries: int, depth: int) -> tuple[Candidates, dict[str, str], di
 
 def score_all(spec: ModelSpec, backend: str, precision: str, rows: Candidates, corpus: dict[str, str]) -> list:
     """Raw scores per query (one request per query, as a service sees them), and the docs/sec it took."""
-    engine = Engine.load(spec, Settings(backend=backend, precision=precision, device="cpu", warmup_seconds=0))
+    engine = Engine.load(
+        spec, Settings(backend=backend, precision=precision, device="cpu", warmup_seconds=0, score_cache_mb=0)
+    )
 
     async def run() -> list[np.ndarray]:
         out = []

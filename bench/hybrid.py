@@ -60,7 +60,7 @@ class Server:
             port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
         command = [sys.executable, "-m", "rerankd.cli", "serve", "--model", str(model), "--port", str(port)]
-        command += ["--warmup-seconds", "3", "--log-level", "warning"]
+        command += ["--warmup-seconds", "3", "--log-level", "warning", "--score-cache-mb", "0"]
         with log.open("w") as out:
             env = {**os.environ, "HF_HUB_OFFLINE": "1"}
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -135,7 +135,8 @@ def main() -> None:
     spec = resolve_model(args.model or str(build_ce_fixture()))
     docs = documents(spec, 1000, seed=11)
     log = Path(tempfile.mkdtemp(prefix="rerankd-overload-")) / "server.log"
-    extra = ["--max-queue-seconds", str(args.max_queue_seconds), "--embedding-model", ""]
+    # No score cache: every request repeats the same documents, and the point is the model under overload.
+    extra = ["--max-queue-seconds", str(args.max_queue_seconds), "--embedding-model", "", "--score-cache-mb", "0"]
     server = Served(spec, "onnx", "fp32", log, extra=extra)
     pid = server.process.pid
     try:

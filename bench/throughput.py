@@ -140,7 +140,7 @@ class InProcess:
     """A rerankd Engine in this process (tokenization included, as a request pays it)."""
 
     def __init__(self, spec: ModelSpec, backend: str, precision: str) -> None:
-        settings = Settings(backend=backend, precision=precision, device="cpu", warmup_seconds=0)
+        settings = Settings(backend=backend, precision=precision, device="cpu", warmup_seconds=0, score_cache_mb=0)
         self.engine = Engine.load(spec, settings)
         self.loop = asyncio.new_event_loop()
 
@@ -180,7 +180,7 @@ class Served:
         command = [
             sys.executable, "-m", "rerankd.cli", "serve", "--model", str(spec.path), "--port", str(port),
             "--backend", backend, "--precision", precision, "--device", "cpu", "--warmup-seconds", "0",
-            "--log-level", "warning", *extra,
+            "--score-cache-mb", "0", "--log-level", "warning", *extra,
         ]  # fmt: skip
         with log.open("w") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)

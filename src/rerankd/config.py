@@ -75,6 +75,12 @@ class Settings(BaseModel):
         description="How queued requests share the model: `fair` gives each waiting request up to one batch in "
         "turn, so small requests do not wait behind a large one; `fifo` serves them strictly in arrival order.",
     )
+    score_cache_mb: int = Field(
+        default=64,
+        ge=0,
+        description="Memory per model for the outputs of inputs already run (keyed by the exact token ids), so "
+        "repeated pairs skip inference; ~0.3 KiB a pair; 0 = off.",
+    )
     warmup_seconds: float = Field(
         default=1.0, ge=0, description="Time spent warming up and calibrating before /ready turns 200."
     )

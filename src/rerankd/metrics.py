@@ -53,6 +53,18 @@ class Metrics:
         self.strategies = Counter(
             "rerankd_strategy", "Requests by the strategy that ran.", ["model", "strategy"], registry=r
         )
+        self.score_cache_hits = Counter(
+            "rerankd_score_cache_hits", "Model inputs answered from the score cache.", ["model"], registry=r
+        )
+        self.score_cache_misses = Counter(
+            "rerankd_score_cache_misses",
+            "Model inputs not in the score cache (run by the model).",
+            ["model"],
+            registry=r,
+        )
+        self.score_cache_bytes = Gauge(
+            "rerankd_score_cache_bytes", "Bytes held by the score cache.", ["model"], registry=r
+        )
         self.embedding_cache_hits = Counter(
             "rerankd_embedding_cache_hits", "Document embeddings found in the cache.", ["model"], registry=r
         )

@@ -17,6 +17,7 @@ import numpy as np
 from rerankd.backends import Backend, load_backend
 from rerankd.config import Settings
 from rerankd.engine.scheduler import QueueStats, Scheduler
+from rerankd.engine.score_cache import ScoreCache, input_key
 from rerankd.engine.tokenize import Encoded, Tokenizer, Tokens
 from rerankd.metrics import Metrics
 from rerankd.models import ModelSpec
@@ -81,8 +82,12 @@ class Engine:
             name=spec.short_name,
             on_batch=metrics.batch_observer(spec.name) if metrics else None,
         )
+        self.cache = ScoreCache(settings.score_cache_mb * 2**20) if settings.score_cache_mb else None
+        self._metrics = metrics
         if metrics:
             metrics.watch_queue(spec.name, self.scheduler.stats)
+            if self.cache is not None:
+                metrics.score_cache_bytes.labels(spec.name).set_function(lambda: self.cache.bytes)
 
     @classmethod
     def load(cls, spec: ModelSpec, settings: Settings, metrics: Metrics | None = None) -> Engine:
@@ -132,18 +137,39 @@ class Engine:
 
     async def score(self, prepared: Prepared, *, raw: bool = False) -> np.ndarray:
         """Relevance score per document, in document order."""
-        outputs = await self.scheduler.submit(prepared.inputs)
-        return self.to_scores(outputs, raw=raw)
+        return self.to_scores(await self.outputs(prepared.inputs), raw=raw)
 
     async def score_raw_and_final(self, prepared: Prepared) -> tuple[np.ndarray, np.ndarray]:
         """Both conventions from one model run: raw logits (what fusion z-scores) and the reported scores."""
-        outputs = await self.scheduler.submit(prepared.inputs)
+        outputs = await self.outputs(prepared.inputs)
         return self.to_scores(outputs, raw=True), self.to_scores(outputs, raw=False)
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings of `texts` (bi-encoders only)."""
-        inputs = await asyncio.to_thread(self.tokenizer.encode_texts, texts)
-        return await self.scheduler.submit(inputs)
+        return await self.outputs(await asyncio.to_thread(self.tokenizer.encode_texts, texts))
+
+    async def outputs(self, inputs: Sequence[Encoded]) -> np.ndarray:
+        """The model's output row per input: from the score cache where this exact input ran before, the rest
+        through the batching queue."""
+        if self.cache is None:
+            return await self.scheduler.submit(inputs)
+        keys = [input_key(item) for item in inputs]
+        found = self.cache.get_many(keys)
+        missing = [i for i, row in enumerate(found) if row is None]
+        if self._metrics:
+            self._metrics.score_cache_hits.labels(self.spec.name).inc(len(inputs) - len(missing))
+            self._metrics.score_cache_misses.labels(self.spec.name).inc(len(missing))
+        if not missing:
+            return np.stack(found)  # type: ignore[arg-type]
+        fresh = await self.scheduler.submit([inputs[i] for i in missing])
+        self.cache.put_many([keys[i] for i in missing], fresh)
+        if len(missing) == len(inputs):
+            return fresh
+        rows = np.empty((len(inputs), *fresh.shape[1:]), dtype=fresh.dtype)
+        rows[missing] = fresh
+        hits = [i for i, row in enumerate(found) if row is not None]
+        rows[hits] = np.stack([found[i] for i in hits])  # type: ignore[misc]
+        return rows
 
     def to_scores(self, outputs: np.ndarray, *, raw: bool = False) -> np.ndarray:
         if self.spec.kind == "bi-encoder":
