@@ -43,6 +43,16 @@ DOCUMENTS = [
 SERVER_MAX_DOCUMENTS = 100
 SERVER_MAX_REQUEST_BYTES = 200_000
 
+# Fixtures that start `rerankd serve` as a subprocess: every test using one is `slow` (`make test-fast` skips
+# them); modules that start Ray or soak mark themselves with `pytestmark = pytest.mark.slow`.
+SUBPROCESS_SERVER_FIXTURES = frozenset({"server", "hostile_server"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SUBPROCESS_SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -82,6 +82,7 @@ def render_nginx_conf(upstreams: list[int], port: int, prefix: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # nginx in front of two servers
 @pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(), reason="nginx missing")
 def test_nginx_balances_over_replicas_and_retries_past_a_dead_one(thread_server, tmp_path: Path) -> None:
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"

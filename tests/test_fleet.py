@@ -26,6 +26,7 @@ from rerankd.testing.costmodel import SimulatedReplica
 from rerankd.testing.netns import loopback_only
 from rerankd.testing.processes import replica_pids
 
+pytestmark = pytest.mark.slow  # starts Ray
 QUERY = "fast embedded SQL database"
 DOCUMENTS = [
     "SQLite is a C library that implements a small, fast, self-contained SQL database engine.",

@@ -25,6 +25,7 @@ from rerankd.pipeline.types import RerankRequest
 from rerankd.testing.netns import loopback_only
 from rerankd.testing.processes import namespace_pids
 
+pytestmark = pytest.mark.slow  # starts a Ray cluster and `rerankd serve`
 RAY = str(Path(sys.executable).with_name("ray"))
 QUERY = "fast embedded SQL database"
 DOCUMENTS = ["A turn-based strategy game.", "SQLite is a small, fast SQL database engine.", "Latin fonts."]

@@ -21,6 +21,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
+pytestmark = pytest.mark.slow  # a fuzz run and a soak against the subprocess server
 SOAK_SECONDS = float(os.environ.get("RERANKD_SOAK_SECONDS", "60"))
 SOAK_CLIENTS = 32
 ENDPOINTS = {"/v2/rerank": "documents", "/v1/rerank": "documents", "/rerank": "texts"}
