@@ -1,0 +1,85 @@
+"""Score cache: what a repeated or overlapping request costs, on a real `rerankd serve` (loopback, Cohere v2).
+
+Per round: a fresh 100-document request (all misses), the same request again (all hits), and a "next page" that
+shares half its documents with the first. Rounds use new documents each time. Baseline: the same server with the
+cache off (`--score-cache-mb 0`), same requests. Prints a table, saves JSON and a PNG in bench/results/.
+
+    .venv/bin/python bench/score_cache.py [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import TRAINED_CE, format_table, plot_path, save
+from throughput import Served, documents
+
+from rerankd.models import resolve_model
+from rerankd.models.fixture import build_ce_fixture
+
+DOCS = 100
+
+
+def timed(server: Served, docs: list[str]) -> float:
+    started = time.perf_counter()
+    server(docs)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    spec = resolve_model(str(TRAINED_CE) if TRAINED_CE.is_dir() else str(build_ce_fixture()))
+    corpus = documents(spec, DOCS * 2 * args.rounds + DOCS, seed=5)
+    logs = Path(tempfile.mkdtemp(prefix="rerankd-cache-"))
+    samples: dict[str, dict[str, list[float]]] = {}
+    for mode, size in (("cache off", "0"), ("cache on", "64")):
+        # Served turns the cache off; a later flag wins, so "64" turns it back on.
+        server = Served(spec, "onnx", "fp32", logs / f"{size}.log", extra=["--score-cache-mb", size])
+        got: dict[str, list[float]] = {"fresh": [], "repeat": [], "next page (half new)": []}
+        try:
+            server(corpus[-DOCS:])  # warm
+            for r in range(args.rounds):
+                page = corpus[r * 2 * DOCS : r * 2 * DOCS + DOCS]
+                following = corpus[r * 2 * DOCS + DOCS // 2 : r * 2 * DOCS + DOCS + DOCS // 2]
+                got["fresh"].append(timed(server, page))
+                got["repeat"].append(timed(server, page))
+                got["next page (half new)"].append(timed(server, following))
+        finally:
+            server.close()
+        samples[mode] = got
+    rows = []
+    for case in samples["cache off"]:
+        off, on = (float(np.median(samples[m][case])) for m in ("cache off", "cache on"))
+        rows.append({"request": case, "cache_off_ms": off * 1000, "cache_on_ms": on * 1000, "speedup": off / on})
+    print(format_table(rows, list(rows[0])))
+    path = save("score_cache", {"args": vars(args), "model": spec.name, "documents": DOCS, "rows": rows,
+                                "samples": samples})  # fmt: skip
+    plot(rows)
+    print(f"saved {path} and {plot_path('score_cache')}")
+
+
+def plot(rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    x = np.arange(len(rows))
+    axis.bar(x - 0.2, [r["cache_off_ms"] for r in rows], 0.4, label="cache off")
+    axis.bar(x + 0.2, [r["cache_on_ms"] for r in rows], 0.4, label="cache on")
+    axis.set_xticks(x, [r["request"] for r in rows])
+    axis.set_ylabel(f"median latency of a {DOCS}-document request (ms)")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(plot_path("score_cache"), dpi=120)
+
+
+if __name__ == "__main__":
+    main()
