@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rerankd.errors import ModelNotFound
+from rerankd.models.families import require_verified
 from rerankd.models.fixture import build_ce_fixture
 from rerankd.models.presets import CE_FIXTURE_ID, PACKAGED_DEFAULT_ID, PRESETS, packaged_default_path
 
@@ -86,7 +87,9 @@ def inspect_model(name: str, path: Path, *, kind: Literal["auto", "cross-encoder
                 "pass --model-kind cross-encoder|bi-encoder"
             )
 
-    num_labels = len(config.get("id2label") or {"0": "LABEL_0"})
+    if kind == "cross-encoder":
+        require_verified(name, config)  # unverified architectures are refused, not served with unchecked scores
+    num_labels = _num_labels(config) if kind == "cross-encoder" else 1
     base = dict(name=name, path=path, kind=kind, revision=_revision(path), num_labels=num_labels)
     if kind == "cross-encoder":
         return ModelSpec(**base, max_length=_window(path, config), activation=_activation(config, num_labels))
@@ -133,6 +136,14 @@ def _window(path: Path, config: dict[str, Any]) -> int:
         offset = 2 if config.get("model_type") in {"roberta", "xlm-roberta", "camembert"} else 0
         limits.append(int(positions) - offset)
     return min(limits) if limits else 512
+
+
+def _num_labels(config: dict[str, Any]) -> int:
+    """transformers' rule: the `id2label` map's length, else `num_labels`, else its default of two. Its configs
+    leave the default two-label map out of config.json, so a missing map means two labels, not one."""
+    if labels := config.get("id2label"):
+        return len(labels)
+    return int(config.get("num_labels") or 2)
 
 
 def _activation(config: dict[str, Any], num_labels: int) -> Activation:
