@@ -297,10 +297,6 @@ def _by_index(results: list[dict], key: str, count: int) -> np.ndarray:
     return scores
 
 
-# Max abs differences seen, printed at the end (pytest -s) for the report.
-OBSERVED: dict[tuple[str, str, str], float] = {}
-
-
 @pytest.mark.parametrize("family", ["bert", *RECIPES])
 def test_scores_equal_sentence_transformers(
     golden_server: tuple[str, str, str],
@@ -327,8 +323,6 @@ def test_scores_equal_sentence_transformers(
         expected.append(reference["raw"])
         if (backend, precision) in TOLERANCE:
             tolerance = TOLERANCE[backend, precision]
-            diff = max(np.abs(raw - reference["raw"]).max(), np.abs(final - reference["final"]).max())
-            OBSERVED[family, backend, precision] = max(diff, OBSERVED.get((family, backend, precision), 0.0))
             np.testing.assert_allclose(raw, reference["raw"], rtol=0, atol=tolerance)
             np.testing.assert_allclose(final, reference["final"], rtol=0, atol=tolerance)
             assert np.argsort(-raw, kind="stable").tolist() == np.argsort(-reference["raw"], kind="stable").tolist()
@@ -336,7 +330,6 @@ def test_scores_equal_sentence_transformers(
         served_all, expected_all = np.concatenate(served), np.concatenate(expected)
         diff = float(np.abs(served_all - expected_all).max())
         correlation = float(spearmanr(served_all, expected_all).statistic)
-        OBSERVED[family, backend, precision] = diff
         print(f"golden {family} int8: spearman {correlation:.3f}, max |diff| {diff:.3f}")
         assert correlation >= INT8_MIN_SPEARMAN
         assert diff <= INT8_MAX_LOGIT_DIFF
@@ -347,12 +340,6 @@ def test_the_matrix_covers_exactly_the_verified_families(families: dict[str, Pat
     assert {config["model_type"] for config in configs} == set(VERIFIED)
     for config in configs:
         assert config["architectures"] == [VERIFIED[config["model_type"]].architecture]
-
-
-def test_report_observed_differences() -> None:
-    """Prints the largest difference seen per family and engine (run with -s); fails nothing by itself."""
-    for (family, backend, precision), diff in sorted(OBSERVED.items()):
-        print(f"golden {family:14s} {backend}/{precision}: max |diff| {diff:.2e}")
 
 
 # -- refusing what the matrix does not cover ----------------------------------------------------------------------
