@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: install serve test lint bench clean
+.PHONY: install serve test test-fast lint bench clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,10 @@ lint: install
 
 test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/pytest
+
+# The edit loop: no Ray, no subprocess servers (tests marked slow).
+test-fast: install
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -m "not slow"
 
 clean:
 	rm -rf $(VENV) build *.egg-info
