@@ -258,3 +258,37 @@ def test_close_finishes_accepted_work() -> None:
         return await job
 
     assert asyncio.run(main()).shape == (40, 2)
+
+
+def test_a_new_request_goes_ahead_of_partly_served_ones() -> None:
+    """Least served first: a 2-input request arriving behind ten half-done large ones runs in the next window,
+    not after a round of all ten."""
+    steps = threading.Semaphore(0)
+    ran: list[list[int]] = []
+
+    def stepped(items: list[Item]) -> np.ndarray:
+        assert steps.acquire(timeout=10)
+        ran.append([item.ident for item in items])
+        return np.array([[item.ident] for item in items], dtype=np.float64)
+
+    scheduler = make(stepped)  # 256-token batches and shares: one 8-input batch per turn
+
+    async def main() -> int:
+        large = [asyncio.ensure_future(scheduler.submit([Item(r * 100 + i, 32) for i in range(40)])) for r in range(10)]
+        await asyncio.sleep(0.05)
+        for _ in range(10):  # every large request has its first turn
+            steps.release()
+        while len(ran) < 10:
+            await asyncio.sleep(0.01)
+        small = asyncio.ensure_future(scheduler.submit([Item(9001, 8), Item(9002, 8)]))
+        await asyncio.sleep(0.05)
+        for _ in range(60):
+            steps.release()
+        await small
+        await asyncio.gather(*large)
+        return next(i for i, batch in enumerate(ran) if 9001 in batch)
+
+    position = asyncio.run(main())
+    scheduler.close()
+    # At most the rest of the window the worker had already taken (4 batches), then the small request.
+    assert position <= 10 + 4, position

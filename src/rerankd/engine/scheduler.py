@@ -5,9 +5,10 @@ Requests submit their tokenized inputs from the event loop; one worker thread ta
 within `max_batch_tokens`, runs them, and hands each request its rows when all are done.
 
 Which inputs make a window: `fair` (the default) gives each waiting request a turn of up to one batch's worth of
-tokens, round-robin (each turn's share starts afresh; nothing unused carries over), so a 10-document request that
-arrives behind a 1,000-document one waits a window, not the whole large request; requests that fit in one turn
-are served in arrival order as before.
+tokens, least served first (the tokens a request has had run so far; ties in arrival order; each turn's share
+starts afresh). A request that has just arrived has had nothing, so its first turn comes in the next window
+whatever waits ahead of it: a 2-document request arriving behind ten 50-document ones, or a 1,000-document one,
+waits a window, not a round of all of them. Requests that fit in one turn are served in arrival order.
 `fifo` takes inputs strictly in arrival order.
 The event loop never waits on inference. Inputs of a request that was cancelled (its client went away) are
 dropped from the queue. The scheduler knows nothing of HTTP or of models: it runs a `run_batch` callable.
@@ -122,10 +123,11 @@ class _Entry:
 
 @dataclass(slots=True)
 class _Waiting:
-    """A request's inputs not yet taken into a window."""
+    """A request's inputs not yet taken into a window, and how many of its tokens were taken so far."""
 
     job: _Job
     entries: deque[_Entry]
+    served: int = 0
 
 
 class Scheduler:
@@ -245,8 +247,10 @@ class Scheduler:
 
     def _take_window(self) -> list[_Entry]:
         """Up to WINDOW_BATCHES batches' worth of inputs: each waiting request in turn gives up to one batch's
-        worth (`fair`) or all it has (`fifo`); a request with inputs left after its turn goes to the back. When
-        several requests wait, a fair window ends after one round, so the next arrival's turn comes soon."""
+        worth (`fair`, least served first) or all it has (`fifo`). When several requests wait, a fair window ends
+        after one round, so the next arrival's turn comes soon."""
+        if self.fair and len(self._queue) > 1:
+            self._queue = deque(sorted(self._queue, key=lambda waiting: waiting.served))  # stable: arrival order
         window: list[_Entry] = []
         budget = WINDOW_BATCHES * self.max_batch_tokens
         turns = len(self._queue) if len(self._queue) > 1 else math.inf  # one round, when several requests wait
@@ -259,6 +263,7 @@ class Scheduler:
                 window.append(entry)
                 budget -= len(entry)
                 share -= len(entry)
+                waiting.served += len(entry)
             if not waiting.entries:
                 self._queue.popleft()
             elif share <= 0:
