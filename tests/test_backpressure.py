@@ -21,14 +21,23 @@ def test_admission_holds_work_until_the_request_ends_and_turns_away_past_the_lim
     with admission.admit("m", 6.0), admission.admit("m", 6.0):  # the second is judged by the 6 s ahead of it
         assert admission.queued_seconds("m") == 12.0
         assert admission.overloaded()
-        with pytest.raises(Overloaded) as refused, admission.admit("m", 0.1):
+        with pytest.raises(Overloaded) as refused, admission.admit("m", 20.0):
             pass
         assert refused.value.retry_after >= 1
         assert "max_queue_seconds=10" in refused.value.message
+        # Under fair turns a small request waits ~its own work per request ahead, not the whole queue.
+        with admission.admit("m", 0.1):
+            pass
         with admission.admit("other", 1.0):  # models queue separately
             pass
     assert admission.queued_seconds("m") == 0.0
     assert not admission.overloaded()
+
+
+def test_under_fifo_every_request_waits_for_the_whole_queue() -> None:
+    admission = Admission(max_queue_seconds=10, fair=False)
+    with admission.admit("m", 11.0), pytest.raises(Overloaded), admission.admit("m", 0.1):
+        pass
 
 
 def test_a_large_request_is_not_starved_by_its_own_size() -> None:

@@ -1,15 +1,19 @@
-"""Back-pressure in time: a request is admitted only while the work already admitted to its model takes less than
-`max_queue_seconds`.
+"""Back-pressure in time: a request is admitted only while the wait it can expect is under `max_queue_seconds`.
 
 Work is the cost model's estimate of each admitted request's model time, held from admission until the request
 ends, so the check is one lock and a sum, made before any tokenizing, and a burst of simultaneous arrivals cannot
-all slip in under a queue that has not grown yet. A request is judged by the work ahead of it, not its own size,
-so a large request is not starved by a stream of small ones.
+all slip in under a queue that has not grown yet.
+
+The expected wait follows the scheduler. Under `fifo` it is all the work ahead. Under `fair` (least served first)
+each waiting request takes turns with the new one, so until the new one is done each can take at most as much as
+the new one needs: the wait is the sum over admitted requests of min(their work, the new request's work). So a
+2-document request is still let in, and answered in a moment, when large ones fill the queue, while a large
+request waits for the queue to drain below the limit (never for its own size: an idle model admits anything).
 
 Estimates count inference only; what a request really waits also holds tokenizing, HTTP and whatever else the
-machine runs. So admission learns, per model, how long answered requests took against what was ahead of them plus
-their own estimate, and scales the queue by that ratio: the limit is then on the wait clients see. A client turned
-away gets 429 and a `Retry-After` of the time until the queue is back under the limit.
+machine runs. So admission learns, per model, how long answered requests took against their expected wait plus
+their own estimate, and scales by that ratio: the limit is on the wait clients see. A client turned away gets 429
+and a `Retry-After` of the time until its wait would be under the limit.
 """
 
 from __future__ import annotations
@@ -27,46 +31,54 @@ _MIN_LEARN_SECONDS = 0.2  # shorter requests say more about overheads than about
 
 
 class Admission:
-    """Admitted work per model, in estimated seconds, and how real waits compare to it. Thread-safe."""
+    """Admitted requests' work per model, in estimated seconds, and how real waits compare to it. Thread-safe."""
 
-    def __init__(self, max_queue_seconds: float) -> None:
+    def __init__(self, max_queue_seconds: float, *, fair: bool = True) -> None:
         self.max_queue_seconds = max_queue_seconds  # 0 = no limit
-        self._seconds: dict[str, float] = {}
+        self.fair = fair
+        self._work: dict[str, list[float]] = {}
         self._ratio: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def queued_seconds(self, model: str) -> float:
-        """The expected wait ahead of a new request for `model`."""
+        """All admitted work of `model`, as real seconds: what a large new request would wait."""
         with self._lock:
-            return self._seconds.get(model, 0.0) * self._ratio.get(model, 1.0)
+            return sum(self._work.get(model, ())) * self._ratio.get(model, 1.0)
 
     def overloaded(self) -> bool:
-        """Whether any model is past its limit (readiness turns 503, so load balancers steer away)."""
+        """Whether any model's queue is past the limit (readiness turns 503, so load balancers steer away)."""
         limit = self.max_queue_seconds
         with self._lock:
-            return bool(limit) and any(s * self._ratio.get(m, 1.0) >= limit for m, s in self._seconds.items())
+            return bool(limit) and any(sum(w) * self._ratio.get(m, 1.0) >= limit for m, w in self._work.items())
+
+    def _wait(self, model: str, seconds: float) -> float:
+        ahead = self._work.get(model, ())
+        work = sum(min(other, seconds) for other in ahead) if self.fair else sum(ahead)
+        return work * self._ratio.get(model, 1.0)
 
     @contextmanager
     def admit(self, model: str, seconds: float) -> Iterator[None]:
-        """Hold `seconds` of work for `model` while the block runs; raise `Overloaded` when over the limit."""
+        """Hold `seconds` of work for `model` while the block runs; raise `Overloaded` when the request's expected
+        wait is at or over the limit."""
         limit = self.max_queue_seconds
         with self._lock:
-            ahead = self._seconds.get(model, 0.0)
-            ratio = self._ratio.get(model, 1.0)
-            if limit and ahead * ratio >= limit:
+            wait = self._wait(model, seconds)
+            if limit and wait >= limit:
                 raise Overloaded(
-                    f"{model}: {ahead * ratio:.1f} s of work already queued, at or over max_queue_seconds={limit:g}",
-                    retry_after=max(1.0, ahead * ratio - limit + 1.0),
+                    f"{model}: expected wait {wait:.1f} s for the work already queued, at or over "
+                    f"max_queue_seconds={limit:g}",
+                    retry_after=max(1.0, wait - limit + 1.0),
                 )
-            self._seconds[model] = ahead + seconds
+            self._work.setdefault(model, []).append(seconds)
+            expected = wait / self._ratio.get(model, 1.0) + seconds
         started = time.monotonic()
         try:
             yield
         finally:
             with self._lock:
-                self._seconds[model] = max(0.0, self._seconds[model] - seconds)
+                self._work[model].remove(seconds)
         # Only answered requests teach the ratio (an error may end a request early).
-        waited, expected = time.monotonic() - started, ahead + seconds
+        waited = time.monotonic() - started
         if waited >= _MIN_LEARN_SECONDS and expected > 0:
             with self._lock:
                 low, high = _RATIO_RANGE

@@ -51,7 +51,7 @@ class LocalService:
         self._embedding_cache = EmbeddingCache(settings.embedding_cache_entries, metrics)
         self._embeddings: EmbeddingPrefilter | None = None
         self._own_engines: list[Engine] = []  # loaded for the pre-filter, not served
-        self.admission = Admission(settings.max_queue_seconds)
+        self.admission = Admission(settings.max_queue_seconds, fair=settings.scheduling == "fair")
 
     def start(self) -> None:
         threading.Thread(target=self._load_or_report, name="rerankd-loader", daemon=True).start()
