@@ -33,8 +33,8 @@ from rerankd.errors import EngineFailure, NotReady, Overloaded
 
 log = logging.getLogger(__name__)
 
-# Each window holds this many batches' worth of tokens: enough to sort well, small enough that new arrivals wait
-# at most a few batches.
+# A window holds this many batches' worth of tokens when one request waits (enough to sort well); when several
+# wait, a fair window is one batch's worth, so a new arrival waits at most the batch in flight.
 WINDOW_BATCHES = 4
 
 
@@ -247,12 +247,14 @@ class Scheduler:
 
     def _take_window(self) -> list[_Entry]:
         """Up to WINDOW_BATCHES batches' worth of inputs: each waiting request in turn gives up to one batch's
-        worth (`fair`, least served first) or all it has (`fifo`). When several requests wait, a fair window ends
-        after one round, so the next arrival's turn comes soon."""
-        if self.fair and len(self._queue) > 1:
+        worth (`fair`, least served first) or all it has (`fifo`). When several requests wait, a fair window is
+        one batch's worth (small requests still share it) and ends after one round, so the next arrival's turn
+        comes after the batch in flight."""
+        contended = self.fair and len(self._queue) > 1
+        if contended:
             self._queue = deque(sorted(self._queue, key=lambda waiting: waiting.served))  # stable: arrival order
         window: list[_Entry] = []
-        budget = WINDOW_BATCHES * self.max_batch_tokens
+        budget = self.max_batch_tokens if contended else WINDOW_BATCHES * self.max_batch_tokens
         turns = len(self._queue) if len(self._queue) > 1 else math.inf  # one round, when several requests wait
         while self._queue and budget > 0 and turns > 0:
             turns -= 1
