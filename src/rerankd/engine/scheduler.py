@@ -5,10 +5,10 @@ Requests submit their tokenized inputs from the event loop; one worker thread ta
 within `max_batch_tokens`, runs them, and hands each request its rows when all are done.
 
 Which inputs make a window: `fair` (the default) gives each waiting request a turn of up to one batch's worth of
-tokens, least served first (the tokens a request has had run so far; ties in arrival order; each turn's share
-starts afresh). A request that has just arrived has had nothing, so its first turn comes in the next window
-whatever waits ahead of it: a 2-document request arriving behind ten 50-document ones, or a 1,000-document one,
-waits a window, not a round of all of them. Requests that fit in one turn are served in arrival order.
+tokens, least served first (the tokens a request has had run so far; ties go to the request with the least left,
+then to arrival order; each turn's share starts afresh). A request that has just arrived has had nothing, so its
+first turn comes after the batch in flight, whatever waits ahead of it: a 2-document request arriving behind ten
+50-document ones, or a 1,000-document one, does not wait for a round of all of them.
 `fifo` takes inputs strictly in arrival order.
 The event loop never waits on inference. Inputs of a request that was cancelled (its client went away) are
 dropped from the queue. The scheduler knows nothing of HTTP or of models: it runs a `run_batch` callable.
@@ -128,6 +128,7 @@ class _Waiting:
     job: _Job
     entries: deque[_Entry]
     served: int = 0
+    left: int = 0  # tokens still waiting
 
 
 class Scheduler:
@@ -183,9 +184,11 @@ class Scheduler:
             # Shortest first: a request's turns then come as runs of similar lengths, so its batches barely pad
             # even when it spans many windows (a window sorts only what it holds).
             order = sorted(range(len(items)), key=lambda i: len(items[i]))
-            self._queue.append(_Waiting(job, deque(_Entry(job, i, len(items), items[i]) for i in order)))
+            entries = deque(_Entry(job, i, len(items), items[i]) for i in order)
+            tokens = sum(len(item) for item in items)
+            self._queue.append(_Waiting(job, entries, left=tokens))
             self._queued_pairs += len(items)
-            self._queued_tokens += sum(len(item) for item in items)
+            self._queued_tokens += tokens
             self._cond.notify()
         try:
             return await job.future
@@ -252,7 +255,8 @@ class Scheduler:
         comes after the batch in flight."""
         contended = self.fair and len(self._queue) > 1
         if contended:
-            self._queue = deque(sorted(self._queue, key=lambda waiting: waiting.served))  # stable: arrival order
+            # Least served, then least left (a new 2-document request before new large ones); stable: arrival order.
+            self._queue = deque(sorted(self._queue, key=lambda waiting: (waiting.served, waiting.left)))
         window: list[_Entry] = []
         budget = self.max_batch_tokens if contended else WINDOW_BATCHES * self.max_batch_tokens
         turns = len(self._queue) if len(self._queue) > 1 else math.inf  # one round, when several requests wait
@@ -266,6 +270,7 @@ class Scheduler:
                 budget -= len(entry)
                 share -= len(entry)
                 waiting.served += len(entry)
+                waiting.left -= len(entry)
             if not waiting.entries:
                 self._queue.popleft()
             elif share <= 0:
