@@ -33,8 +33,9 @@ from rerankd.errors import EngineFailure, NotReady, Overloaded
 
 log = logging.getLogger(__name__)
 
-# A window holds this many batches' worth of tokens when one request waits (enough to sort well); when several
-# wait, a fair window is one batch's worth, so a new arrival waits at most the batch in flight.
+# A fifo window holds this many batches' worth of tokens, enough to sort several requests' inputs well. A fair
+# window is one batch's worth (each request's inputs are sorted when queued), so a new arrival waits at most the
+# batch in flight.
 WINDOW_BATCHES = 4
 
 
@@ -249,16 +250,14 @@ class Scheduler:
                     job.fail(EngineFailure("internal error in the batching queue"))
 
     def _take_window(self) -> list[_Entry]:
-        """Up to WINDOW_BATCHES batches' worth of inputs: each waiting request in turn gives up to one batch's
-        worth (`fair`, least served first) or all it has (`fifo`). When several requests wait, a fair window is
-        one batch's worth (small requests still share it) and ends after one round, so the next arrival's turn
-        comes after the batch in flight."""
-        contended = self.fair and len(self._queue) > 1
-        if contended:
+        """`fair`: one batch's worth of inputs, from the least served waiting requests in turn (small requests
+        share it), so the next arrival's turn comes after the batch in flight. `fifo`: up to WINDOW_BATCHES
+        batches' worth, in arrival order."""
+        if self.fair and len(self._queue) > 1:
             # Least served, then least left (a new 2-document request before new large ones); stable: arrival order.
             self._queue = deque(sorted(self._queue, key=lambda waiting: (waiting.served, waiting.left)))
         window: list[_Entry] = []
-        budget = self.max_batch_tokens if contended else WINDOW_BATCHES * self.max_batch_tokens
+        budget = self.max_batch_tokens if self.fair else WINDOW_BATCHES * self.max_batch_tokens
         turns = len(self._queue) if len(self._queue) > 1 else math.inf  # one round, when several requests wait
         while self._queue and budget > 0 and turns > 0:
             turns -= 1
