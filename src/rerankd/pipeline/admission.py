@@ -25,7 +25,9 @@ from contextlib import contextmanager
 
 from rerankd.errors import Overloaded
 
-_SMOOTHING = 0.2  # weight of the newest answered request in the learned ratio
+# Weight of the newest answered request in the learned ratio: waits longer than expected count more than shorter
+# ones, so the ratio errs on the side of the limit.
+_SMOOTHING_UP, _SMOOTHING_DOWN = 0.5, 0.1
 _RATIO_RANGE = (0.5, 4.0)
 _MIN_LEARN_SECONDS = 0.2  # shorter requests say more about overheads than about the queue
 
@@ -82,5 +84,6 @@ class Admission:
         if waited >= _MIN_LEARN_SECONDS and expected > 0:
             with self._lock:
                 low, high = _RATIO_RANGE
-                learned = (1 - _SMOOTHING) * self._ratio.get(model, 1.0) + _SMOOTHING * waited / expected
-                self._ratio[model] = min(max(learned, low), high)
+                current, observed = self._ratio.get(model, 1.0), waited / expected
+                weight = _SMOOTHING_UP if observed > current else _SMOOTHING_DOWN
+                self._ratio[model] = min(max((1 - weight) * current + weight * observed, low), high)
