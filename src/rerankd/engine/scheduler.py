@@ -4,11 +4,12 @@ Requests submit their tokenized inputs from the event loop; one worker thread ta
 (several requests' worth), sorts it by length so padding is small, cuts it into batches whose padded size stays
 within `max_batch_tokens`, runs them, and hands each request its rows when all are done.
 
-Which inputs make a window: `fair` (the default) gives each waiting request a turn of up to one batch's worth of
-tokens, least served first (the tokens a request has had run so far; ties go to the request with the least left,
-then to arrival order; each turn's share starts afresh). A request that has just arrived has had nothing, so its
-first turn comes after the batch in flight, whatever waits ahead of it: a 2-document request arriving behind ten
-50-document ones, or a 1,000-document one, does not wait for a round of all of them.
+Which inputs make a window: `fair` (the default) gives each waiting request turns of up to one batch's worth of
+tokens. A request that has not had a turn yet goes first (the one with the least left first), so a new request's
+first turn comes right after the batch in flight, whatever waits: a 2-document request arriving behind ten
+50-document ones, or a 1,000-document one, is done after one batch. Requests that have had a turn then share the
+model round-robin (least recently served first), so each newcomer delays them by one turn at most, not by all of
+its work.
 `fifo` takes inputs strictly in arrival order.
 The event loop never waits on inference. Inputs of a request that was cancelled (its client went away) are
 dropped from the queue. The scheduler knows nothing of HTTP or of models: it runs a `run_batch` callable.
@@ -128,8 +129,8 @@ class _Waiting:
 
     job: _Job
     entries: deque[_Entry]
-    served: int = 0
     left: int = 0  # tokens still waiting
+    last_turn: int = 0  # when it last had a turn (0 = never)
 
 
 class Scheduler:
@@ -164,6 +165,7 @@ class Scheduler:
         self._tokens_per_second = 0.0
         self._busy_seconds = 0.0
         self._closing = False
+        self._turns = 0
         self._thread = threading.Thread(target=self._work, name=f"rerankd-batcher-{name}", daemon=True)
         self._thread.start()
 
@@ -250,12 +252,12 @@ class Scheduler:
                     job.fail(EngineFailure("internal error in the batching queue"))
 
     def _take_window(self) -> list[_Entry]:
-        """`fair`: one batch's worth of inputs, from the least served waiting requests in turn (small requests
+        """`fair`: one batch's worth of inputs, from the waiting requests in turn (first turns first; small requests
         share it), so the next arrival's turn comes after the batch in flight. `fifo`: up to WINDOW_BATCHES
         batches' worth, in arrival order."""
         if self.fair and len(self._queue) > 1:
-            # Least served, then least left (a new 2-document request before new large ones); stable: arrival order.
-            self._queue = deque(sorted(self._queue, key=lambda waiting: (waiting.served, waiting.left)))
+            # First turns first (least left first), then round-robin by last turn; stable: arrival order.
+            self._queue = deque(sorted(self._queue, key=_turn_order))
         window: list[_Entry] = []
         budget = self.max_batch_tokens if self.fair else WINDOW_BATCHES * self.max_batch_tokens
         turns = len(self._queue) if len(self._queue) > 1 else math.inf  # one round, when several requests wait
@@ -268,8 +270,9 @@ class Scheduler:
                 window.append(entry)
                 budget -= len(entry)
                 share -= len(entry)
-                waiting.served += len(entry)
                 waiting.left -= len(entry)
+            self._turns += 1
+            waiting.last_turn = self._turns
             if not waiting.entries:
                 self._queue.popleft()
             elif share <= 0:
@@ -326,3 +329,7 @@ class Scheduler:
 def _jobs(entries: Sequence[_Entry]) -> list[_Job]:
     """The distinct requests of `entries`, in order of first appearance."""
     return list({id(entry.job): entry.job for entry in entries}.values())
+
+
+def _turn_order(waiting: _Waiting) -> tuple[int, int]:
+    return (0, waiting.left) if waiting.last_turn == 0 else (1, waiting.last_turn)
