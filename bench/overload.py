@@ -1,7 +1,8 @@
 """Overload: a real `rerankd serve` driven at 3x its measured capacity, and hostile request sizes.
 
-1. Capacity: 4 closed-loop clients sending 50-document requests for `--capacity-seconds` (enough to keep the
-   engine busy without reaching the admission limit, whose back-off would idle it); requests per second.
+1. Capacity: 2 closed-loop clients sending 50-document requests for `--capacity-seconds` (enough to keep the
+   engine busy: one runs while the other waits; more would reach the admission limit, whose back-off idles it);
+   requests per second.
 2. Overload: an open loop (fixed arrival rate, every request on its own connection) at `--factor` x capacity for
    `--seconds`, each client waiting at most `--client-timeout` s. A 2-document request is sent every 5 s on top.
    Counted: answered (200), 429 (with Retry-After or not, and how fast), 504, other 5xx, client time-outs; accepted
@@ -48,7 +49,7 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def capacity(url: str, docs: list[str], seconds: float, clients: int = 4) -> tuple[float, float]:
+async def capacity(url: str, docs: list[str], seconds: float, clients: int = 2) -> tuple[float, float]:
     """Closed loop: answered requests per second, and their mean latency."""
     done, latencies = 0, []
     deadline = time.perf_counter() + seconds
