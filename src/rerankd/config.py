@@ -61,8 +61,8 @@ class Settings(BaseModel):
     max_queue_seconds: float = Field(
         default=10,
         ge=0,
-        description="Estimated seconds of work admitted to a model before new requests get 429 with Retry-After "
-        "(and /ready turns 503); 0 = no limit.",
+        description="A new request whose expected wait (estimated from the work already admitted) is this many "
+        "seconds or more gets 429 with Retry-After; /ready is 503 while all admitted work is over it; 0 = no limit.",
     )
     request_timeout_seconds: float = Field(
         default=60,
@@ -79,7 +79,7 @@ class Settings(BaseModel):
         default=64,
         ge=0,
         description="Memory per model for the outputs of inputs already run (keyed by the exact token ids), so "
-        "repeated pairs skip inference; ~0.3 KiB a pair; 0 = off.",
+        "repeated pairs skip inference; ~0.2 KiB a pair; 0 = off.",
     )
     warmup_seconds: float = Field(
         default=1.0, ge=0, description="Time spent warming up and calibrating before /ready turns 200."
