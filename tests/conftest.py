@@ -114,6 +114,15 @@ def served(arguments: list[str], log: Path, timeout: float = 180) -> Iterator[tu
             process.kill()
 
 
+def serve_once(arguments: list[str], home: Path) -> subprocess.CompletedProcess[str]:
+    """`rerankd serve ARGUMENTS --port 0` offline in a bare environment (its own HOME), for start-up failures."""
+    return subprocess.run(
+        [sys.executable, "-m", "rerankd.cli", "serve", *arguments, "--port", "0"],
+        capture_output=True, text=True, timeout=120,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(home)},
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def server(ce_fixture_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`rerankd serve` as a user starts it: the packaged default first, then the ce-fixture.

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,7 +28,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import DOCUMENTS, QUERY, ThreadServer, wait_until
+from conftest import DOCUMENTS, QUERY, ThreadServer, serve_once, wait_until
 from scipy.stats import spearmanr
 from sentence_transformers import CrossEncoder
 
@@ -383,11 +381,7 @@ def test_bi_encoders_of_any_architecture_still_resolve(tmp_path) -> None:
 def test_serve_refuses_an_unverified_architecture_at_start_up(tmp_path) -> None:
     config = {"model_type": "qwen3", "architectures": ["Qwen3ForSequenceClassification"], "id2label": {"0": "LABEL_0"}}
     folder = _fake_model(tmp_path / "qwen3-reranker", config)
-    result = subprocess.run(
-        [sys.executable, "-m", "rerankd.cli", "serve", "--model", str(folder), "--port", "0"],
-        capture_output=True, text=True, timeout=120, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin",
-                                                          "HOME": str(tmp_path)},
-    )  # fmt: skip
+    result = serve_once(["--model", str(folder)], tmp_path)
     assert result.returncode == 2
     assert "Qwen3ForSequenceClassification" in result.stderr
     assert "supported" in result.stderr

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import httpx
-from conftest import wait_until
+from conftest import serve_once, wait_until
 
 from rerankd.api import create_app
 from rerankd.config import Settings
@@ -77,11 +77,7 @@ def test_overload_answers_429_with_retry_after_and_loses_nothing_accepted(thread
 
 
 def test_unknown_model_fails_at_start_with_a_clear_message(tmp_path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "rerankd.cli", "serve", "--model", "no-org/no-such-model", "--port", "0"],
-        capture_output=True, text=True, timeout=120, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin",
-                                                          "HOME": str(tmp_path)},
-    )  # fmt: skip
+    result = serve_once(["--model", "no-org/no-such-model"], tmp_path)
     assert result.returncode == 2
     assert "no-org/no-such-model" in result.stderr
     assert "hub" in result.stderr
