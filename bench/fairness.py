@@ -2,9 +2,9 @@
 
 A 300-document request arrives first; 10-document requests then arrive every second while it runs. With `fifo`
 each small request waits for the rest of the large one; with `fair` each waiting request gets up to one batch in
-turn, least served first. Both servers (`rerankd serve`, ce-fixture, onnx fp32, 127.0.0.1, no admission limit:
-this measures the scheduler alone) run the same scenario in alternating rounds; small requests sent to an idle
-server give the floor. Prints a table, saves JSON and a PNG in bench/results/.
+turn (first turns first, then round-robin). Both servers (`rerankd serve`, ce-fixture, onnx fp32, 127.0.0.1, no
+admission limit: this measures the scheduler alone) run the same scenario in alternating rounds; small requests
+sent to an idle server give the floor. Prints a table, saves JSON and a PNG in bench/results/.
 
     .venv/bin/python bench/fairness.py [--rounds 2] [--small 8]
 """
@@ -59,9 +59,8 @@ def main() -> None:
     large = corpus[:LARGE_DOCS]
     smalls = [corpus[LARGE_DOCS + i * SMALL_DOCS : LARGE_DOCS + (i + 1) * SMALL_DOCS] for i in range(args.small)]
     logs = Path(tempfile.mkdtemp(prefix="rerankd-fairness-"))
-    no_limit = ["--max-queue-seconds", "0"]
     servers = {
-        mode: Served(spec, "onnx", "fp32", logs / f"{mode}.log", extra=["--scheduling", mode, *no_limit])
+        mode: Served(spec, "onnx", "fp32", logs / f"{mode}.log", extra=["--scheduling", mode])
         for mode in ("fifo", "fair")
     }
     samples: dict[str, dict[str, list[float]]] = {m: {"small": [], "large": []} for m in (*servers, "idle")}

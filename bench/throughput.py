@@ -171,7 +171,10 @@ class Baseline:
 
 
 class Served:
-    """`rerankd serve` in a subprocess on 127.0.0.1, as a user starts it; requests use the Cohere v2 endpoint."""
+    """`rerankd serve` in a subprocess on 127.0.0.1, as a user starts it; requests use the Cohere v2 endpoint.
+
+    No score cache and no admission limit: benchmarks repeat documents and measure the engine (later `extra`
+    flags win, for a benchmark that wants either)."""
 
     def __init__(self, spec: ModelSpec, backend: str, precision: str, log: Path, extra: Sequence[str] = ()) -> None:
         with socket.socket() as sock:
@@ -180,7 +183,7 @@ class Served:
         command = [
             sys.executable, "-m", "rerankd.cli", "serve", "--model", str(spec.path), "--port", str(port),
             "--backend", backend, "--precision", precision, "--device", "cpu", "--warmup-seconds", "0",
-            "--score-cache-mb", "0", "--log-level", "warning", *extra,
+            "--score-cache-mb", "0", "--max-queue-seconds", "0", "--log-level", "warning", *extra,
         ]  # fmt: skip
         with log.open("w") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
