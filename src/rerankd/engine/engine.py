@@ -110,7 +110,7 @@ class Engine:
     @property
     def query_limit(self) -> int:
         """The most query tokens the model can see: its window less the special tokens."""
-        return self.spec.max_length - self.tokenizer.special_tokens(pair=self.spec.kind == "cross-encoder")
+        return self.tokenizer.room(pair=self.spec.kind == "cross-encoder")
 
     def stats(self) -> QueueStats:
         return self.scheduler.stats()
@@ -145,8 +145,9 @@ class Engine:
         return self.to_scores(outputs, raw=True), self.to_scores(outputs, raw=False)
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Embeddings of `texts` (bi-encoders only)."""
-        return await self.outputs(await asyncio.to_thread(self.tokenizer.encode_texts, texts))
+        """Embeddings of `texts` (bi-encoders only). Not through the score cache: the embedding pre-filter, the
+        only caller, keeps its own cache by text (which also skips tokenizing), so a second copy would be waste."""
+        return await self.scheduler.submit(await asyncio.to_thread(self.tokenizer.encode_texts, texts))
 
     async def outputs(self, inputs: Sequence[Encoded]) -> np.ndarray:
         """The model's output row per input: from the score cache where this exact input ran before, the rest

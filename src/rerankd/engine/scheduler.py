@@ -76,6 +76,17 @@ class QueueStats:
     busy_seconds: float = 0.0  # inference time so far, all batches together
 
 
+def stall_problem(queued_pairs: int, stalled_seconds: float, limit_seconds: float) -> str | None:
+    """Why an engine should be restarted, or None: stuck when work waits and no batch finished for too long.
+    The one rule for single-process /health and for fleet replicas' health checks."""
+    if stalled_seconds <= limit_seconds:
+        return None
+    return (
+        f"engine stuck: {queued_pairs} pairs queued and no batch finished for "
+        f"{stalled_seconds:.0f}s (replica_stall_seconds={limit_seconds:g})"
+    )
+
+
 BatchObserver = Callable[[int, int, float], None]  # (inputs, padded tokens, seconds)
 
 

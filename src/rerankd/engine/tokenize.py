@@ -166,11 +166,15 @@ class Tokenizer:
         """Special tokens the model input adds around one text or a (query, document) pair."""
         return (self._pair if pair else self._single).specials
 
+    def room(self, *, pair: bool) -> int:
+        """Text tokens that fit in the model's window beside the special tokens (shared by a pair's two texts)."""
+        return self.max_length - self.special_tokens(pair=pair)
+
     # -- tokens to model inputs -----------------------------------------------------------------------------------
 
     def encode_pairs(self, query: Tokens, documents: Sequence[str]) -> list[Encoded]:
         """Model inputs of (query, document) pairs; each document tokenized once, only as far as can matter."""
-        budget = self.max_length - self._pair.specials
+        budget = self.room(pair=True)
         # One token more than the query or the window could keep tells longest-first which text is longer.
         documents_tokens = self.encode_prefix(documents, max(budget, len(query)) + 1)
         return [self.pair(query, tokens) for tokens in documents_tokens]
@@ -179,13 +183,13 @@ class Tokenizer:
         return [self.single(tokens) for tokens in self.encode_prefix(texts, self.max_length)]
 
     def pair(self, query: Tokens, document: Tokens) -> Encoded:
-        budget = self.max_length - self._pair.specials
+        budget = self.room(pair=True)
         keep_query, keep_document = longest_first(len(query), len(document), budget)
         truncated = keep_query < len(query) or keep_document < len(document) or not document.complete
         return self._assemble(self._pair, query.ids[:keep_query], document.ids[:keep_document], truncated)
 
     def single(self, text: Tokens) -> Encoded:
-        budget = self.max_length - self._single.specials
+        budget = self.room(pair=False)
         truncated = len(text) > budget or not text.complete
         return self._assemble(self._single, text.ids[:budget], None, truncated)
 

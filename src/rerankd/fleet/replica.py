@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rerankd.engine.scheduler import QueueStats
+from rerankd.engine.scheduler import QueueStats, stall_problem
 from rerankd.errors import BY_TYPE, RerankdError
 from rerankd.fleet.router import Work
 from rerankd.pipeline.types import RerankRequest, RerankResult, RerankService
@@ -48,13 +48,8 @@ def merge_stats(stats: Sequence[QueueStats]) -> Load:
 
 
 def health_problem(load: Load, stall_seconds: float) -> str | None:
-    """Why the replica should be replaced, or None: stuck when work waits and no batch finished for too long."""
-    if load.stalled_seconds > stall_seconds:
-        return (
-            f"engine stuck: {load.queued_pairs} pairs queued and no batch finished for "
-            f"{load.stalled_seconds:.0f}s (replica_stall_seconds={stall_seconds:g})"
-        )
-    return None
+    """Why the replica should be replaced, or None (the engines' own stall rule, on the replica's worst one)."""
+    return stall_problem(load.queued_pairs, load.stalled_seconds, stall_seconds)
 
 
 @dataclass(frozen=True)

@@ -95,10 +95,7 @@ def rule_for(tokenizer: Tokenizer, query: Tokens | None, *, size: int, overlap: 
 
     `query` is None for bi-encoders, which embed the query on its own.
     """
-    if query is None:
-        room = tokenizer.max_length - tokenizer.special_tokens(pair=False)
-    else:
-        room = tokenizer.max_length - tokenizer.special_tokens(pair=True) - len(query)
+    room = tokenizer.room(pair=False) if query is None else tokenizer.room(pair=True) - len(query)
     room = max(room, MIN_CHUNK_TOKENS)
     return ChunkRule(min(size, room) if size else room, overlap, max_chunks)
 

@@ -17,6 +17,7 @@ import numpy as np
 from rerankd.config import Settings
 from rerankd.engine.engine import Engine
 from rerankd.engine.registry import ModelRegistry
+from rerankd.engine.scheduler import stall_problem
 from rerankd.errors import DeadlineExceeded, InvalidRequest, NotReady, PayloadTooLarge, RerankdError
 from rerankd.metrics import Metrics
 from rerankd.models import ModelSpec, resolve_model
@@ -141,15 +142,8 @@ class LocalService:
         """Why this process should be restarted, or None: an engine with work waiting and no batch finished."""
         if self._registry is None:
             return None
-        limit = self.settings.replica_stall_seconds
-        for engine in self._registry.engines:
-            stats = engine.stats()
-            if stats.stalled_seconds > limit:
-                return (
-                    f"{engine.spec.name}: {stats.queued_pairs} pairs queued and no batch finished for "
-                    f"{stats.stalled_seconds:.0f} s (replica_stall_seconds={limit:g})"
-                )
-        return None
+        worst = max((engine.stats() for engine in self._registry.engines), key=lambda stats: stats.stalled_seconds)
+        return stall_problem(worst.queued_pairs, worst.stalled_seconds, self.settings.replica_stall_seconds)
 
     @property
     def overloaded(self) -> bool:
@@ -247,11 +241,10 @@ def _clip_all(engine: Engine, documents: Sequence[str], max_tokens: int) -> list
 
 def _scored(options: Options) -> int:
     """Documents the model may score, at most: every one unless a pre-filter caps them."""
-    if options.strategy in ("hybrid", "bi-encoder"):
-        return options.candidates or options.default_candidates
-    if options.strategy == "auto" and options.budget_ms is not None:
-        return options.candidates or options.default_candidates
-    return 2**31
+    prefiltered = options.strategy in ("hybrid", "bi-encoder") or (
+        options.strategy == "auto" and options.budget_ms is not None
+    )
+    return options.candidates or options.default_candidates if prefiltered else 2**31
 
 
 def _rough_rule(engine: Engine, options: Options) -> ChunkRule | None:
