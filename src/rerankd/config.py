@@ -32,8 +32,10 @@ class Settings(BaseModel):
         default=["default"],
         description="Models to serve: hub id, local folder or preset name; the first is the default.",
     )
-    model_kind: Literal["auto", "cross-encoder", "bi-encoder"] = Field(
-        default="auto", description="Override the kind detected from the model's own config."
+    model_kind: Literal["auto", "cross-encoder", "causal-lm", "bi-encoder"] = Field(
+        default="auto",
+        description="Override the kind detected from the model's own files: cross-encoder (a classification "
+        "head), causal-lm (an LLM scoring yes/no tokens through its chat template) or bi-encoder.",
     )
     cache_dir: Path = Field(
         default_factory=default_cache_dir, description="Where exports and built fixtures are cached."

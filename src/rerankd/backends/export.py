@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rerankd.backends.causal import load_scorer
 from rerankd.backends.quantize import convert_fp16, quantize_int8
 from rerankd.cachedir import build_once
 from rerankd.models import ModelSpec
@@ -48,7 +49,7 @@ class ExportOptions:
 
     @property
     def key(self) -> str:
-        kind = "ce" if self.kind == "cross-encoder" else "bi"
+        kind = {"cross-encoder": "ce", "causal-lm": "lm"}.get(self.kind, "bi")
         variant = "int8-qint8-perchannel" if self.precision == "int8" else self.precision
         return f"{kind}-{variant}-opset{self.opset}-v{EXPORT_VERSION}"
 
@@ -85,14 +86,18 @@ def export_fp32(spec: ModelSpec, target: Path) -> dict:
     import torch
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-    loader = AutoModelForSequenceClassification if spec.kind == "cross-encoder" else AutoModel
-    model = loader.from_pretrained(spec.path, dtype=torch.float32, attn_implementation="eager").eval()
     tokenizer = AutoTokenizer.from_pretrained(spec.path)
     names = ["input_ids", "attention_mask"]
-    if "token_type_ids" in tokenizer.model_input_names:
+    if "token_type_ids" in tokenizer.model_input_names and spec.kind != "causal-lm":
         names.append("token_type_ids")
-    output = "logits" if spec.kind == "cross-encoder" else "last_hidden_state"
-    graph = _named_output(model, names, output)
+    if spec.kind == "causal-lm":
+        graph, output = load_scorer(spec, dtype=torch.float32, attn_implementation="eager"), "scores"
+        tokenizer.padding_side = "right"  # as the engine pads: the scorer reads each row's last real token
+    else:
+        loader = AutoModelForSequenceClassification if spec.kind == "cross-encoder" else AutoModel
+        model = loader.from_pretrained(spec.path, dtype=torch.float32, attn_implementation="eager").eval()
+        output = "logits" if spec.kind == "cross-encoder" else "last_hidden_state"
+        graph = _named_output(model, names, output)
 
     def sample(texts: list[str]) -> dict[str, torch.Tensor]:
         # Padded on purpose: a batch without padding could let the tracer drop the attention mask.

@@ -40,7 +40,7 @@ class OnnxBackend:
             types = batch.token_type_ids
             feeds["token_type_ids"] = types if types is not None else np.zeros_like(batch.input_ids)
         output = self.session.run(None, feeds)[0]
-        if self.spec.kind == "cross-encoder":
+        if self.spec.kind != "bi-encoder":  # logits (cross-encoders) or the yes/no logit (LLM rerankers)
             return output.astype(np.float32, copy=False)
         return pool(output, batch.attention_mask, self.spec.pooling, self.spec.normalize)
 

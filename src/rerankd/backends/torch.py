@@ -8,6 +8,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification
 from transformers.utils import logging as hf_logging
 
 from rerankd.backends.base import Batch, pool
+from rerankd.backends.causal import load_scorer
 from rerankd.models import ModelSpec
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -29,8 +30,11 @@ class TorchBackend:
         if device == "cpu":
             torch.set_num_threads(threads)  # process-wide (one torch pool); every model here gets the same count
         hf_logging.disable_progress_bar()  # progress bars garble server logs
-        loader = AutoModelForSequenceClassification if spec.kind == "cross-encoder" else AutoModel
-        self.model = loader.from_pretrained(spec.path, dtype=_DTYPES[precision]).to(device).eval()
+        if spec.kind == "causal-lm":
+            self.model = load_scorer(spec, dtype=_DTYPES[precision]).to(device)
+        else:
+            loader = AutoModelForSequenceClassification if spec.kind == "cross-encoder" else AutoModel
+            self.model = loader.from_pretrained(spec.path, dtype=_DTYPES[precision]).to(device).eval()
 
     def forward(self, batch: Batch) -> np.ndarray:
         inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
@@ -39,6 +43,8 @@ class TorchBackend:
         tensors = {key: torch.from_numpy(value).to(self.device) for key, value in inputs.items()}
         with torch.inference_mode():
             output = self.model(**tensors)
+        if self.spec.kind == "causal-lm":
+            return output.float().cpu().numpy()
         if self.spec.kind == "cross-encoder":
             return output.logits.float().cpu().numpy()
         hidden = output.last_hidden_state.float().cpu().numpy()

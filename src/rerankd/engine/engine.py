@@ -1,12 +1,14 @@
 """An `Engine` is one loaded model: tokenizer + backend + scheduler, called from async code.
 
 It turns model outputs into relevance scores with the model's own convention (sentence-transformers'):
-cross-encoders give sigmoid (or raw) logits, bi-encoders the cosine of query and document embeddings.
+cross-encoders give sigmoid (or raw) logits, LLM rerankers the sigmoid of logit(yes) - logit(no) (the backend
+returns that difference as a one-column output), bi-encoders the cosine of query and document embeddings.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -110,24 +112,38 @@ class Engine:
     @property
     def query_limit(self) -> int:
         """The most query tokens the model can see: its window less the special tokens."""
-        return self.tokenizer.room(pair=self.spec.kind == "cross-encoder")
+        return self.tokenizer.room(pair=self.spec.pairs)
 
     def stats(self) -> QueueStats:
         return self.scheduler.stats()
 
     def query_tokens(self, query: str) -> Tokens:
         """The query's tokens, once per request (every pair and every estimate reuses them)."""
-        return self.tokenizer.tokens([query])[0]
+        return dataclasses.replace(self.tokenizer.tokens([query])[0], text=query)
 
-    async def prepare(self, query: Tokens | str, documents: Sequence[str]) -> Prepared:
+    @property
+    def takes_instruction(self) -> bool:
+        """Whether the model's prompt has a place for an instruction (LLM rerankers whose template reads one)."""
+        return self.tokenizer.prompt is not None and self.tokenizer.prompt.takes_instruction
+
+    async def prepare(
+        self, query: Tokens | str, documents: Sequence[str], *, instruction: str | None = None
+    ) -> Prepared:
         """Tokenize off the event loop."""
-        return await asyncio.to_thread(self.prepare_sync, query, documents)
+        return await asyncio.to_thread(self.prepare_sync, query, documents, instruction=instruction)
 
-    def prepare_sync(self, query: Tokens | str, documents: Sequence[str]) -> Prepared:
-        """Model inputs; `query` as tokens when the caller has them already (a request tokenizes it once)."""
+    def prepare_sync(
+        self, query: Tokens | str, documents: Sequence[str], *, instruction: str | None = None
+    ) -> Prepared:
+        """Model inputs; `query` as tokens when the caller has them already (a request tokenizes it once).
+        `instruction`: an LLM reranker's task description (None: the template's default)."""
         if isinstance(query, str):
             query = self.query_tokens(query)
-        if self.spec.kind == "cross-encoder":
+        if self.spec.kind == "causal-lm":
+            assert query.text is not None, "LLM rerankers render the query text: use Engine.query_tokens"
+            inputs = self.tokenizer.encode_prompts(query.text, documents, instruction)
+            truncated = [item.truncated for item in inputs]
+        elif self.spec.kind == "cross-encoder":
             inputs = self.tokenizer.encode_pairs(query, documents)
             truncated = [item.truncated for item in inputs]
         else:

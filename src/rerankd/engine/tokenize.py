@@ -13,8 +13,10 @@ document costs what its first few thousand characters cost.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from tokenizers import Encoding
@@ -22,6 +24,8 @@ from tokenizers import Tokenizer as RustTokenizer
 from transformers import AutoTokenizer
 
 from rerankd.backends import Batch
+from rerankd.engine.prompt import PromptTemplate, TemplateError
+from rerankd.errors import ModelNotFound
 from rerankd.models import ModelSpec
 
 # The first prefix tried holds this many characters per token asked for: English WordPiece / BPE averages ~4.
@@ -54,6 +58,7 @@ class Tokens:
     ids: np.ndarray
     complete: bool
     spans: list[TokenSpan] | None = None
+    text: str | None = None  # the text itself, kept for queries (LLM rerankers render it into their prompt)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -124,6 +129,7 @@ class Tokenizer:
         self.uses_token_types = "token_type_ids" in loaded.model_input_names
         self._pair = _learn_template(self._tokenizer, pair=True)
         self._single = _learn_template(self._tokenizer, pair=False)
+        self.prompt = _prompt_template(spec, loaded, self._encode_batch) if spec.kind == "causal-lm" else None
 
     # -- texts to tokens ------------------------------------------------------------------------------------------
 
@@ -163,7 +169,10 @@ class Tokenizer:
         return text if tokens.complete or tokens.spans is None else text[: tokens.spans[-1][1]]
 
     def special_tokens(self, *, pair: bool) -> int:
-        """Special tokens the model input adds around one text or a (query, document) pair."""
+        """Special tokens the model input adds around one text or a (query, document) pair (an LLM reranker's:
+        its prompt template's)."""
+        if pair and self.prompt is not None:
+            return self.prompt.overhead
         return (self._pair if pair else self._single).specials
 
     def room(self, *, pair: bool) -> int:
@@ -178,6 +187,12 @@ class Tokenizer:
         # One token more than the query or the window could keep tells longest-first which text is longer.
         documents_tokens = self.encode_prefix(documents, max(budget, len(query)) + 1)
         return [self.pair(query, tokens) for tokens in documents_tokens]
+
+    def encode_prompts(self, query: str, documents: Sequence[str], instruction: str | None) -> list[Encoded]:
+        """An LLM reranker's inputs: each document placed in the model's prompt template with the query."""
+        if self.prompt is None:
+            raise ValueError("encode_prompts: this model has no prompt template")
+        return [Encoded(ids, None, cut) for ids, cut in self.prompt.encode(query, documents, instruction)]
 
     def encode_texts(self, texts: Sequence[str]) -> list[Encoded]:
         return [self.single(tokens) for tokens in self.encode_prefix(texts, self.max_length)]
@@ -220,6 +235,18 @@ class Tokenizer:
 
     def _encode_batch(self, texts: Sequence[str]) -> list[Encoding]:
         return self._tokenizer.encode_batch(list(texts), add_special_tokens=False) if texts else []
+
+
+def _prompt_template(spec: ModelSpec, loaded: Any, encode: Any) -> PromptTemplate:
+    """The model's chat template with the render options its sentence-transformers config saves."""
+    st_config = json.loads(path.read_text()) if (path := spec.path / "sentence_bert_config.json").is_file() else {}
+    options = dict((st_config.get("processing_kwargs") or {}).get("chat_template") or {})
+    for key in ("restore_suffix", "padding", "truncation", "max_length", "return_tensors", "tokenize"):
+        options.pop(key, None)  # sentence-transformers' own flag and tokenizing options: not render options
+    try:
+        return PromptTemplate(loaded, encode, spec.max_length, options)
+    except TemplateError as exc:
+        raise ModelNotFound(f"model {spec.name!r}: served as an LLM reranker, but {exc}") from exc
 
 
 def _tokens(encoding: Encoding, *, complete: bool, keep: int | None = None, spans: bool = False) -> Tokens:

@@ -24,6 +24,11 @@ class Family:
     example: str  # a public reranker of this family
     backends: tuple[str, ...] = ("torch", "onnx")  # backends whose scores the golden suite checks
 
+    @property
+    def causal(self) -> bool:
+        """An LLM scored by its yes/no next-token logits (`*ForCausalLM`), not a classification head."""
+        return self.architecture.endswith("ForCausalLM")
+
 
 VERIFIED: dict[str, Family] = {
     family.model_type: family
@@ -36,17 +41,28 @@ VERIFIED: dict[str, Family] = {
     )
 }
 
+# LLM rerankers: the yes/no logits of the last position, through the model's chat template.
+VERIFIED_CAUSAL: dict[str, Family] = {
+    family.model_type: family
+    for family in (
+        Family("qwen3", "Qwen3ForCausalLM", "Qwen/Qwen3-Reranker-0.6B"),
+        Family("qwen2", "Qwen2ForCausalLM", "mixedbread-ai/mxbai-rerank-base-v2"),
+        Family("gemma", "GemmaForCausalLM", "BAAI/bge-reranker-v2-gemma"),
+    )
+}
+
 
 class UnsupportedArchitecture(ModelNotFound):
     """The model's architecture is not one whose scores this version of rerankd has verified."""
 
 
 def supported() -> str:
-    return ", ".join(family.architecture for family in VERIFIED.values())
+    return ", ".join(family.architecture for family in (*VERIFIED.values(), *VERIFIED_CAUSAL.values()))
 
 
-def require_verified(name: str, config: dict[str, Any]) -> Family:
-    """The family of a cross-encoder's config; raises `UnsupportedArchitecture` for any other.
+def require_verified(name: str, config: dict[str, Any], *, causal: bool = False) -> Family:
+    """The family of a cross-encoder's (or, `causal`, an LLM reranker's) config; raises `UnsupportedArchitecture`
+    for any other.
 
     The class that runs is the family's sequence-classification class (chosen by `model_type`), so a config whose
     `architectures` names another head of a verified family (a bare `BertModel` with `--model-kind cross-encoder`)
@@ -54,13 +70,15 @@ def require_verified(name: str, config: dict[str, Any]) -> Family:
     """
     model_type = config.get("model_type")
     architectures = [str(arch) for arch in config.get("architectures") or []]
-    family = VERIFIED.get(str(model_type))
-    foreign = [arch for arch in architectures if arch.endswith("ForSequenceClassification")]
+    family = (VERIFIED_CAUSAL if causal else VERIFIED).get(str(model_type))
+    suffix = "ForCausalLM" if causal else "ForSequenceClassification"
+    foreign = [arch for arch in architectures if arch.endswith(suffix)]
     if family is not None and all(arch == family.architecture for arch in foreign):
         return family
     shown = ", ".join(architectures) or "no architectures listed"
     raise UnsupportedArchitecture(
-        f"model {name!r}: architecture {shown} (model_type {model_type!r}) is not verified for cross-encoder "
-        f"scoring; supported: {supported()}. Its scores have not been checked against sentence-transformers, "
-        "so it is refused rather than served (see README, 'Supported architectures')"
+        f"model {name!r}: architecture {shown} (model_type {model_type!r}) is not verified for "
+        f"{'LLM (yes/no)' if causal else 'cross-encoder'} scoring; supported: {supported()}. Its scores have not "
+        "been checked against sentence-transformers, so it is refused rather than served (see README, "
+        "'Supported architectures')"
     )

@@ -14,12 +14,12 @@ from rerankd.models.families import require_verified
 from rerankd.models.fixture import build_ce_fixture
 from rerankd.models.presets import CE_FIXTURE_ID, PACKAGED_DEFAULT_ID, PRESETS, packaged_default_path
 
-Kind = Literal["cross-encoder", "bi-encoder"]
+Kind = Literal["cross-encoder", "causal-lm", "bi-encoder"]
 Activation = Literal["sigmoid", "identity", "softmax"]
 Pooling = Literal["mean", "cls", "max"]
 
 # Files a reranker needs from the hub; weights are tried safetensors-first.
-_HUB_FILES = ["*.json", "*.txt", "*.model", "1_Pooling/*", "2_Normalize/*"]
+_HUB_FILES = ["*.json", "*.txt", "*.model", "*.jinja", "1_Pooling/*", "2_Normalize/*", "1_LogitScore/*"]
 _SANE_MAX_LENGTH = 100_000  # tokenizers without a limit report ~1e30
 
 
@@ -36,16 +36,22 @@ class ModelSpec:
     activation: Activation = "sigmoid"
     pooling: Pooling = "mean"
     normalize: bool = True
+    # causal-lm: the score is logit[true] - logit[false] at the last position (logit[true] alone without false).
+    true_token_id: int | None = None
+    false_token_id: int | None = None
     aliases: tuple[str, ...] = field(default=())
 
     @property
     def short_name(self) -> str:
         return self.name.rstrip("/").rsplit("/", 1)[-1]
 
+    @property
+    def pairs(self) -> bool:
+        """Whether the model reads a query and a document together (cross-encoders, LLM rerankers)."""
+        return self.kind != "bi-encoder"
 
-def resolve_model(
-    name: str, *, kind: Literal["auto", "cross-encoder", "bi-encoder"] = "auto", cache_dir: Path | None = None
-) -> ModelSpec:
+
+def resolve_model(name: str, *, kind: Kind | Literal["auto"] = "auto", cache_dir: Path | None = None) -> ModelSpec:
     """Resolve a preset name, a local folder or a hub id to a `ModelSpec`.
 
     Raises `ModelNotFound` with the reason when the model is neither on disk nor downloadable.
@@ -68,35 +74,79 @@ def resolve_model(
     return ModelSpec(**{**spec.__dict__, "aliases": tuple(sorted(aliases | {spec.name}))})
 
 
-def inspect_model(name: str, path: Path, *, kind: Literal["auto", "cross-encoder", "bi-encoder"] = "auto") -> ModelSpec:
+def inspect_model(name: str, path: Path, *, kind: Kind | Literal["auto"] = "auto") -> ModelSpec:
     """Read kind, window and score convention from a model folder."""
     config = _read_json(path / "config.json")
     if config is None:
         raise ModelNotFound(f"model {name!r}: {path} has no config.json, so it is not a Hugging Face model folder")
-    architectures = config.get("architectures") or []
-    has_head = any(arch.endswith("ForSequenceClassification") for arch in architectures)
-    is_sentence_transformer = (path / "modules.json").is_file()
     if kind == "auto":
-        if has_head:
-            kind = "cross-encoder"
-        elif is_sentence_transformer:
-            kind = "bi-encoder"
-        else:
-            raise ModelNotFound(
-                f"model {name!r}: neither a sequence-classification head nor sentence-transformers modules found; "
-                "pass --model-kind cross-encoder|bi-encoder"
-            )
-
-    if kind == "cross-encoder":
-        require_verified(name, config)  # unverified architectures are refused, not served with unchecked scores
+        kind = _detect_kind(name, path, config)
+    if kind != "bi-encoder":  # unverified architectures are refused, not served with unchecked scores
+        require_verified(name, config, causal=kind == "causal-lm")
     num_labels = _num_labels(config) if kind == "cross-encoder" else 1
     base = dict(name=name, path=path, kind=kind, revision=_revision(path), num_labels=num_labels)
     if kind == "cross-encoder":
-        return ModelSpec(**base, max_length=_window(path, config), activation=_activation(config, num_labels))
+        return ModelSpec(**base, max_length=_window(path, config), activation=_activation(path, config, num_labels))
+    if kind == "causal-lm":
+        true_id, false_id = _answer_tokens(name, path)
+        return ModelSpec(
+            **base,
+            max_length=_st_window(path, config),
+            activation=_activation(path, config, 1),
+            true_token_id=true_id,
+            false_token_id=false_id,
+        )
     pooling, normalize = _pooling(path)
+    return ModelSpec(**base, max_length=_st_window(path, config), pooling=pooling, normalize=normalize)
+
+
+def _detect_kind(name: str, path: Path, config: dict[str, Any]) -> Kind:
+    """sentence-transformers' reading: a `LogitScore` module or a `*ForCausalLM` config is an LLM reranker; a
+    classification head a cross-encoder; other sentence-transformers folders bi-encoders."""
+    architectures = config.get("architectures") or []
+    if _logit_score(path) is not None or any(arch.endswith("ForCausalLM") for arch in architectures):
+        return "causal-lm"
+    if any(arch.endswith("ForSequenceClassification") for arch in architectures):
+        return "cross-encoder"
+    if (path / "modules.json").is_file():
+        return "bi-encoder"
+    raise ModelNotFound(
+        f"model {name!r}: neither a sequence-classification head, a causal LM nor sentence-transformers modules "
+        "found; pass --model-kind cross-encoder|causal-lm|bi-encoder"
+    )
+
+
+def _logit_score(path: Path) -> dict[str, Any] | None:
+    """The config of a sentence-transformers `LogitScore` module, if the folder has one."""
+    for module in _read_json(path / "modules.json") or []:
+        if str(module.get("type", "")).endswith("LogitScore"):
+            return _read_json(path / module.get("path", "") / "config.json") or {}
+    return None
+
+
+def _answer_tokens(name: str, path: Path) -> tuple[int, int | None]:
+    """The true/false token ids: the `LogitScore` module's, else sentence-transformers' default "yes"/"no"."""
+    saved = _logit_score(path)
+    if saved is not None and saved.get("true_token_id") is not None:
+        false_id = saved.get("false_token_id")
+        return int(saved["true_token_id"]), None if false_id is None else int(false_id)
+    from tokenizers import Tokenizer  # only LLM rerankers without a LogitScore module need the vocabulary here
+
+    vocabulary = path / "tokenizer.json"
+    tokenizer = Tokenizer.from_file(str(vocabulary)) if vocabulary.is_file() else None
+    ids = [tokenizer.token_to_id(token) if tokenizer else None for token in ("yes", "no")]
+    if ids[0] is None or ids[1] is None:
+        raise ModelNotFound(
+            f"model {name!r}: an LLM reranker needs a 1_LogitScore module naming its true/false tokens, or a "
+            "tokenizer.json with the tokens 'yes' and 'no' (sentence-transformers' default); neither was found"
+        )
+    return int(ids[0]), int(ids[1])
+
+
+def _st_window(path: Path, config: dict[str, Any]) -> int:
+    """The window, capped by sentence-transformers' `max_seq_length` where the folder sets one."""
     st_config = _read_json(path / "sentence_bert_config.json") or {}
-    max_length = min(_window(path, config), int(st_config.get("max_seq_length") or _SANE_MAX_LENGTH))
-    return ModelSpec(**base, max_length=max_length, pooling=pooling, normalize=normalize)
+    return min(_window(path, config), int(st_config.get("max_seq_length") or _SANE_MAX_LENGTH))
 
 
 def _download(model_id: str) -> Path:
@@ -146,10 +196,12 @@ def _num_labels(config: dict[str, Any]) -> int:
     return int(config.get("num_labels") or 2)
 
 
-def _activation(config: dict[str, Any], num_labels: int) -> Activation:
+def _activation(path: Path, config: dict[str, Any], num_labels: int) -> Activation:
     """sentence-transformers' convention: the saved activation, else sigmoid for one logit, softmax otherwise."""
-    saved = (config.get("sentence_transformers") or {}).get("activation_fn") or config.get(
-        "sbert_ce_default_activation_function"
+    saved = (
+        (config.get("sentence_transformers") or {}).get("activation_fn")
+        or config.get("sbert_ce_default_activation_function")
+        or (_read_json(path / "config_sentence_transformers.json") or {}).get("activation_fn")
     )
     if saved:
         if saved.endswith("Identity"):
