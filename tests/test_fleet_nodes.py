@@ -1,0 +1,169 @@
+"""A fleet on a real three-node Ray cluster, and the loss of a worker node under load.
+
+Each Ray node runs in a network namespace of its own, joined to the others by a bridge with private addresses
+(`rerankd.testing.cluster`): the head (`ray start --head`) and two workers (`ray start --address`). `rerankd serve
+--ray-address` runs on the head as an operator would start it, with 3 model replicas (at least one per node) and a
+Serve proxy on every node; a real nginx with the shipped config shape balances over the three proxies. Load comes
+from the root namespace through nginx. Then every process of one worker node is killed (SIGKILL, the whole
+namespace) mid-load.
+
+The node killed is a worker that holds a model replica but not the ingress: the fleet has one ingress replica,
+and losing its node loses the requests it holds (docs/fleet.md, "From one machine to many").
+
+Needs root (namespaces), `ip` and nginx; skipped without them. Everything it made is removed afterwards, checked.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rerankd.testing.cluster import Cluster, ClusterFleet, Watch, can_make_namespaces, namespace_pids
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # three Ray nodes, a fleet, nginx: under 5 minutes
+
+AVOID_SECONDS = 5.0  # the router stops sending to a dead node's replicas within this
+REPLICAS = 3
+WORDS = ["database", "library", "server", "network", "storage", "kernel", "driver", "python", "cache", "queue"]
+
+
+def _why_not() -> str | None:
+    import shutil
+
+    return can_make_namespaces() or (
+        None if shutil.which("nginx") or Path("/usr/sbin/nginx").exists() else "nginx is not installed"
+    )
+
+
+@pytest.fixture(scope="module")
+def fleet(ce_fixture_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterFleet]:
+    why = _why_not()
+    if why:
+        pytest.skip(f"a multi-node cluster on one machine: {why}")
+    cluster = Cluster(nodes_cpus=(1, 1, 1))
+    serve_args = [
+        "--replicas", str(REPLICAS), "--model", "ce-fixture", "--replica-cpus", "0.5", "--warmup-seconds", "0",
+        "--max-documents", "100", "--log-level", "warning",
+    ]  # fmt: skip
+    running = ClusterFleet(cluster, serve_args, tmp_path_factory.mktemp("nodes"))
+    try:
+        cluster.create()
+        cluster.start_ray()
+        running.start()
+        yield running
+    finally:
+        running.stop()
+        cluster.close()
+        left = cluster.leftovers()
+        namespaces = Cluster.netns_list()
+        assert not left, f"left behind: {left}"
+        assert not [n.namespace for n in cluster.nodes if n.namespace in namespaces], namespaces
+
+
+@dataclass
+class Outcome:
+    sent_at: float
+    latency: float
+    status: int  # 0: no HTTP answer
+
+
+def closed_loop(url: str, t0: float, stop: threading.Event, clients: int, max_requests: int) -> list[Outcome]:
+    """`clients` threads, each sending 8-document requests back to back until `stop`, `max_requests` in all."""
+    outcomes: list[Outcome] = []
+    lock = threading.Lock()
+
+    def client(seed: int) -> None:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            i = 0
+            while not stop.is_set():
+                with lock:
+                    if len(outcomes) >= max_requests:
+                        return
+                i += 1
+                documents = [" ".join(WORDS[(seed + i + k + j) % len(WORDS)] for j in range(20)) for k in range(8)]
+                sent = time.perf_counter()
+                try:
+                    body = {"query": "fast database", "documents": documents}
+                    status = http.post("/v2/rerank", json=body).status_code
+                except httpx.HTTPError:
+                    status = 0
+                with lock:
+                    outcomes.append(Outcome(sent - t0, time.perf_counter() - sent, status))
+
+    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return outcomes
+
+
+def test_replicas_and_proxies_spread_over_every_node(fleet: ClusterFleet) -> None:
+    placement = fleet.placement()
+    assert sum(roles["model"] for roles in placement.values()) == REPLICAS, placement
+    for node in fleet.cluster.nodes:
+        roles = placement[node.namespace]
+        assert roles["proxy"] == 1, placement  # any node can take client traffic
+        if not node.head:
+            assert roles["model"] >= 1, placement
+        body = {"query": "database", "documents": ["SQLite database", "a game", "fonts"]}
+        answer = httpx.post(f"{fleet.node_url(node)}/v2/rerank", json=body, timeout=60)
+        assert answer.status_code == 200, (node.namespace, answer.text)
+
+
+def test_losing_a_worker_node_under_load_loses_no_request(fleet: ClusterFleet) -> None:
+    victim = fleet.victim()
+    before = fleet.placement()
+    t0 = time.perf_counter()
+    stop = threading.Event()
+    result: list[Outcome] = []
+    load = threading.Thread(target=lambda: result.extend(closed_loop(fleet.url, t0, stop, 4, 4000)), daemon=True)
+    with Watch(fleet.url, t0, max_seconds=200) as watch:
+        load.start()
+        time.sleep(8)  # steady load first
+        killed = fleet.cluster.kill_node(victim)
+        killed_at = time.perf_counter() - t0
+        # Ray notices, Serve starts replacements on the surviving nodes; then a few more seconds of load.
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline:
+            noticed = watch.first(killed_at, lambda s: s.running < REPLICAS)
+            if noticed is not None and watch.first(noticed, lambda s: s.running >= REPLICAS) is not None:
+                break
+            time.sleep(0.5)
+        time.sleep(3)
+        stop.set()
+        load.join(timeout=120)
+    after = fleet.placement()
+    report = (
+        f"killed {victim.namespace} ({len(killed)} processes) at {killed_at:.1f}s; before {before}; after {after}; "
+        f"{len(result)} requests"
+    )
+    print(report)
+
+    assert killed and not namespace_pids(victim.namespace), report
+    assert len(result) > 100, report
+    lost = [o for o in result if o.status != 200]
+    assert not lost, f"{len(lost)} lost (status {sorted({o.status for o in lost})}); {report}"
+    assert any(o.sent_at > killed_at + 5 for o in result), report  # the load went on well after the loss
+    noticed = watch.first(killed_at, lambda s: s.running < REPLICAS)
+    assert noticed is not None, f"the ingress never reported fewer running replicas; {report}"
+    recovered = watch.first(noticed, lambda s: s.running >= REPLICAS)
+    assert recovered is not None, f"no replacement replica within the run; {report}"
+    last_retry = watch.last_retry(killed_at)
+    assert last_retry is None or last_retry - killed_at <= AVOID_SECONDS, (last_retry, killed_at, report)
+    assert watch.samples[-1].lost == 0, report
+    assert all(s.ready == 200 for s in watch.samples), [(s.at, s.ready) for s in watch.samples if s.ready != 200]
+    # The replacements run on the surviving nodes, and every surviving node still has its proxy.
+    assert after[victim.namespace] == dict.fromkeys(after[victim.namespace], 0), after
+    assert sum(roles["model"] for roles in after.values()) == REPLICAS, after
+    print(
+        f"Ray/ingress noticed after {noticed - killed_at:.1f}s, replacement running after {recovered - killed_at:.1f}s,"
+        f" last retry {None if last_retry is None else round(last_retry - killed_at, 1)}s after the kill,"
+        f" retries {watch.samples[-1].retries:.0f}"
+    )
