@@ -51,7 +51,11 @@ class Settings(BaseModel):
     # Measured on the 2-core CPU (MiniLM-L6, 20-300-token documents): budgets of 1-2k tokens score 25-45% more
     # pairs per CPU-second than 8k (less padding, activations that stay in cache); GPUs want larger batches.
     max_batch_tokens: int = Field(
-        default=2048, ge=64, description="Token budget of one batch (padded length x pairs); GPUs want ~16384."
+        default=2048,
+        ge=0,
+        description="Token budget of one batch (padded length x pairs); GPUs want ~16384. 0 = auto: measured by a "
+        "short sweep at the first warm-up on this machine (engine/tuning.py), then cached per model, precision, CPU "
+        "and thread count.",
     )
     max_batch_size: int = Field(default=128, ge=1, description="Most pairs in one batch.")
     max_queued_pairs: int = Field(
@@ -208,6 +212,13 @@ class Settings(BaseModel):
     autoscale_downscale_step_seconds: float = Field(
         default=60, ge=0, description="Between removals (one replica each) while the fleet stays quiet."
     )
+
+    @field_validator("max_batch_tokens")
+    @classmethod
+    def _batch_budget(cls, value: int) -> int:
+        if 0 < value < 64:
+            raise ValueError("max_batch_tokens must be 0 (auto) or at least 64")
+        return value
 
     @field_validator("model", "api_keys", mode="before")
     @classmethod

@@ -21,6 +21,7 @@ from rerankd.config import Settings
 from rerankd.engine.scheduler import QueueStats, Scheduler
 from rerankd.engine.score_cache import ScoreCache, input_key
 from rerankd.engine.tokenize import Encoded, Tokenizer, Tokens
+from rerankd.engine.tuning import BatchTuner
 from rerankd.metrics import Metrics
 from rerankd.models import ModelSpec
 
@@ -75,9 +76,10 @@ class Engine:
         self.tokenizer = tokenizer
         self.backend = backend
         self.calibration: Calibration | None = None
+        self.tuner = BatchTuner(spec, backend, settings)  # max_batch_tokens: configured, cached or measured later
         self.scheduler = Scheduler(
             self._forward,
-            max_batch_tokens=settings.max_batch_tokens,
+            max_batch_tokens=self.tuner.tuning.max_batch_tokens,
             max_batch_size=settings.max_batch_size,
             max_queued_pairs=settings.max_queued_pairs,
             fair=settings.scheduling == "fair",
@@ -204,6 +206,9 @@ class Engine:
 
     def warmup(self, seconds: float) -> Calibration:
         """Run realistic batches for at least `seconds` (at least twice), and measure the speed."""
+        if seconds > 0:  # auto max_batch_tokens: the sweep, once per machine (cached); then calibrate with its choice
+            tuned = self.tuner.measure(self._forward, self._sweep_inputs, max_batch_size=self.scheduler.max_batch_size)
+            self.scheduler.set_max_batch_tokens(tuned.max_batch_tokens)
         documents = [" ".join(_WARMUP_WORDS[: (i % 7) + 1] * (2 + 3 * (i % 13))) for i in range(64)]
         prepared = self.prepare_sync("warm-up query about a fox", documents)
         runs, started, pair_count, tokens = 0, 0.0, 0, 0
@@ -224,6 +229,9 @@ class Engine:
 
     def close(self) -> None:
         self.scheduler.close()
+
+    def _sweep_inputs(self, documents: list[str]) -> list[Encoded]:
+        return self.prepare_sync("warm-up query about a fox", documents).inputs
 
     def _forward(self, items: list[Encoded]) -> np.ndarray:
         return self.backend.forward(self.tokenizer.collate(items))

@@ -210,6 +210,13 @@ class Scheduler:
             self._drop(job)
             raise
 
+    def set_max_batch_tokens(self, value: int) -> None:
+        """Change the token budget (the start-up tuning picks it after the sweep); windows taken later use it."""
+        if value < 1:
+            raise ValueError(f"max_batch_tokens must be positive, not {value}")
+        with self._cond:
+            self.max_batch_tokens = value
+
     def stats(self) -> QueueStats:
         with self._cond:
             busy = self._queued_pairs or self._inflight_pairs
