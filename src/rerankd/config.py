@@ -141,6 +141,11 @@ class Settings(BaseModel):
         ge=1,
         description="Characters of each document that BM25 (hybrid pre-filter, fusion) reads; it indexes ~1 MB/s.",
     )
+    first_stage_model: str = Field(
+        default="",
+        description="A served model (one of `model`) as the `hybrid` strategy's pre-filter instead of BM25: a "
+        "cascade, e.g. a small cross-encoder choosing the candidates an LLM reranker scores. Empty = BM25.",
+    )
     embedding_model: str = Field(
         default="default",
         description="Bi-encoder of the embedding pre-filter, loaded at start-up; empty = no embedding pre-filter.",

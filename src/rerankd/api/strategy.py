@@ -45,6 +45,18 @@ class StrategyFields(BaseModel):
         description="Your retrieval score for each document (same order and length as the documents): used by "
         "`hybrid` as its pre-filter and by `fusion` as the first stage instead of BM25.",
     )
+    first_stage_model: str | None = Field(
+        default=None,
+        description="A model this server serves (id or alias) as `hybrid`'s pre-filter instead of BM25: a "
+        "cascade, e.g. a small cross-encoder choosing the `candidates` an LLM reranker scores. Default: the "
+        "server's `first_stage_model` (empty = BM25).",
+    )
+    instruction: str | None = Field(
+        default=None,
+        description="An LLM reranker's task description (Qwen3-Reranker's `<Instruct>`), placed by the model's "
+        "prompt template; at most `max_query_chars` characters. Default: the model's own. Only models whose "
+        "template reads one accept it (400 otherwise).",
+    )
     chunking: bool | None = Field(
         default=None,
         description="Split documents longer than the model's window into overlapping chunks and score each "

@@ -55,7 +55,7 @@ class CostModel:
     ) -> tuple[Costs, float]:
         """The request's `Costs`, and the part of them that is queue wait (for `learn_model`)."""
         stats = self._stats(engine)
-        pair = engine.spec.kind == "cross-encoder"
+        pair = engine.spec.pairs
         window = engine.tokenizer.max_length
         fixed = engine.tokenizer.special_tokens(pair=pair) + (query_tokens if pair else 0)
         doc_tokens = np.fromiter((len(d) for d in documents), dtype=np.float64, count=len(documents))

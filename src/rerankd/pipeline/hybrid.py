@@ -54,6 +54,8 @@ class Options:
     raw_scores: bool = False
     truncate: bool = True
     documents_field: str = "documents"
+    instruction: str | None = None  # an LLM reranker's task description (None: the model's default)
+    first_stage_model: Engine | None = None  # the hybrid pre-filter when it is a served model (a cascade)
 
 
 @dataclass(frozen=True)
@@ -103,19 +105,28 @@ class _ScoringJob:
 
 
 class _FirstStage:
-    """A request's first-stage scores: the client's, else BM25 over its documents, computed at most once."""
+    """A request's first-stage scores: the client's, else a served first-stage model's (a cascade), else BM25 over
+    its documents; computed at most once."""
 
-    def __init__(self, reranker: Reranker, query: str, documents: Sequence[str], given: np.ndarray | None) -> None:
+    def __init__(self, reranker: Reranker, query: str, documents: Sequence[str], options: Options) -> None:
         self._reranker, self._query, self._documents = reranker, query, documents
-        self._scores = given
-        self.source = "first_stage_scores" if given is not None else "bm25"
+        self._scores = options.first_stage_scores
+        self.model = None if self._scores is not None else options.first_stage_model
+        if self._scores is not None:
+            self.source = "first_stage_scores"
+        else:
+            self.source = f"model:{self.model.spec.name}" if self.model else "bm25"
 
     @property
     def known(self) -> bool:
         return self._scores is not None
 
     async def scores(self) -> np.ndarray:
-        if self._scores is None:
+        if self._scores is None and self.model is not None:
+            model = self.model
+            query = await asyncio.to_thread(model.query_tokens, self._query)
+            self._scores = (await model.score(await model.prepare(query, self._documents), raw=True)).astype(float)
+        elif self._scores is None:
             self._scores = await self._reranker.bm25(self._query, self._documents)
         return self._scores
 
@@ -135,12 +146,16 @@ class Reranker:
     ) -> Outcome:
         """Rank `documents` for `query`, whose tokens the caller has (it bounds them)."""
         started = time.perf_counter()
-        first = _FirstStage(self, query, documents, options.first_stage_scores)
+        first = _FirstStage(self, query, documents, options)
         rule = self._chunk_rule(engine, query_tokens, options)
         fusing = options.fusion != "none"
         costs, wait_ms = self.costs.costs(
-            engine, len(query_tokens), documents, chunks=rule, bm25=fusing and not first.known
+            engine, len(query_tokens), documents, chunks=rule, bm25=fusing and not first.known and not first.model
         )
+        if first.model is not None:  # the cascade's first model scores every document before the main one
+            first_costs, _ = self.costs.costs(first.model, len(query_tokens), documents, chunks=None, bm25=False)
+            prefilter_ms = first_costs.fixed_ms + first_costs.model_ms(len(documents))
+            costs = dataclasses.replace(costs, prefilter_ms=prefilter_ms)
         chosen = self._plan(options, len(documents), costs, options.strategy)
         meta: dict[str, Any] = {}
         if chosen.prefiltered:
@@ -219,7 +234,7 @@ class Reranker:
     def _chunk_rule(engine: Engine, query: Tokens, options: Options) -> chunking.ChunkRule | None:
         if options.chunks is None:
             return None
-        pair_query = query if engine.spec.kind == "cross-encoder" else None
+        pair_query = query if engine.spec.pairs else None
         return chunking.rule_for(
             engine.tokenizer,
             pair_query,
@@ -258,7 +273,7 @@ class Reranker:
                 "truncate to true"
             )
         inputs = texts if chunks is None else chunks.texts
-        prepared = await engine.prepare(query, inputs)
+        prepared = await engine.prepare(query, inputs, instruction=options.instruction)
         if not options.truncate and any(prepared.truncated):
             position = prepared.truncated.index(True)
             first = int(candidates[position if chunks is None else chunks.owners[position]])
@@ -285,7 +300,7 @@ class Reranker:
 
     def _learn_lengths(self, engine: Engine, query: Tokens, texts: Sequence[str], prepared: Prepared) -> None:
         """Characters per token, from the documents the tokenizer did not cut."""
-        pair = engine.spec.kind == "cross-encoder"
+        pair = engine.spec.pairs
         items = prepared.inputs if pair else prepared.inputs[1:]
         overhead = engine.tokenizer.special_tokens(pair=pair) + (len(query) if pair else 0)
         kept = [i for i, cut in enumerate(prepared.truncated) if not cut]

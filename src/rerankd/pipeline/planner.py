@@ -33,6 +33,7 @@ class Costs:
     pairs_per_second: float  # model throughput at this request's document lengths
     pairs_per_document: float = 1.0  # more than 1 when long documents are chunked
     fixed_ms: float = 0.0  # time that does not depend on K: work queued ahead, BM25 for fusion
+    prefilter_ms: float = 0.0  # a pre-filter's own time before it ran (a cascade's first model; BM25's is ~0)
 
     def model_ms(self, documents: int) -> float:
         return 1000.0 * documents * self.pairs_per_document / self.pairs_per_second
@@ -65,12 +66,12 @@ def plan(
 ) -> Plan:
     """Choose the strategy and K for `documents` documents; `spent_ms` is time already used (the pre-filter)."""
     usable_ms = None if budget_ms is None else budget_ms * headroom - costs.fixed_ms - spent_ms
-
-    def estimate(k: int) -> float:
-        return costs.fixed_ms + spent_ms + costs.model_ms(k)
+    prefilter_ms = 0.0 if spent_ms else costs.prefilter_ms  # once it ran, `spent_ms` holds its measured time
 
     def make(strategy: Executed, k: int, reason: str) -> Plan:
-        return Plan(strategy, k, documents, round(estimate(k), 1), budget_ms, reason)
+        before = prefilter_ms if strategy != "direct" else 0.0
+        estimate = costs.fixed_ms + spent_ms + before + costs.model_ms(k)
+        return Plan(strategy, k, documents, round(estimate, 1), budget_ms, reason)
 
     if requested == "direct":
         return make("direct", documents, "requested")
@@ -85,6 +86,7 @@ def plan(
             cap = default_candidates
     k, reason = cap, "candidates" if candidates is not None else "default candidates"
     if usable_ms is not None:
+        usable_ms -= prefilter_ms
         fits = math.floor(max(usable_ms, 0.0) / costs.model_ms(1)) if costs.model_ms(1) > 0 else documents
         if fits < k:
             k, reason = fits, "largest K within the budget"

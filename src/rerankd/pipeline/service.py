@@ -18,7 +18,7 @@ from rerankd.config import Settings
 from rerankd.engine.engine import Engine
 from rerankd.engine.registry import ModelRegistry
 from rerankd.engine.scheduler import stall_problem
-from rerankd.errors import DeadlineExceeded, InvalidRequest, NotReady, PayloadTooLarge, RerankdError
+from rerankd.errors import DeadlineExceeded, InvalidRequest, ModelNotFound, NotReady, PayloadTooLarge, RerankdError
 from rerankd.metrics import Metrics
 from rerankd.models import ModelSpec, resolve_model
 from rerankd.pipeline.admission import Admission
@@ -81,6 +81,12 @@ class LocalService:
             self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
             raise
         self._registry = ModelRegistry(engines)
+        if self.settings.first_stage_model:  # a typo must fail at start-up, not on the first hybrid request
+            try:
+                self._registry.get(self.settings.first_stage_model)
+            except ModelNotFound as exc:
+                self.state, self.error = "failed", f"first_stage_model: {exc}"
+                raise RerankdError(self.error) from None
         if self.metrics:
             for engine in engines:
                 self.metrics.watch_admission(engine.spec.name, self.admission.queued_seconds)
@@ -104,7 +110,7 @@ class LocalService:
         """Checks and admission first (cheap, no tokenizing), then the work, bounded by the request's deadline."""
         engine = self.registry.get(request.model)
         check_limits(request, self.settings.max_documents, self.settings.max_query_chars)
-        options = self._options(request)
+        options = self._options(request, engine)
         work = self._reranker.costs.work_seconds(
             engine, request.query, request.documents, chunks=_rough_rule(engine, options), scored=_scored(options)
         )
@@ -149,9 +155,20 @@ class LocalService:
     def overloaded(self) -> bool:
         return self.admission.overloaded()
 
-    def _options(self, request: RerankRequest) -> Options:
+    def _options(self, request: RerankRequest, engine: Engine) -> Options:
         """The request's fields, else the server's settings of the same name."""
         s = self.settings
+        if request.instruction is not None and not engine.takes_instruction:
+            raise InvalidRequest(
+                f"instruction: model {engine.spec.name} takes no instruction (only LLM rerankers whose prompt "
+                "template places one do)"
+            )
+        first_model = request.first_stage_model or s.first_stage_model or None
+        try:
+            first_engine = None if first_model is None else self.registry.get(first_model)
+        except ModelNotFound as exc:
+            source = "first_stage_model" if request.first_stage_model else "first_stage_model (server setting)"
+            raise InvalidRequest(f"{source}: {exc}") from None
         chunking = request.chunking
         if chunking is None:
             chunking = s.chunking or request.max_chunks_per_doc is not None
@@ -173,6 +190,8 @@ class LocalService:
             raw_scores=request.raw_scores,
             truncate=request.truncate,
             documents_field=request.documents_field,
+            instruction=request.instruction,
+            first_stage_model=first_engine,
         )
 
     async def _embedding_prefilter(self) -> EmbeddingPrefilter:

@@ -41,6 +41,8 @@ class RerankRequest:
     chunking: bool | None = None  # None: the `chunking` setting, or on when max_chunks_per_doc is given
     max_chunks_per_doc: int | None = None
     timeout_ms: float | None = None  # None: the server's request_timeout_seconds
+    instruction: str | None = None  # an LLM reranker's task description; None: the model's default
+    first_stage_model: str | None = None  # a served model as the hybrid strategy's pre-filter (a cascade)
 
 
 @dataclass(frozen=True)
@@ -100,10 +102,11 @@ def check_limits(request: RerankRequest, max_documents: int, max_query_chars: in
     name = request.documents_field
     if not request.query.strip():
         raise InvalidRequest("query: must not be empty")
-    if max_query_chars is not None and len(request.query) > max_query_chars:
-        raise PayloadTooLarge(
-            f"query: at most {max_query_chars} characters (max_query_chars), got {len(request.query)}"
-        )
+    for field_name, text in (("query", request.query), ("instruction", request.instruction or "")):
+        if max_query_chars is not None and len(text) > max_query_chars:
+            raise PayloadTooLarge(
+                f"{field_name}: at most {max_query_chars} characters (max_query_chars), got {len(text)}"
+            )
     if not request.documents:
         raise InvalidRequest(f"{name}: must hold at least one document")
     if len(request.documents) > max_documents:
@@ -116,6 +119,8 @@ def check_limits(request: RerankRequest, max_documents: int, max_query_chars: in
         raise InvalidRequest(f"max_tokens_per_doc: must be at least 1, got {request.max_tokens_per_doc}")
     _check_strategy_fields(request)
     check_unicode("query", request.query)
+    if request.instruction is not None:
+        check_unicode("instruction", request.instruction)
     for index, document in enumerate(request.documents):
         check_unicode(f"{name}[{index}]", document)
 

@@ -1,0 +1,322 @@
+"""Golden scores for LLM rerankers: every verified causal-LM family, on every backend, equals sentence-transformers.
+
+For each family in `rerankd.models.families.VERIFIED_CAUSAL` a tiny random-initialised causal LM (2 layers, hidden
+32) is built offline with a small byte-level BPE tokenizer that carries the template's special tokens, then saved in
+sentence-transformers' CrossEncoder format (Transformer + `1_LogitScore`, `chat_template.jinja`), shaped after the
+public model of the family:
+
+    qwen3   Qwen3-Reranker: system prompt, `<Instruct>` (default in the template), "yes" - "no"
+    qwen2   mxbai-rerank-v2: instruction line only when given, "1" - "0" (token ids from the LogitScore config)
+    gemma   bge-reranker-v2-gemma: `<bos>`, the instruction after the document, the "Yes" logit alone
+
+The server's scores over HTTP (`/rerank` raw logits, `/v2/rerank` sigmoid) are compared with `CrossEncoder.predict`
+on the same pairs, with and without an `instruction`, including a document and a query that overflow the window
+(so the right-truncation and the restored template tail are compared too). Tolerances:
+
+    torch fp32   1e-5 on logits and probabilities, and the same order
+    onnx  fp32   1e-4, and the same order
+
+int8 is refused for LLM rerankers: dynamic int8 moved the Qwen3 fixture's logits by up to 2.1 (Spearman 0.41 vs
+fp32; Qwen2 0.64, Gemma 0.32 at most), so it is not served until a faithful recipe exists.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from conftest import DOCUMENTS, QUERY, ThreadServer, wait_until
+from sentence_transformers import CrossEncoder
+from test_golden_scores import TOLERANCE, _by_index
+
+from rerankd.api import create_app
+from rerankd.cachedir import build_once
+from rerankd.config import Settings, default_cache_dir
+from rerankd.errors import ModelNotFound
+from rerankd.models import resolve_model
+from rerankd.models.families import VERIFIED_CAUSAL
+
+FIXTURE_VERSION = 1  # bump when a recipe below changes
+WINDOW = 160  # tokens: the long document and the long query overflow it
+ENGINES = [("torch", "fp32"), ("onnx", "fp32")]
+LONG_QUERY = " ".join(["store data in a single file engine with key document edit"] * 7)  # fits; no room left
+INSTRUCTION = "Given a Debian package search, find packages that do what is asked"
+REQUESTS = [
+    (QUERY, [*DOCUMENTS, "Network file system server and tools."], None),
+    (QUERY, DOCUMENTS, INSTRUCTION),
+    (LONG_QUERY, DOCUMENTS[:3], None),
+]
+
+_ROLE = 'messages | selectattr("role", "eq", "{role}") | map(attribute="content") | first'
+QWEN3_TEMPLATE = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "
+    'provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
+    "<Instruct>: {{ " + _ROLE.format(role="system") + ' | default("Given a web search query, retrieve relevant '
+    'passages that answer the query") }}\n<Query>: {{ '
+    + _ROLE.format(role="query")
+    + " }}\n<Document>: {{ "
+    + _ROLE.format(role="document")
+    + " }}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+)
+QWEN2_TEMPLATE = (
+    "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>user\n{% set instruction = " + _ROLE.format(role="system") + " %}"
+    "{% if instruction %}instruction: {{ instruction }}\n{% endif %}query: {{ " + _ROLE.format(role="query") + " }} "
+    "\ndocument: {{ " + _ROLE.format(role="document") + " }} \nYou are a search relevance expert who evaluates "
+    "how well documents match search queries. Provide your binary relevance judgment (0 for not relevant, 1 for "
+    "relevant).\nRelevance:<|im_end|>\n<|im_start|>assistant\n"
+)
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}A: {{ " + _ROLE.format(role="query") + " }}\nB: {{ " + _ROLE.format(role="document") + " }}\n"
+    "{{ " + _ROLE.format(role="system") + ' | default("Given a query A and a passage B, determine whether the '
+    "passage contains an answer to the query by providing a prediction of either 'Yes' or 'No'.\") }}"
+)
+
+_VOCABULARY = (
+    "the a of to in and is for with on database store data lightweight sqlite library engine server strategy game "
+    "ancient warfare tools edit menus alarm clock panel key value small footprint embedded applications query "
+    "document package debian install system network file text search fast slow index find packages what asked "
+    "given relevant passage answer yes no Yes No 0 1"
+)
+_WORDS = _VOCABULARY.split()
+
+
+def _bpe_tokenizer(specials: list[str], template: str, **tokens: str):
+    """A byte-level BPE tokenizer (Qwen's and Gemma's kind) trained on a small corpus and the template itself."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    rng = random.Random(0)
+    texts = " ".join([QUERY, LONG_QUERY, INSTRUCTION, *DOCUMENTS]).split()
+    corpus = [" ".join(rng.choice(_WORDS + texts) for _ in range(rng.randint(3, 16))) for _ in range(600)]
+    corpus += [template] * 5 + ["yes no Yes No 1 0"] * 50
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=800, special_tokens=specials, initial_alphabet=alphabet)
+    tokenizer.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=WINDOW, **tokens)
+    fast.chat_template = template
+    return fast
+
+
+SIZE = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+SIZE |= {"num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": WINDOW, "initializer_range": 0.2}
+
+
+def _qwen3():
+    from transformers import Qwen3Config
+
+    tokenizer = _bpe_tokenizer(
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], QWEN3_TEMPLATE, eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+    )  # fmt: skip
+    config = Qwen3Config(
+        vocab_size=len(tokenizer), tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, **SIZE
+    )
+    return config, tokenizer, None
+
+
+def _qwen2():
+    from transformers import Qwen2Config
+
+    tokenizer = _bpe_tokenizer(
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], QWEN2_TEMPLATE, eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+    )  # fmt: skip
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id, **SIZE
+    )
+    answers = {
+        "true_token_id": tokenizer.convert_tokens_to_ids("1"),
+        "false_token_id": tokenizer.convert_tokens_to_ids("0"),
+    }
+    return config, tokenizer, answers
+
+
+def _gemma():
+    from transformers import GemmaConfig
+
+    tokenizer = _bpe_tokenizer(
+        ["<pad>", "<eos>", "<bos>"], GEMMA_TEMPLATE, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
+    )
+    config = GemmaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **SIZE)
+    return config, tokenizer, {"true_token_id": tokenizer.convert_tokens_to_ids("Yes"), "false_token_id": None}
+
+
+RECIPES: dict[str, Callable] = {"qwen3": _qwen3, "qwen2": _qwen2, "gemma": _gemma}
+
+
+def build_tiny_llm(family: str) -> Path:
+    """The family's tiny LLM reranker in sentence-transformers' CrossEncoder format, built once into the cache."""
+    target = default_cache_dir() / "fixtures" / f"golden-llm-{family}-v{FIXTURE_VERSION}"
+
+    def build(folder: Path) -> None:
+        from transformers import AutoModelForCausalLM
+
+        config, tokenizer, answers = RECIPES[family]()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_config(config).eval()
+        plain = folder / "hf"
+        model.save_pretrained(plain)
+        tokenizer.save_pretrained(plain)
+        CrossEncoder(str(plain), device="cpu").save(str(folder))  # Transformer + LogitScore ("yes"/"no")
+        if answers is not None:  # the family's own answer tokens, as its published LogitScore config names them
+            (folder / "1_LogitScore" / "config.json").write_text(json.dumps(answers))
+
+    return build_once(target, build, done="modules.json")
+
+
+@pytest.fixture(scope="module")
+def families() -> dict[str, Path]:
+    return {family: build_tiny_llm(family) for family in RECIPES}
+
+
+@pytest.fixture(scope="module")
+def references(families: dict[str, Path]) -> dict[str, list[np.ndarray]]:
+    """family -> per request: sentence-transformers' raw score (the logit difference)."""
+    answers = {}
+    for family, folder in families.items():
+        model = CrossEncoder(str(folder), device="cpu")
+        answers[family] = [
+            np.asarray(
+                model.predict([(q, d) for d in documents], activation_fn=torch.nn.Identity(), prompt=instruction)
+            )
+            for q, documents, instruction in REQUESTS
+        ]
+    return answers
+
+
+@pytest.fixture(scope="module", params=ENGINES, ids=["-".join(engine) for engine in ENGINES])
+def llm_server(request: pytest.FixtureRequest, families: dict[str, Path]) -> Iterator[tuple[str, str, str]]:
+    backend, precision = request.param
+    settings = Settings(
+        model=[str(folder) for folder in families.values()] + ["ce-fixture"],
+        backend=backend,
+        precision=precision,
+        device="cpu",
+        warmup_seconds=0,
+        embedding_model="",
+    )
+    with ThreadServer(create_app(settings)) as srv:
+        wait_until(lambda: httpx.get(f"{srv.url}/ready", timeout=5).status_code == 200, timeout=300, interval=0.2)
+        yield srv.url, backend, precision
+
+
+@pytest.mark.parametrize("family", list(RECIPES))
+def test_llm_scores_equal_sentence_transformers(
+    llm_server: tuple[str, str, str],
+    family: str,
+    families: dict[str, Path],
+    references: dict[str, list[np.ndarray]],
+) -> None:
+    url, backend, precision = llm_server
+    model = str(families[family])
+    for (query, documents, instruction), reference in zip(REQUESTS, references[family], strict=True):
+        extra = {} if instruction is None else {"instruction": instruction}
+        body = {"model": model, "query": query, "texts": documents, "raw_scores": True, "return_text": True, **extra}
+        tei = httpx.post(f"{url}/rerank", json=body, timeout=60)
+        assert tei.status_code == 200, tei.text
+        raw = _by_index(tei.json(), "score", len(documents))
+        assert {item["text"] for item in tei.json()} == set(documents)  # the template never leaks into documents
+        body = {"model": model, "query": query, "documents": documents, "return_documents": True, **extra}
+        cohere = httpx.post(f"{url}/v2/rerank", json=body, timeout=60)
+        assert cohere.status_code == 200, cohere.text
+        final = _by_index(cohere.json()["results"], "relevance_score", len(documents))
+        assert [r["document"]["text"] for r in cohere.json()["results"]] == [
+            documents[r["index"]] for r in cohere.json()["results"]
+        ]
+        assert np.ptp(reference) > 1e-2  # the reference tells documents apart, so the comparison is not vacuous
+        tolerance = TOLERANCE[backend, precision]
+        np.testing.assert_allclose(raw, reference, rtol=0, atol=tolerance)
+        np.testing.assert_allclose(final, 1 / (1 + np.exp(-reference)), rtol=0, atol=tolerance)
+        assert np.argsort(-raw, kind="stable").tolist() == np.argsort(-reference, kind="stable").tolist()
+
+
+def test_int8_is_refused_for_llm_rerankers(families: dict[str, Path]) -> None:
+    from rerankd.backends import load_backend
+
+    spec = resolve_model(str(families["qwen3"]))
+    settings = Settings(model=[str(spec.path)], backend="onnx", precision="int8", device="cpu")
+    with pytest.raises(ValueError, match="int8 is not verified for LLM rerankers"):
+        load_backend(spec, settings)
+
+
+def test_the_llm_matrix_covers_exactly_the_verified_causal_families(families: dict[str, Path]) -> None:
+    configs = [json.loads((folder / "config.json").read_text()) for folder in families.values()]
+    assert {config["model_type"] for config in configs} == set(VERIFIED_CAUSAL)
+    for config in configs:
+        assert config["architectures"] == [VERIFIED_CAUSAL[config["model_type"]].architecture]
+
+
+def test_the_fixtures_overflow_the_window(families: dict[str, Path]) -> None:
+    """The comparisons above cover truncation: the long document and the long query do not fit."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(families["qwen3"])
+    for query, documents in ((QUERY, DOCUMENTS[4:5]), (LONG_QUERY, DOCUMENTS[:3])):
+        for document in documents:
+            messages = [{"role": "query", "content": query}, {"role": "document", "content": document}]
+            assert len(tokenizer.apply_chat_template(messages, tokenize=True)["input_ids"]) > WINDOW
+
+
+def test_a_causal_lm_whose_template_has_no_reranking_roles_is_refused(families: dict[str, Path], tmp_path) -> None:
+    folder = tmp_path / "chat-model"
+    folder.mkdir()
+    for item in families["qwen3"].iterdir():
+        if item.is_file() and item.name != "chat_template.jinja":
+            (folder / item.name).write_bytes(item.read_bytes())
+    (folder / "chat_template.jinja").write_text(
+        "{% for m in messages %}{% if m.role in ['system', 'user', 'assistant'] %}<|im_start|>{{ m.role }}\n"
+        "{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}"  # a chat model's template: no query/document roles
+    )
+    from rerankd.engine.tokenize import Tokenizer
+
+    spec = resolve_model(str(folder))
+    assert spec.kind == "causal-lm"
+    with pytest.raises(ModelNotFound, match="'query' and one 'document'"):
+        Tokenizer(spec)
+
+
+def test_instruction_is_refused_by_a_model_without_one_and_bounded(llm_server, families: dict[str, Path]) -> None:
+    url, backend, _ = llm_server
+    if backend != "torch":
+        pytest.skip("request checks: one engine is enough")
+    body = {"query": QUERY, "documents": DOCUMENTS[:2], "instruction": "find it"}
+    refused = httpx.post(f"{url}/v2/rerank", json={**body, "model": "ce-fixture"}, timeout=30)
+    assert refused.status_code == 400 and refused.json()["error"]["message"].startswith("instruction:")
+    too_long = httpx.post(
+        f"{url}/v2/rerank", json={**body, "model": str(families["qwen3"]), "instruction": "x" * 40_000}, timeout=30
+    )
+    assert too_long.status_code == 413 and too_long.json()["error"]["message"].startswith("instruction:")
+
+
+def test_a_cascade_scores_the_first_models_top_k_with_the_llm(llm_server, families: dict[str, Path]) -> None:
+    """`hybrid` with a served first-stage model: the cross-encoder picks K, the LLM scores exactly those."""
+    url, backend, _ = llm_server
+    if backend != "torch":
+        pytest.skip("request checks: one engine is enough")
+    llm, documents = str(families["qwen3"]), [*DOCUMENTS, "Network file system server and tools."]
+    first = httpx.post(f"{url}/v2/rerank", json={"model": "ce-fixture", "query": QUERY, "documents": documents})
+    direct = httpx.post(f"{url}/v2/rerank", json={"model": llm, "query": QUERY, "documents": documents})
+    body = {"model": llm, "query": QUERY, "documents": documents, "strategy": "hybrid", "candidates": 3}
+    cascade = httpx.post(f"{url}/v2/rerank", json={**body, "first_stage_model": "ce-fixture"}, timeout=60)
+    assert cascade.status_code == 200, cascade.text
+    assert "prefilter=model:rerankd/ce-fixture" in cascade.headers["X-Rerankd-Strategy"]
+    top3 = {r["index"] for r in first.json()["results"][:3]}
+    results = cascade.json()["results"]
+    assert {r["index"] for r in results[:3]} == top3 and not any(r.get("cut_by_prefilter") for r in results[:3])
+    assert all(r["cut_by_prefilter"] for r in results[3:])
+    llm_scores = {r["index"]: r["relevance_score"] for r in direct.json()["results"]}
+    for item in results[:3]:
+        assert item["relevance_score"] == pytest.approx(llm_scores[item["index"]], abs=1e-6)
+    unknown = httpx.post(f"{url}/v2/rerank", json={**body, "first_stage_model": "no-such-model"}, timeout=30)
+    assert unknown.status_code == 400 and unknown.json()["error"]["message"].startswith("first_stage_model:")
