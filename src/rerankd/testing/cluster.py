@@ -1,7 +1,7 @@
 """A multi-node Ray cluster on one machine, for tests and benchmarks: each node in a network namespace of its own.
 
 The namespaces hang off a Linux bridge that this module creates in the calling (root) namespace, with private
-addresses (`10.77.0.0/24` by default: the bridge is `.1`, node i is `.2+i`). Node 0 is the head (`ray start
+addresses (`10.77.N.0/24`, N from the process id: the bridge is `.1`, node i is `.2+i`). Node 0 is the head (`ray start
 --head`), the others join it with `ray start --address`. Nothing outside this machine can reach the nodes: the
 only way in is the bridge, whose subnet no other host routes here. A node is "lost" by killing every process in
 its namespace (`ip netns pids`), which is what a crashed machine looks like to its peers (its address stays, its
@@ -79,7 +79,7 @@ class Cluster:
     or call `create()`, `start_ray()` and, in a `finally`, `close()`."""
 
     nodes_cpus: Sequence[float] = (1, 1, 1)
-    subnet: str = "10.77.0"
+    subnet: str = field(default_factory=lambda: f"10.77.{os.getpid() % 250 + 1}")  # one per run: runs may overlap
     tag: str = field(default_factory=lambda: f"rr{os.getpid() % 100000}")
     object_store_bytes: int = 100 * 1024 * 1024
     nodes: list[Node] = field(default_factory=list)
@@ -226,6 +226,20 @@ class Cluster:
             _ip("link", "del", self.bridge, check=False)
             self._bridge_made = False
 
+    def log_times(self, pattern: str, files: str = "**/logs/serve/*Ingress*.log") -> list[float]:
+        """Epoch times of the lines matching `pattern` in the nodes' Ray log files (`files`, a glob under each node's
+        temp dir; Serve's log lines begin `LEVEL YYYY-MM-DD HH:MM:SS,mmm`, local time). Read before `close()`."""
+        found = []
+        stamp = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})")
+        for node in self.nodes:
+            for path in Path(node.temp_dir).glob(files) if node.temp_dir else []:
+                for line in path.read_text(errors="replace").splitlines():
+                    match = stamp.search(line)
+                    if match and re.search(pattern, line):
+                        seconds = time.mktime(time.strptime(match.group(1), "%Y-%m-%d %H:%M:%S"))
+                        found.append(seconds + int(match.group(2)) / 1000)
+        return sorted(set(found))
+
     @staticmethod
     def netns_list() -> list[str]:
         """The names `ip netns list` shows."""
@@ -258,18 +272,36 @@ class Cluster:
         self.close()
 
 
-def render_nginx_conf(upstreams: Sequence[str], listen: str, prefix: Path) -> Path:
+ACCESS_LOG_FORMAT = "$msec $status $request_time $upstream_addr $upstream_status $request_uri"
+
+
+def render_nginx_conf(
+    upstreams: Sequence[str], listen: str, prefix: Path, access_log: bool = False, retry_429: bool = True
+) -> Path:
     """The shipped deploy/nginx.conf with `upstreams` (host:port) as its servers, listening on `listen`
-    (host:port), temp paths and the pid file under `prefix`."""
+    (host:port), temp paths under `prefix`; with `access_log`, every request logged to `prefix`/access.log as
+    `ACCESS_LOG_FORMAT` (`$upstream_addr` lists every upstream tried, so nginx's retries show).
+
+    `retry_429=False` is the fleet's variant (docs/fleet.md, "From one machine to many"): in front of Serve's node
+    proxies a 429 is not retried on another upstream, since every proxy reaches the same replicas, and nginx counts
+    a retried 429 as a failed try: a few of them mark every proxy down (`max_fails`) and it answers 502 to all."""
     text = NGINX_CONF.read_text()
     servers = "".join(f"        server {u} max_fails=2 fail_timeout=5s;\n" for u in upstreams)
     text, n = re.subn(r"(?m)^ *server reranker:8080[^\n]*\n", servers, text)
     if n != 1 or "listen 8080;" not in text:
         raise ClusterError("deploy/nginx.conf changed shape: no `server reranker:8080` / `listen 8080;` line")
     text = text.replace("listen 8080;", f"listen {listen};")
+    if not retry_429:
+        text, n = re.subn(r"(proxy_next_upstream [^;]*?) http_429", r"\1", text)
+        if n != 1:
+            raise ClusterError("deploy/nginx.conf changed shape: no `http_429` in proxy_next_upstream")
     temp = "".join(
         f"    {kind}_temp_path {prefix / kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
+    if access_log:
+        temp += f'    log_format tries "{ACCESS_LOG_FORMAT}";\n    access_log {prefix / "access.log"} tries;\n'
+    else:
+        temp += "    access_log off;\n"
     text = text.replace("http {\n", "http {\n" + temp, 1)
     path = prefix / "nginx.conf"
     path.write_text(text)
@@ -277,13 +309,13 @@ def render_nginx_conf(upstreams: Sequence[str], listen: str, prefix: Path) -> Pa
 
 
 @contextlib.contextmanager
-def nginx(upstreams: Sequence[str], listen: str, prefix: Path):
+def nginx(upstreams: Sequence[str], listen: str, prefix: Path, access_log: bool = False, retry_429: bool = True):
     """A real nginx (the shipped config shape) in the calling namespace, in front of `upstreams`; yields its
     process, stopped afterwards."""
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     if not os.path.exists(binary):
         raise ClusterError("nginx is not installed")
-    conf = render_nginx_conf(upstreams, listen, prefix)
+    conf = render_nginx_conf(upstreams, listen, prefix, access_log, retry_429)
     directives = f"daemon off; pid {prefix / 'nginx.pid'}; error_log {prefix / 'error.log'};"
     process = subprocess.Popen([binary, "-p", str(prefix), "-c", str(conf), "-g", directives])
     try:
@@ -341,6 +373,8 @@ class ClusterFleet:
     work_dir: Path
     port: int = 8000
     listen: str = "127.0.0.1:0"
+    access_log: bool = False
+    retry_429: bool = False  # the fleet's nginx variant; True: the shipped config exactly
     process: subprocess.Popen | None = None
     _nginx: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
@@ -372,7 +406,7 @@ class ClusterFleet:
                 sock.bind((self.listen.rsplit(":", 1)[0], 0))
                 self.listen = f"{self.listen.rsplit(':', 1)[0]}:{sock.getsockname()[1]}"
         upstreams = [f"{n.address}:{self.port}" for n in self.cluster.nodes]
-        self._nginx.enter_context(nginx(upstreams, self.listen, self.work_dir))
+        self._nginx.enter_context(nginx(upstreams, self.listen, self.work_dir, self.access_log, self.retry_429))
         deadline = time.monotonic() + 30
         while _get_status(f"{self.url}/ready") != 200:
             if time.monotonic() > deadline:
@@ -455,9 +489,9 @@ class Watch:
 
         while not self._stop.is_set() and time.perf_counter() - self.t0 < self.max_seconds:
             at = time.perf_counter() - self.t0
-            ready = _get_status(f"{self.url}/ready", timeout=2)
+            ready = _get_status(f"{self.url}/ready", timeout=5)
             try:
-                values = fleet_metrics(self.url, WATCHED, timeout=2)
+                values = fleet_metrics(self.url, WATCHED, timeout=5)
                 running, retries, lost = (values[name] for name in WATCHED)
             except httpx.HTTPError:
                 running = retries = lost = float("nan")
@@ -485,3 +519,25 @@ class Watch:
             if s.retries == s.retries:  # not NaN
                 previous = s.retries
         return last
+
+
+@dataclass
+class Access:
+    at: float  # epoch seconds when nginx finished the request
+    status: int
+    upstreams: list[str]  # every upstream tried, in order (more than one: nginx retried)
+    upstream_statuses: list[str]
+    uri: str
+
+
+def read_access_log(path: Path) -> list[Access]:
+    """The entries of an access log written with `ACCESS_LOG_FORMAT`."""
+    entries = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        # `$upstream_addr` and `$upstream_status` separate the tries with ", ": join them first.
+        fields = line.replace(", ", ",").split(" ")
+        if len(fields) != 6:
+            continue
+        msec, status, _, addresses, statuses, uri = fields
+        entries.append(Access(float(msec), int(status), addresses.split(","), statuses.split(","), uri))
+    return entries
