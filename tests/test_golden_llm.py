@@ -41,8 +41,10 @@ from rerankd.config import Settings, default_cache_dir
 from rerankd.errors import ModelNotFound
 from rerankd.models import resolve_model
 from rerankd.models.families import VERIFIED_CAUSAL
+from rerankd.models.resolve import inspect_model
+from rerankd.models.templates import BGE_RERANKER_GEMMA, MXBAI_RERANK_V2, QWEN3_RERANKER, RerankTemplate
 
-FIXTURE_VERSION = 1  # bump when a recipe below changes
+FIXTURE_VERSION = 2  # bump when a recipe below changes
 WINDOW = 160  # tokens: the long document and the long query overflow it
 ENGINES = [("torch", "fp32"), ("onnx", "fp32")]
 LONG_QUERY = " ".join(["store data in a single file engine with key document edit"] * 7)  # fits; no room left
@@ -52,31 +54,6 @@ REQUESTS = [
     (QUERY, DOCUMENTS, INSTRUCTION),
     (LONG_QUERY, DOCUMENTS[:3], None),
 ]
-
-_ROLE = 'messages | selectattr("role", "eq", "{role}") | map(attribute="content") | first'
-QWEN3_TEMPLATE = (
-    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "
-    'provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
-    "<Instruct>: {{ " + _ROLE.format(role="system") + ' | default("Given a web search query, retrieve relevant '
-    'passages that answer the query") }}\n<Query>: {{ '
-    + _ROLE.format(role="query")
-    + " }}\n<Document>: {{ "
-    + _ROLE.format(role="document")
-    + " }}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
-)
-QWEN2_TEMPLATE = (
-    "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
-    "<|im_start|>user\n{% set instruction = " + _ROLE.format(role="system") + " %}"
-    "{% if instruction %}instruction: {{ instruction }}\n{% endif %}query: {{ " + _ROLE.format(role="query") + " }} "
-    "\ndocument: {{ " + _ROLE.format(role="document") + " }} \nYou are a search relevance expert who evaluates "
-    "how well documents match search queries. Provide your binary relevance judgment (0 for not relevant, 1 for "
-    "relevant).\nRelevance:<|im_end|>\n<|im_start|>assistant\n"
-)
-GEMMA_TEMPLATE = (
-    "{{ bos_token }}A: {{ " + _ROLE.format(role="query") + " }}\nB: {{ " + _ROLE.format(role="document") + " }}\n"
-    "{{ " + _ROLE.format(role="system") + ' | default("Given a query A and a passage B, determine whether the '
-    "passage contains an answer to the query by providing a prediction of either 'Yes' or 'No'.\") }}"
-)
 
 _VOCABULARY = (
     "the a of to in and is for with on database store data lightweight sqlite library engine server strategy game "
@@ -115,53 +92,52 @@ def _qwen3():
     from transformers import Qwen3Config
 
     tokenizer = _bpe_tokenizer(
-        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], QWEN3_TEMPLATE, eos_token="<|im_end|>",
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], QWEN3_RERANKER.chat_template, eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
     )  # fmt: skip
     config = Qwen3Config(
         vocab_size=len(tokenizer), tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, **SIZE
     )
-    return config, tokenizer, None
+    return config, tokenizer, QWEN3_RERANKER
 
 
 def _qwen2():
     from transformers import Qwen2Config
 
     tokenizer = _bpe_tokenizer(
-        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], QWEN2_TEMPLATE, eos_token="<|im_end|>",
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], MXBAI_RERANK_V2.chat_template, eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
     )  # fmt: skip
     config = Qwen2Config(
         vocab_size=len(tokenizer), tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id, **SIZE
     )
-    answers = {
-        "true_token_id": tokenizer.convert_tokens_to_ids("1"),
-        "false_token_id": tokenizer.convert_tokens_to_ids("0"),
-    }
-    return config, tokenizer, answers
+    return config, tokenizer, MXBAI_RERANK_V2
 
 
 def _gemma():
     from transformers import GemmaConfig
 
     tokenizer = _bpe_tokenizer(
-        ["<pad>", "<eos>", "<bos>"], GEMMA_TEMPLATE, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
-    )
+        ["<pad>", "<eos>", "<bos>"], BGE_RERANKER_GEMMA.chat_template, bos_token="<bos>", eos_token="<eos>",
+        pad_token="<pad>",
+    )  # fmt: skip
     config = GemmaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **SIZE)
-    return config, tokenizer, {"true_token_id": tokenizer.convert_tokens_to_ids("Yes"), "false_token_id": None}
+    return config, tokenizer, BGE_RERANKER_GEMMA
 
 
 RECIPES: dict[str, Callable] = {"qwen3": _qwen3, "qwen2": _qwen2, "gemma": _gemma}
 
 
 def build_tiny_llm(family: str) -> Path:
-    """The family's tiny LLM reranker in sentence-transformers' CrossEncoder format, built once into the cache."""
+    """The family's tiny LLM reranker in sentence-transformers' CrossEncoder format, built once into the cache.
+    Its `hf/` subfolder is the same model as a plain transformers folder without a chat template (a hub repository
+    that only has a model card's prompt code): presets serve such folders with `rerankd.models.templates`."""
     target = default_cache_dir() / "fixtures" / f"golden-llm-{family}-v{FIXTURE_VERSION}"
 
     def build(folder: Path) -> None:
         from transformers import AutoModelForCausalLM
 
-        config, tokenizer, answers = RECIPES[family]()
+        config, tokenizer, template = RECIPES[family]()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = AutoModelForCausalLM.from_config(config).eval()
@@ -169,10 +145,17 @@ def build_tiny_llm(family: str) -> Path:
         model.save_pretrained(plain)
         tokenizer.save_pretrained(plain)
         CrossEncoder(str(plain), device="cpu").save(str(folder))  # Transformer + LogitScore ("yes"/"no")
-        if answers is not None:  # the family's own answer tokens, as its published LogitScore config names them
-            (folder / "1_LogitScore" / "config.json").write_text(json.dumps(answers))
+        answers = [tokenizer.convert_tokens_to_ids(token) if token else None for token in _answers(template)]
+        (folder / "1_LogitScore" / "config.json").write_text(
+            json.dumps({"true_token_id": answers[0], "false_token_id": answers[1]})
+        )
+        (plain / "chat_template.jinja").unlink()
 
     return build_once(target, build, done="modules.json")
+
+
+def _answers(template: RerankTemplate) -> tuple[str, str | None]:
+    return template.true_token, template.false_token
 
 
 @pytest.fixture(scope="module")
@@ -320,3 +303,28 @@ def test_a_cascade_scores_the_first_models_top_k_with_the_llm(llm_server, famili
         assert item["relevance_score"] == pytest.approx(llm_scores[item["index"]], abs=1e-6)
     unknown = httpx.post(f"{url}/v2/rerank", json={**body, "first_stage_model": "no-such-model"}, timeout=30)
     assert unknown.status_code == 400 and unknown.json()["error"]["message"].startswith("first_stage_model:")
+
+
+@pytest.mark.parametrize("family", list(RECIPES))
+def test_a_preset_template_serves_a_plain_folder_as_the_sentence_transformers_folder(
+    family: str, families: dict[str, Path], references: dict[str, list[np.ndarray]]
+) -> None:
+    """A hub folder without a reranking template, served with the preset's: the same ids, so the same scores."""
+    import asyncio
+
+    from rerankd.engine.engine import Engine
+
+    _, _, template = RECIPES[family]()
+    plain = inspect_model("plain", families[family] / "hf", template=template)
+    assert plain.kind == "causal-lm" and plain.chat_template == template.chat_template
+    packaged = resolve_model(str(families[family]))
+    assert (plain.true_token_id, plain.false_token_id) == (packaged.true_token_id, packaged.false_token_id)
+    settings = Settings(model=["plain"], backend="torch", precision="fp32", device="cpu", embedding_model="")
+    engine = Engine.load(plain, settings)
+    try:
+        for (query, documents, instruction), reference in zip(REQUESTS, references[family], strict=True):
+            prepared = engine.prepare_sync(engine.query_tokens(query), documents, instruction=instruction)
+            scores = asyncio.run(engine.score(prepared, raw=True))
+            np.testing.assert_allclose(scores, reference, rtol=0, atol=TOLERANCE["torch", "fp32"])
+    finally:
+        engine.close()

@@ -238,7 +238,9 @@ class Tokenizer:
 
 
 def _prompt_template(spec: ModelSpec, loaded: Any, encode: Any) -> PromptTemplate:
-    """The model's chat template with the render options its sentence-transformers config saves."""
+    """The model's chat template (or its preset's) with the render options its sentence-transformers config saves."""
+    if spec.chat_template is not None:
+        loaded.chat_template = spec.chat_template  # `loaded` is this tokenizer's own copy
     st_config = json.loads(path.read_text()) if (path := spec.path / "sentence_bert_config.json").is_file() else {}
     options = dict((st_config.get("processing_kwargs") or {}).get("chat_template") or {})
     for key in ("restore_suffix", "padding", "truncation", "max_length", "return_tensors", "tokenize"):

@@ -14,6 +14,7 @@ class Preset:
     model_id: str
     kind: str
     note: str
+    template: str | None = None  # LLM rerankers: a `models.templates` name, for folders without their own
 
 
 PACKAGED_DEFAULT_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -32,6 +33,39 @@ PRESETS: dict[str, Preset] = {
         Preset("mxbai-xsmall", "mixedbread-ai/mxbai-rerank-xsmall-v1", "cross-encoder", "small, multilingual-ish"),
         Preset("bge-base", "BAAI/bge-reranker-base", "cross-encoder", "accurate, 278M params, GPU recommended"),
         Preset("bge-v2-m3", "BAAI/bge-reranker-v2-m3", "cross-encoder", "multilingual, 568M params, GPU"),
+        Preset(
+            "gte-reranker-modernbert-base",
+            "Alibaba-NLP/gte-reranker-modernbert-base",
+            "cross-encoder",
+            "ModernBERT, 149M params, 8k window",
+        ),
+        *(
+            Preset(
+                f"qwen3-reranker-{size}",
+                f"Qwen/Qwen3-Reranker-{size.upper()}",
+                "causal-lm",
+                f"LLM reranker, {size.upper()} params, instructions; GPU (CPU through a cascade)",
+                "qwen3-reranker",
+            )
+            for size in ("0.6b", "4b", "8b")
+        ),
+        *(
+            Preset(
+                f"mxbai-rerank-{size}-v2",
+                f"mixedbread-ai/mxbai-rerank-{size}-v2",
+                "causal-lm",
+                f"LLM reranker (Qwen2), {params} params, instructions",
+                "mxbai-rerank-v2",
+            )
+            for size, params in (("base", "0.5B"), ("large", "1.5B"))
+        ),
+        Preset(
+            "bge-reranker-v2-gemma",
+            "BAAI/bge-reranker-v2-gemma",
+            "causal-lm",
+            "LLM reranker (Gemma 2B), multilingual; GPU",
+            "bge-reranker-v2-gemma",
+        ),
         Preset("ce-fixture", CE_FIXTURE_ID, "cross-encoder", "test model: MiniLM-L6 CE shape, seeded head"),
     )
 }

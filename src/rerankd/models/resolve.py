@@ -13,6 +13,7 @@ from rerankd.errors import ModelNotFound
 from rerankd.models.families import require_verified
 from rerankd.models.fixture import build_ce_fixture
 from rerankd.models.presets import CE_FIXTURE_ID, PACKAGED_DEFAULT_ID, PRESETS, packaged_default_path
+from rerankd.models.templates import TEMPLATES, RerankTemplate
 
 Kind = Literal["cross-encoder", "causal-lm", "bi-encoder"]
 Activation = Literal["sigmoid", "identity", "softmax"]
@@ -39,6 +40,7 @@ class ModelSpec:
     # causal-lm: the score is logit[true] - logit[false] at the last position (logit[true] alone without false).
     true_token_id: int | None = None
     false_token_id: int | None = None
+    chat_template: str | None = None  # causal-lm: a preset's prompt, for folders without a reranking template
     aliases: tuple[str, ...] = field(default=())
 
     @property
@@ -69,13 +71,17 @@ def resolve_model(name: str, *, kind: Kind | Literal["auto"] = "auto", cache_dir
     else:
         path = _download(model_id)
 
-    spec = inspect_model(model_id, path, kind=kind)
+    template = TEMPLATES[preset.template] if preset and preset.template else None
+    spec = inspect_model(model_id, path, kind=kind, template=template)
     aliases.add(spec.short_name)
     return ModelSpec(**{**spec.__dict__, "aliases": tuple(sorted(aliases | {spec.name}))})
 
 
-def inspect_model(name: str, path: Path, *, kind: Kind | Literal["auto"] = "auto") -> ModelSpec:
-    """Read kind, window and score convention from a model folder."""
+def inspect_model(
+    name: str, path: Path, *, kind: Kind | Literal["auto"] = "auto", template: RerankTemplate | None = None
+) -> ModelSpec:
+    """Read kind, window and score convention from a model folder. `template`: an LLM reranker's prompt for a
+    folder that is not in sentence-transformers' CrossEncoder format (the folder's own wins where it is)."""
     config = _read_json(path / "config.json")
     if config is None:
         raise ModelNotFound(f"model {name!r}: {path} has no config.json, so it is not a Hugging Face model folder")
@@ -88,13 +94,15 @@ def inspect_model(name: str, path: Path, *, kind: Kind | Literal["auto"] = "auto
     if kind == "cross-encoder":
         return ModelSpec(**base, max_length=_window(path, config), activation=_activation(path, config, num_labels))
     if kind == "causal-lm":
-        true_id, false_id = _answer_tokens(name, path)
+        template = None if _logit_score(path) is not None else template
+        true_id, false_id = _answer_tokens(name, path, template)
         return ModelSpec(
             **base,
             max_length=_st_window(path, config),
             activation=_activation(path, config, 1),
             true_token_id=true_id,
             false_token_id=false_id,
+            chat_template=template.chat_template if template else None,
         )
     pooling, normalize = _pooling(path)
     return ModelSpec(**base, max_length=_st_window(path, config), pooling=pooling, normalize=normalize)
@@ -124,23 +132,25 @@ def _logit_score(path: Path) -> dict[str, Any] | None:
     return None
 
 
-def _answer_tokens(name: str, path: Path) -> tuple[int, int | None]:
-    """The true/false token ids: the `LogitScore` module's, else sentence-transformers' default "yes"/"no"."""
+def _answer_tokens(name: str, path: Path, template: RerankTemplate | None) -> tuple[int, int | None]:
+    """The true/false token ids: the `LogitScore` module's, else the template's tokens, else sentence-transformers'
+    default "yes"/"no"."""
     saved = _logit_score(path)
     if saved is not None and saved.get("true_token_id") is not None:
         false_id = saved.get("false_token_id")
         return int(saved["true_token_id"]), None if false_id is None else int(false_id)
     from tokenizers import Tokenizer  # only LLM rerankers without a LogitScore module need the vocabulary here
 
+    tokens = (template.true_token, template.false_token) if template else ("yes", "no")
     vocabulary = path / "tokenizer.json"
     tokenizer = Tokenizer.from_file(str(vocabulary)) if vocabulary.is_file() else None
-    ids = [tokenizer.token_to_id(token) if tokenizer else None for token in ("yes", "no")]
-    if ids[0] is None or ids[1] is None:
+    ids = [tokenizer.token_to_id(token) if tokenizer and token else None for token in tokens]
+    if ids[0] is None or (tokens[1] is not None and ids[1] is None):
         raise ModelNotFound(
             f"model {name!r}: an LLM reranker needs a 1_LogitScore module naming its true/false tokens, or a "
-            "tokenizer.json with the tokens 'yes' and 'no' (sentence-transformers' default); neither was found"
+            f"tokenizer.json with the tokens {' and '.join(repr(t) for t in tokens if t)}; neither was found"
         )
-    return int(ids[0]), int(ids[1])
+    return int(ids[0]), None if ids[1] is None else int(ids[1])
 
 
 def _st_window(path: Path, config: dict[str, Any]) -> int:
