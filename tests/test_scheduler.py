@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -72,6 +74,22 @@ def test_concurrent_requests_each_get_their_own_rows_in_order(requests: list[lis
     assert scheduler.stats().queued_pairs == 0
 
 
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll `condition` (no fixed sleeps: a slow machine only makes it wait longer)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the scheduler never reached the expected state"
+        await asyncio.sleep(0.005)
+
+
+def busy(scheduler: Scheduler) -> Callable[[], bool]:
+    return lambda: scheduler.stats().inflight_pairs > 0  # the worker is inside a batch
+
+
+def queued(scheduler: Scheduler, pairs: int) -> Callable[[], bool]:
+    return lambda: scheduler.stats().queued_pairs == pairs
+
+
 def test_batches_mix_requests_and_are_length_sorted() -> None:
     gate = threading.Event()
     recorder = Recorder(gate)
@@ -79,11 +97,11 @@ def test_batches_mix_requests_and_are_length_sorted() -> None:
 
     async def main() -> None:
         first = asyncio.ensure_future(scheduler.submit([Item(0, 10)]))  # occupies the worker
-        await asyncio.sleep(0.1)
+        await until(busy(scheduler))
         waiting = [
             asyncio.ensure_future(scheduler.submit([Item(r, 50 - r), Item(100 + r, 5 + r)])) for r in range(1, 9)
         ]
-        await asyncio.sleep(0.1)
+        await until(queued(scheduler, 16))
         gate.set()
         await asyncio.gather(first, *waiting)
 
@@ -113,13 +131,12 @@ def test_a_small_request_waits_behind_a_large_one_only_in_fifo_mode(fair: bool) 
 
     async def main() -> None:
         running = asyncio.ensure_future(scheduler.submit([Item(0, 10)]))
-        while not scheduler.stats().inflight_pairs:  # the worker now blocks inside the first batch
-            await asyncio.sleep(0.01)
+        await until(busy(scheduler))  # the worker now blocks inside the first batch
         large = asyncio.ensure_future(scheduler.submit([Item(1000 + i, 64) for i in range(64)]))  # 16 batches
         small = asyncio.ensure_future(scheduler.submit([Item(1, 64), Item(2, 64)]))
         large.add_done_callback(lambda _: finished.append("large"))
         small.add_done_callback(lambda _: finished.append("small"))
-        await asyncio.sleep(0.05)
+        await until(queued(scheduler, 66))
         gate.set()
         await asyncio.gather(running, large, small)
 
@@ -143,13 +160,11 @@ def test_cancelled_request_frees_its_queue_entries() -> None:
 
     async def main() -> None:
         running = asyncio.ensure_future(scheduler.submit([Item(1, 10)]))
-        await asyncio.sleep(0.1)  # the worker now blocks inside the first batch
+        await until(busy(scheduler))  # the worker now blocks inside the first batch
         doomed = asyncio.ensure_future(scheduler.submit([Item(2, 10), Item(3, 10), Item(4, 10)]))
-        await asyncio.sleep(0.05)
-        assert scheduler.stats().queued_pairs == 3
+        await until(queued(scheduler, 3))
         doomed.cancel()
-        await asyncio.sleep(0.05)
-        assert scheduler.stats().queued_pairs == 0
+        await until(queued(scheduler, 0))
         assert scheduler.stats().queued_tokens == 0
         gate.set()
         await running
@@ -165,14 +180,14 @@ def test_full_queue_raises_overloaded_with_retry_after() -> None:
 
     async def main() -> None:
         running = asyncio.ensure_future(scheduler.submit([Item(0, 8)]))
-        await asyncio.sleep(0.1)
-        queued = asyncio.ensure_future(scheduler.submit([Item(1, 8)] * 3))
-        await asyncio.sleep(0.05)
+        await until(busy(scheduler))
+        waiting = asyncio.ensure_future(scheduler.submit([Item(1, 8)] * 3))
+        await until(queued(scheduler, 3))
         with pytest.raises(Overloaded) as info:
             await scheduler.submit([Item(2, 8)] * 2)
         assert info.value.retry_after >= 1
         gate.set()
-        await asyncio.gather(running, queued)
+        await asyncio.gather(running, waiting)
 
     asyncio.run(main())
     scheduler.close()
@@ -213,7 +228,7 @@ def test_a_bad_input_fails_only_its_own_request_when_batched_with_others() -> No
 
     async def main() -> list[np.ndarray | BaseException]:
         blocker = asyncio.ensure_future(scheduler.submit([Item(-1, 4)]))  # holds the worker while the rest queue
-        await asyncio.sleep(0.05)
+        await until(busy(scheduler))
         jobs = [scheduler.submit([Item(r * 10 + i, 4) for i in range(3)]) for r in range(4)]
         jobs.append(scheduler.submit([Item(poison, 4)]))
         gathered = asyncio.gather(*jobs, return_exceptions=True)
@@ -275,13 +290,12 @@ def test_a_new_request_goes_ahead_of_partly_served_ones() -> None:
 
     async def main() -> int:
         large = [asyncio.ensure_future(scheduler.submit([Item(r * 100 + i, 32) for i in range(40)])) for r in range(10)]
-        await asyncio.sleep(0.05)
+        await until(lambda: scheduler.stats().queued_pairs + scheduler.stats().inflight_pairs == 400)
         for _ in range(10):  # every large request has its first turn
             steps.release()
-        while len(ran) < 10:
-            await asyncio.sleep(0.01)
+        await until(lambda: len(ran) >= 10)
         small = asyncio.ensure_future(scheduler.submit([Item(9001, 8), Item(9002, 8)]))
-        await asyncio.sleep(0.05)
+        await until(lambda: scheduler.stats().queued_pairs + scheduler.stats().inflight_pairs == 400 - 80 + 2)
         for _ in range(60):
             steps.release()
         await small

@@ -100,7 +100,9 @@ def cmd_rerank(args: argparse.Namespace) -> int:
     service = LocalService(settings)
     service.load()
     try:
-        request = RerankRequest(args.query, documents, top_n=args.top_n, raw_scores=args.raw_scores)
+        request = RerankRequest(
+            args.query, documents, top_n=args.top_n, raw_scores=args.raw_scores, instruction=args.instruction
+        )
         result = asyncio.run(service.rerank(request))
     finally:
         service.close()
@@ -165,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     rerank.add_argument("--top-n", type=int, default=None)
     rerank.add_argument("--raw-scores", action="store_true", help="logits instead of sigmoid scores")
     rerank.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rerank.add_argument("--instruction", default=None, help="an LLM reranker's task description")
     add_settings_flags(rerank, _RERANK_FLAGS)
     rerank.set_defaults(run=cmd_rerank)
 
