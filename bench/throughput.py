@@ -264,7 +264,10 @@ def main() -> None:
     parser.add_argument("--no-http", action="store_true", help="skip the served measurements")
     parser.add_argument("--counts", type=int, nargs="+", help="document counts (default 10 50 100 300 1000)")
     parser.add_argument("--requests", type=int, help="10-document requests in the concurrency test (default 64)")
+    parser.add_argument("--engines", nargs="+", choices=list(ENGINES), help="rerankd engines (default all)")
+    parser.add_argument("--name", help="results file name (default throughput, or throughput-quick)")
     args = parser.parse_args()
+    engines = {name: ENGINES[name] for name in args.engines or ENGINES}
     counts = args.counts or ([10, 50, 100] if args.quick else [10, 50, 100, 300, 1000])
     seconds = 3.0 if args.quick else 30.0
     concurrent_requests = args.requests or (16 if args.quick else 64)
@@ -277,14 +280,14 @@ def main() -> None:
     # Every system is loaded at once and measured in turn, so that their ratios come from the same minutes.
     runners: dict[str, Runner] = {"sentence-transformers/in-process": Baseline(spec)}
     precisions = {"sentence-transformers/in-process": "fp32"}
-    for name, (backend, precision) in ENGINES.items():
+    for name, (backend, precision) in engines.items():
         runners[f"{name}/in-process"] = InProcess(spec, backend, precision)
         precisions[f"{name}/in-process"] = precision
     served: dict[str, Served] = {}
     try:
         if not args.no_http:
             log_dir = Path(tempfile.mkdtemp(prefix="rerankd-throughput-"))  # server logs, for post-mortems
-            for name, (backend, precision) in ENGINES.items():
+            for name, (backend, precision) in engines.items():
                 served[name] = runners[f"{name}/http"] = Served(spec, backend, precision, log_dir / f"{name}.log")
                 precisions[f"{name}/http"] = precision
         rows = []
@@ -305,7 +308,7 @@ def main() -> None:
         for runner in runners.values():
             runner.close()
     _add_ratios(rows)
-    report(rows, concurrency, peaks, args.quick)
+    report(rows, concurrency, peaks, args.name or ("throughput-quick" if args.quick else "throughput"))
 
 
 def best_served(rows: list[dict[str, Any]], system: str) -> float:
@@ -351,12 +354,11 @@ def _add_ratios(rows: list[dict[str, Any]]) -> None:
             row["http_overhead"] = local["docs_per_s"] / row["docs_per_s"] - 1
 
 
-def report(rows: list[dict[str, Any]], concurrency: list[dict[str, Any]], peaks: dict, quick: bool) -> None:
+def report(rows: list[dict[str, Any]], concurrency: list[dict[str, Any]], peaks: dict, name: str) -> None:
     columns = ["system", "mode", "docs", "docs_per_s", "p50_ms", "p99_ms", "vs_st", "http_overhead", "peak_fraction"]
     print("\n" + format_table(rows, columns))
     if concurrency:
         print("\n" + format_table(concurrency, list(concurrency[0])))
-    name = "throughput-quick" if quick else "throughput"
     path = save(name, {"peaks_gflops": peaks, "cores": os.cpu_count(), "rows": rows, "concurrency": concurrency})
     plot(rows, plot_path(name))
     print(f"\nsaved {path} and {plot_path(name)}")

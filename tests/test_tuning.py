@@ -182,3 +182,31 @@ def test_max_batch_tokens_accepts_zero_for_auto_and_refuses_tiny_budgets() -> No
     assert Settings(max_batch_tokens=0).max_batch_tokens == 0
     with pytest.raises(ValueError, match="0 \\(auto\\) or at least 64"):
         Settings(max_batch_tokens=10)
+
+
+# -- batches as large as the budget allows: a tuned budget is worth only what the scheduler's batches reach --------
+
+
+@pytest.mark.parametrize("count", [300, 1000])
+def test_one_large_request_gets_full_batches_under_fair_scheduling(count: int) -> None:
+    """Fair windows are one batch each: one request's inputs are batched as `plan_batches` would batch them all
+    (the old unpadded window budget overshot it, adding a one-input batch after nearly every full one)."""
+    import asyncio
+
+    from rerankd.engine.scheduler import Scheduler, plan_batches
+
+    items = [Item(n + 12) for n in np.random.default_rng(0).integers(20, 301, size=count)]
+    batches: list[list[int]] = []
+
+    def run(batch: list) -> np.ndarray:
+        batches.append([len(item) for item in batch])
+        return np.zeros((len(batch), 1))
+
+    scheduler = Scheduler(run, max_batch_tokens=2048, max_batch_size=128, max_queued_pairs=10_000, fair=True)
+    try:
+        asyncio.run(scheduler.submit(items))
+    finally:
+        scheduler.close()
+    assert all(len(batch) * max(batch) <= 2048 for batch in batches)
+    assert len(batches) == len(plan_batches(items, 2048, 128))
+    assert sum(len(batch) == 1 for batch in batches) == 0

@@ -279,16 +279,29 @@ class Scheduler:
         window: list[_Entry] = []
         budget = self.max_batch_tokens if self.fair else WINDOW_BATCHES * self.max_batch_tokens
         turns = len(self._queue) if len(self._queue) > 1 else math.inf  # one round, when several requests wait
+        longest = 0
         while self._queue and budget > 0 and turns > 0:
             turns -= 1
             waiting = self._queue[0]
             share = self.max_batch_tokens if self.fair else math.inf
+            share_taken = False
             while waiting.entries and budget > 0 and share > 0:
-                entry = waiting.entries.popleft()
+                entry = waiting.entries[0]
+                # A fair window is one batch: stop at the first input that would not fit in it padded. (Counting
+                # unpadded tokens overshot the budget, so nearly every window planned into a full batch and a
+                # one-input batch: 72 of 165 batches for one 1,000-document request.)
+                if self.fair and window and not self._fits(len(window) + 1, max(longest, len(entry))):
+                    budget = 0
+                    break
+                share_taken = True
+                waiting.entries.popleft()
                 window.append(entry)
+                longest = max(longest, len(entry))
                 budget -= len(entry)
                 share -= len(entry)
                 waiting.left -= len(entry)
+            if not share_taken:
+                break  # the batch was full before this request's turn: its turn is the next window's
             self._turns += 1
             waiting.last_turn = self._turns
             if not waiting.entries:
@@ -296,6 +309,9 @@ class Scheduler:
             elif share <= 0:
                 self._queue.rotate(-1)
         return window
+
+    def _fits(self, count: int, longest: int) -> bool:
+        return count <= self.max_batch_size and count * longest <= self.max_batch_tokens
 
     def _run_isolated(self, live: list[_Entry]) -> None:
         """Run a batch; if it fails and holds several requests, run each request's rows on their own, so one bad
