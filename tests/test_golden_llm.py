@@ -47,12 +47,13 @@ from rerankd.models.templates import BGE_RERANKER_GEMMA, MXBAI_RERANK_V2, QWEN3_
 FIXTURE_VERSION = 2  # bump when a recipe below changes
 WINDOW = 160  # tokens: the long document and the long query overflow it
 ENGINES = [("torch", "fp32"), ("onnx", "fp32")]
-LONG_QUERY = " ".join(["store data in a single file engine with key document edit"] * 7)  # fits; no room left
+LONG_QUERY = " ".join(["store data in a single file engine with key document edit"] * 6)  # fits every template
+LONG_DOCUMENTS = [DOCUMENTS[0] * 4, DOCUMENTS[2] * 4, DOCUMENTS[1]]  # the first two overflow beside LONG_QUERY
 INSTRUCTION = "Given a Debian package search, find packages that do what is asked"
 REQUESTS = [
     (QUERY, [*DOCUMENTS, "Network file system server and tools."], None),
     (QUERY, DOCUMENTS, INSTRUCTION),
-    (LONG_QUERY, DOCUMENTS[:3], None),
+    (LONG_QUERY, LONG_DOCUMENTS, None),
 ]
 
 _VOCABULARY = (
@@ -241,14 +242,21 @@ def test_the_llm_matrix_covers_exactly_the_verified_causal_families(families: di
 
 
 def test_the_fixtures_overflow_the_window(families: dict[str, Path]) -> None:
-    """The comparisons above cover truncation: the long document and the long query do not fit."""
+    """The comparisons above cover truncation: beside the long query, the two long documents do not fit (so the
+    right-truncation and the restored template tail are compared) and the short one does."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(families["qwen3"])
-    for query, documents in ((QUERY, DOCUMENTS[4:5]), (LONG_QUERY, DOCUMENTS[:3])):
-        for document in documents:
-            messages = [{"role": "query", "content": query}, {"role": "document", "content": document}]
-            assert len(tokenizer.apply_chat_template(messages, tokenize=True)["input_ids"]) > WINDOW
+    for family, folder in families.items():
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        lengths = [
+            len(
+                tokenizer.apply_chat_template(
+                    [{"role": "query", "content": LONG_QUERY}, {"role": "document", "content": d}]
+                )["input_ids"]
+            )
+            for d in LONG_DOCUMENTS
+        ]
+        assert [length > WINDOW for length in lengths] == [True, True, False], (family, lengths)
 
 
 def test_a_causal_lm_whose_template_has_no_reranking_roles_is_refused(families: dict[str, Path], tmp_path) -> None:
