@@ -122,9 +122,9 @@ def main() -> None:
             result = asyncio.run(open_loop(fleet.url, requests, times, max_seconds=args.seconds))
             timer.cancel()
         placement_after = fleet.placement()
-        # The ingress logs each retry (a replica died under a request) with its time: the last one is when the
-        # router last had work on a dead replica.
-        retry_epochs = cluster.log_times("replica died under request")
+        # The ingress logs each retry (a replica died under a request); the driver's log stream brings the line
+        # here within about a second: the last one bounds when the router last had work on a dead replica.
+        retry_epochs = fleet.log_times("replica died under request")
         load_average = os.getloadavg()
         access = [a for a in read_access_log(work_dir / "access.log") if a.at >= log_start]
         head_loss = lose_head(cluster, fleet, args.head_loss_seconds) if args.head_loss_seconds > 0 else {}
@@ -139,7 +139,7 @@ def main() -> None:
     back = watch.first(noticed, lambda s: s.running >= REPLICAS) if noticed is not None else None
     retry_times = [t - kill.get("epoch", math.nan) for t in retry_epochs]
     last_retry = max((killed_at + t for t in retry_times if t >= -1), default=None)
-    retry_source = "ingress log"
+    retry_source = "ingress log lines, as the driver received them"
     if last_retry is None and samples and samples[-1].retries > 0:  # no log lines found: the coarser /metrics
         last_retry, retry_source = watch.last_retry(killed_at), "/metrics samples"
     retries = samples[-1].retries - next((s.retries for s in samples if s.retries == s.retries), 0.0)
@@ -246,6 +246,7 @@ def lose_head(cluster: Cluster, fleet: ClusterFleet, seconds: float) -> dict[str
         time.sleep(max(0.0, 1 - (time.perf_counter() - started - at)))
     answered = [t for t, status, _, _ in timeline if status == 200]
     gone = next((t for t, _, _, processes in timeline if not any(processes)), math.nan)
+    remaining = {n.namespace: _names(namespace_pids(n.namespace)) for n in survivors}
     summary = {
         "ingress_on_head": ingress_on_head,
         "processes_killed": len(killed),
@@ -253,14 +254,27 @@ def lose_head(cluster: Cluster, fleet: ClusterFleet, seconds: float) -> dict[str
         "requests_200": len(answered),
         "requests": len(timeline),
         "survivors_processes_gone_s": gone,
+        "survivors_processes_at_end": remaining,
         "timeline": timeline,
     }
     print(
         f"head lost (ingress {'on' if ingress_on_head else 'not on'} it): {len(answered)}/{len(timeline)} probes "
         f"answered 200, the last {summary['last_200_through_nginx_s']:.1f}s after; survivors' processes all gone "
-        f"after {gone:.1f}s"
+        f"after {gone:.1f}s; left at the end: {remaining}"
     )
     return summary
+
+
+def _names(pids: list[int]) -> list[str]:
+    import psutil
+
+    names = []
+    for pid in pids:
+        try:
+            names.append(" ".join(psutil.Process(pid).cmdline())[:80])
+        except psutil.Error:
+            continue
+    return names
 
 
 def _status(url: str) -> int:

@@ -134,6 +134,7 @@ def test_losing_a_worker_node_under_load_loses_no_request(fleet: ClusterFleet) -
     with Watch(fleet.url, t0, max_seconds=200) as watch:
         load.start()
         time.sleep(8)  # steady load first
+        killed_epoch = time.time()
         killed = fleet.cluster.kill_node(victim)
         killed_at = time.perf_counter() - t0
         # Ray notices, Serve starts replacements on the surviving nodes; then a few more seconds of load.
@@ -162,8 +163,10 @@ def test_losing_a_worker_node_under_load_loses_no_request(fleet: ClusterFleet) -
     assert noticed is not None, f"the ingress never reported fewer running replicas; {report}"
     recovered = watch.first(noticed, lambda s: s.running >= REPLICAS)
     assert recovered is not None, f"no replacement replica within the run; {report}"
-    last_retry = watch.last_retry(killed_at)
-    assert last_retry is None or last_retry - killed_at <= AVOID_SECONDS, (last_retry, killed_at, report)
+    # Each retry is a request a dead replica failed; the ingress logs it (the driver gets the line within ~1 s).
+    retries = [t - killed_epoch for t in fleet.log_times("replica died under request")]
+    last_retry = max(retries, default=None)
+    assert last_retry is None or last_retry <= AVOID_SECONDS, (retries, report)
     assert watch.samples[-1].lost == 0, report
     # /ready through nginx never said anything but 200 (a sample may go unanswered for the probe's 5 s when the
     # ingress is slow right after the loss: on these shared cores, once seen for ~10 s in the benchmark).
@@ -177,6 +180,6 @@ def test_losing_a_worker_node_under_load_loses_no_request(fleet: ClusterFleet) -
     print(
         f"nginx retried {len(retried_by_nginx)} requests on another node; "
         f"Ray/ingress noticed after {noticed - killed_at:.1f}s, replacement running after {recovered - killed_at:.1f}s,"
-        f" last retry {None if last_retry is None else round(last_retry - killed_at, 1)}s after the kill,"
+        f" retries logged at {[round(t, 1) for t in retries]}s after the kill,"
         f" retries {watch.samples[-1].retries:.0f}"
     )

@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -109,6 +110,7 @@ class Cluster:
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN": self.token,
             "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_DEDUP_LOGS": "0",  # every replica log line reaches the driver at once (ClusterFleet.log_times)
             "HF_HUB_OFFLINE": "1",
         }
 
@@ -225,20 +227,6 @@ class Cluster:
         if self._bridge_made:
             _ip("link", "del", self.bridge, check=False)
             self._bridge_made = False
-
-    def log_times(self, pattern: str, files: str = "**/logs/serve/*Ingress*.log") -> list[float]:
-        """Epoch times of the lines matching `pattern` in the nodes' Ray log files (`files`, a glob under each node's
-        temp dir; Serve's log lines begin `LEVEL YYYY-MM-DD HH:MM:SS,mmm`, local time). Read before `close()`."""
-        found = []
-        stamp = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})")
-        for node in self.nodes:
-            for path in Path(node.temp_dir).glob(files) if node.temp_dir else []:
-                for line in path.read_text(errors="replace").splitlines():
-                    match = stamp.search(line)
-                    if match and re.search(pattern, line):
-                        seconds = time.mktime(time.strptime(match.group(1), "%Y-%m-%d %H:%M:%S"))
-                        found.append(seconds + int(match.group(2)) / 1000)
-        return sorted(set(found))
 
     @staticmethod
     def netns_list() -> list[str]:
@@ -390,8 +378,10 @@ class ClusterFleet:
             sys.executable, "-m", "rerankd.cli", "serve", "--ray-address", self.cluster.ray_address,
             "--host", "0.0.0.0", "--port", str(self.port), *self.serve_args,
         ]  # fmt: skip
-        log = (self.work_dir / "serve.log").open("w")
-        self.process = self.cluster.popen(self.cluster.head, command, stdout=log, stderr=subprocess.STDOUT)
+        self.process = self.cluster.popen(
+            self.cluster.head, command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+        )
+        threading.Thread(target=self._copy_log, args=(self.process,), daemon=True).start()
         deadline = time.monotonic() + timeout
         while not all(_get_status(f"{self.node_url(n)}/ready") == 200 for n in self.cluster.nodes):
             if self.process.poll() is not None:
@@ -413,6 +403,25 @@ class ClusterFleet:
                 raise ClusterError("nginx did not answer /ready within 30 s")
             time.sleep(0.2)
         return self
+
+    def _copy_log(self, process: subprocess.Popen) -> None:
+        """The driver's output (its own, and what Ray streams from every replica's stdout/stderr) into serve.log,
+        each line prefixed with the epoch time it arrived here."""
+        with (self.work_dir / "serve.log").open("w") as log:
+            for line in process.stdout:
+                log.write(f"{time.time():.3f} {line}")
+                log.flush()
+
+    def log_times(self, pattern: str) -> list[float]:
+        """Arrival times (epoch) of the driver's log lines matching `pattern`: for a replica's message, an upper
+        bound on when it was logged (Ray's log monitor forwards worker output within about a second)."""
+        found = []
+        for line in self.log().splitlines():
+            stamp, _, text = line.partition(" ")
+            if re.search(pattern, text):
+                with contextlib.suppress(ValueError):
+                    found.append(float(stamp))
+        return found
 
     def log(self) -> str:
         path = self.work_dir / "serve.log"
@@ -477,8 +486,6 @@ class Watch:
     requests lost after a retry. Bounded by `max_seconds`."""
 
     def __init__(self, url: str, t0: float, period: float = 0.25, max_seconds: float = 600) -> None:
-        import threading
-
         self.url, self.t0, self.period, self.max_seconds = url, t0, period, max_seconds
         self.samples: list[Sample] = []
         self._stop = threading.Event()
