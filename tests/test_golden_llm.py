@@ -48,7 +48,7 @@ FIXTURE_VERSION = 2  # bump when a recipe below changes
 WINDOW = 160  # tokens: the long document and the long query overflow it
 ENGINES = [("torch", "fp32"), ("onnx", "fp32")]
 LONG_QUERY = " ".join(["store data in a single file engine with key document edit"] * 6)  # fits every template
-LONG_DOCUMENTS = [DOCUMENTS[0] * 4, DOCUMENTS[2] * 4, DOCUMENTS[1]]  # the first two overflow beside LONG_QUERY
+LONG_DOCUMENTS = [DOCUMENTS[0] * 4, DOCUMENTS[2] * 6, DOCUMENTS[1]]  # the first two overflow beside LONG_QUERY
 INSTRUCTION = "Given a Debian package search, find packages that do what is asked"
 REQUESTS = [
     (QUERY, [*DOCUMENTS, "Network file system server and tools."], None),
