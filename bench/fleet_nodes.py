@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import math
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--load", type=float, default=0.7, help="offered load, a fraction of measured capacity")
     parser.add_argument("--seconds", type=float, default=130, help="length of the load run")
     parser.add_argument("--kill-at", type=float, default=30, help="seconds into the load run")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the work dir (nginx and driver logs)")
     parser.add_argument("--head-loss-seconds", type=float, default=90, help="then kill the head; watch this long")
     args = parser.parse_args()
 
@@ -131,6 +133,8 @@ def main() -> None:
     finally:
         fleet.stop()
         cluster.close()
+        if not args.keep_logs:
+            shutil.rmtree(work_dir, ignore_errors=True)
     left = cluster.leftovers()
 
     killed_at = kill.get("at", math.nan)
