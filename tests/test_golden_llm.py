@@ -31,11 +31,10 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import DOCUMENTS, QUERY, ThreadServer, wait_until
+from conftest import DOCUMENTS, QUERY
 from sentence_transformers import CrossEncoder
-from test_golden_scores import TOLERANCE, _by_index
+from test_golden_scores import TOLERANCE, _by_index, serving
 
-from rerankd.api import create_app
 from rerankd.cachedir import build_once
 from rerankd.config import Settings, default_cache_dir
 from rerankd.errors import ModelNotFound
@@ -89,30 +88,27 @@ SIZE = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num
 SIZE |= {"num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": WINDOW, "initializer_range": 0.2}
 
 
+def _qwen(config_class: type, template: RerankTemplate, *, tied: bool):
+    tokenizer = _bpe_tokenizer(
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], template.chat_template, eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+    )  # fmt: skip
+    config = config_class(
+        vocab_size=len(tokenizer), tie_word_embeddings=tied, pad_token_id=tokenizer.pad_token_id, **SIZE
+    )
+    return config, tokenizer, template
+
+
 def _qwen3():
     from transformers import Qwen3Config
 
-    tokenizer = _bpe_tokenizer(
-        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], QWEN3_RERANKER.chat_template, eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-    )  # fmt: skip
-    config = Qwen3Config(
-        vocab_size=len(tokenizer), tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, **SIZE
-    )
-    return config, tokenizer, QWEN3_RERANKER
+    return _qwen(Qwen3Config, QWEN3_RERANKER, tied=True)  # Qwen3-Reranker-0.6B ties its embeddings
 
 
 def _qwen2():
     from transformers import Qwen2Config
 
-    tokenizer = _bpe_tokenizer(
-        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], MXBAI_RERANK_V2.chat_template, eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-    )  # fmt: skip
-    config = Qwen2Config(
-        vocab_size=len(tokenizer), tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id, **SIZE
-    )
-    return config, tokenizer, MXBAI_RERANK_V2
+    return _qwen(Qwen2Config, MXBAI_RERANK_V2, tied=False)
 
 
 def _gemma():
@@ -181,18 +177,10 @@ def references(families: dict[str, Path]) -> dict[str, list[np.ndarray]]:
 
 @pytest.fixture(scope="module", params=ENGINES, ids=["-".join(engine) for engine in ENGINES])
 def llm_server(request: pytest.FixtureRequest, families: dict[str, Path]) -> Iterator[tuple[str, str, str]]:
+    """One server per engine: every LLM family, and the ce-fixture for cascades and refusals."""
     backend, precision = request.param
-    settings = Settings(
-        model=[str(folder) for folder in families.values()] + ["ce-fixture"],
-        backend=backend,
-        precision=precision,
-        device="cpu",
-        warmup_seconds=0,
-        embedding_model="",
-    )
-    with ThreadServer(create_app(settings)) as srv:
-        wait_until(lambda: httpx.get(f"{srv.url}/ready", timeout=5).status_code == 200, timeout=300, interval=0.2)
-        yield srv.url, backend, precision
+    with serving([*(str(folder) for folder in families.values()), "ce-fixture"], backend, precision) as url:
+        yield url, backend, precision
 
 
 @pytest.mark.parametrize("family", list(RECIPES))

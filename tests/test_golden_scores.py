@@ -19,6 +19,7 @@ truncation is compared too. Tolerances, on logits and on probabilities alike:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from collections.abc import Callable, Iterator
@@ -271,21 +272,23 @@ def references(families: dict[str, Path]) -> dict[str, list[dict[str, np.ndarray
     return answers
 
 
+@contextlib.contextmanager
+def serving(models: list[str], backend: str, precision: str) -> Iterator[str]:
+    """An in-process server of `models` on one engine kind, ready: its URL."""
+    settings = Settings(
+        model=models, backend=backend, precision=precision, device="cpu", warmup_seconds=0, embedding_model=""
+    )
+    with ThreadServer(create_app(settings)) as srv:
+        wait_until(lambda: httpx.get(f"{srv.url}/ready", timeout=5).status_code == 200, timeout=300, interval=0.2)
+        yield srv.url
+
+
 @pytest.fixture(scope="module", params=ENGINES, ids=["-".join(engine) for engine in ENGINES])
 def golden_server(request: pytest.FixtureRequest, families: dict[str, Path]) -> Iterator[tuple[str, str, str]]:
     """One server per engine serving every family: (url, backend, precision)."""
     backend, precision = request.param
-    settings = Settings(
-        model=[str(folder) for folder in families.values()],
-        backend=backend,
-        precision=precision,
-        device="cpu",
-        warmup_seconds=0,
-        embedding_model="",
-    )
-    with ThreadServer(create_app(settings)) as srv:
-        wait_until(lambda: httpx.get(f"{srv.url}/ready", timeout=5).status_code == 200, timeout=300, interval=0.2)
-        yield srv.url, backend, precision
+    with serving([str(folder) for folder in families.values()], backend, precision) as url:
+        yield url, backend, precision
 
 
 def _by_index(results: list[dict], key: str, count: int) -> np.ndarray:
