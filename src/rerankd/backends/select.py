@@ -71,7 +71,10 @@ def choose(settings: Settings, flags: frozenset[str] | None = None) -> Choice:
         precision, reason = "fp16", "auto: GPU"
     else:
         # int8 stays opt-in: on debian-minilm-ce it missed the fidelity targets (bench/fidelity.py, 30 queries x
-        # BM25 top 100: Spearman 0.958 < 0.98, top-10 overlap 0.897 < 0.9), though it was 1.4-1.7x faster.
+        # BM25 top 100: Spearman 0.958 < 0.98, top-10 overlap 0.897 < 0.9), though it was 1.4-1.7x faster. No pure
+        # quantization recipe fixed that on an AVX2 Zen 3 (bench/int8_fidelity.py: static in-domain calibration,
+        # layers kept in fp32: top-10 overlap 0.64-0.88); fp32 re-scoring of an int8 head was faithful there but no
+        # faster than fp32 (int8 only ~1.45x fp32 without VNNI).
         fast_int8 = backend == "onnx" and int8_dot_products(flags)
         hint = "; --precision int8 is faster here (VNNI) but less faithful" if fast_int8 else ""
         precision, reason = "fp32", f"auto: exact scores on the CPU{hint}"
