@@ -12,10 +12,10 @@ import pytest
 from conftest import wait_until
 
 from rerankd.config import Settings
-from rerankd.engine.scheduler import Scheduler
+from rerankd.engine.scheduler import QueueStats, Scheduler
 from rerankd.errors import BY_TYPE, InvalidRequest, Overloaded, RerankdError
 from rerankd.fleet.ray_app import check_settings, replica_plan
-from rerankd.fleet.replica import Load, RemoteError, ReplicaCore, health_problem, merge_stats
+from rerankd.fleet.replica import RemoteError, ReplicaCore, health_problem
 from rerankd.fleet.router import Work
 from rerankd.pipeline.types import RerankRequest
 from rerankd.testing.costmodel import SimulatedReplica, SimulatedService
@@ -39,9 +39,9 @@ def test_health_fails_only_while_a_real_scheduler_is_stuck_with_work_waiting() -
     worker = threading.Thread(target=lambda: results.append(asyncio.run(submit_two())))
     worker.start()
     try:
-        assert health_problem(merge_stats([scheduler.stats()]), stall_seconds=0.3) is None
+        assert health_problem(QueueStats.merged([scheduler.stats()]), stall_seconds=0.3) is None
         wait_until(lambda: scheduler.stats().stalled_seconds > 0.45, timeout=10)  # the batch then began > 0.4 s ago
-        problem = health_problem(merge_stats([scheduler.stats()]), stall_seconds=0.3)
+        problem = health_problem(QueueStats.merged([scheduler.stats()]), stall_seconds=0.3)
         assert problem is not None and "stuck" in problem and "replica_stall_seconds" in problem
     finally:
         released = time.perf_counter()
@@ -49,10 +49,10 @@ def test_health_fails_only_while_a_real_scheduler_is_stuck_with_work_waiting() -
         worker.join(30)
         scheduler.close()
     assert len(results) == 1
-    assert health_problem(merge_stats([scheduler.stats()]), stall_seconds=0.3) is None
+    assert health_problem(QueueStats.merged([scheduler.stats()]), stall_seconds=0.3) is None
     # The stuck batch counts as inference time: at least from when it began until it was released. (The stall clock
     # starts earlier, when work arrives, so comparing with it raced.)
-    assert merge_stats([scheduler.stats()]).busy_seconds >= released - entered[0] > 0.4
+    assert QueueStats.merged([scheduler.stats()]).busy_seconds >= released - entered[0] > 0.4
 
 
 def replica(cost: SimulatedReplica) -> tuple[ReplicaCore, SimulatedService]:
@@ -158,7 +158,7 @@ def test_cost_model_runs_requests_one_at_a_time_in_arrival_order() -> None:
 
     done_big, done_small = asyncio.run(scenario())
     assert done_small >= done_big  # the small request waited behind the big one
-    assert service.load_now() == Load(busy_seconds=service.load_now().busy_seconds)
+    assert service.load_now() == QueueStats(busy_seconds=service.load_now().busy_seconds)
     assert service.load_now().busy_seconds == pytest.approx(cost.seconds(cost.tokens("q", big.documents)) * 1, rel=0.2)
 
 

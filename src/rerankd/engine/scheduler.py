@@ -64,16 +64,31 @@ def plan_batches(items: Sequence[T], max_batch_tokens: int, max_batch_size: int)
 
 @dataclass(frozen=True)
 class QueueStats:
-    """What the queue holds now: the signals for routing, autoscaling and health."""
+    """What a queue holds now: the signals for routing, autoscaling and health. One engine's, or a fleet replica's
+    summed over its models (`merged`)."""
 
-    queued_pairs: int
-    queued_tokens: int
-    inflight_pairs: int
-    inflight_tokens: int
-    batches_done: int
-    stalled_seconds: float  # time since the last finished batch while work is waiting; 0 when idle
+    queued_pairs: int = 0
+    queued_tokens: int = 0
+    inflight_pairs: int = 0
+    inflight_tokens: int = 0
+    batches_done: int = 0
+    stalled_seconds: float = 0.0  # since the last finished batch while work is waiting (the worst); 0 when idle
     tokens_per_second: float = 0.0  # recent padded tokens per second of inference (moving average); 0 before any
     busy_seconds: float = 0.0  # inference time so far, all batches together
+
+    @classmethod
+    def merged(cls, stats: Sequence[QueueStats]) -> QueueStats:
+        """Several queues as one: sums, and the worst stall."""
+        return cls(
+            queued_pairs=sum(s.queued_pairs for s in stats),
+            queued_tokens=sum(s.queued_tokens for s in stats),
+            inflight_pairs=sum(s.inflight_pairs for s in stats),
+            inflight_tokens=sum(s.inflight_tokens for s in stats),
+            batches_done=sum(s.batches_done for s in stats),
+            stalled_seconds=max((s.stalled_seconds for s in stats), default=0.0),
+            tokens_per_second=sum(s.tokens_per_second for s in stats),
+            busy_seconds=sum(s.busy_seconds for s in stats),
+        )
 
 
 def stall_problem(queued_pairs: int, stalled_seconds: float, limit_seconds: float) -> str | None:

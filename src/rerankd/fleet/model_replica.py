@@ -14,7 +14,8 @@ from typing import Any
 from ray import serve
 
 from rerankd.config import Settings
-from rerankd.fleet.replica import Load, ReplicaCore, ReplicaReply, merge_stats
+from rerankd.engine.scheduler import QueueStats
+from rerankd.fleet.replica import ReplicaCore, ReplicaReply
 from rerankd.fleet.router import Work
 from rerankd.metrics import Metrics
 from rerankd.pipeline.service import LocalService
@@ -30,7 +31,7 @@ class ModelReplica:
         service, load = self.start_service(parsed)
         self.core = ReplicaCore(name, service, load, stall_seconds=parsed.replica_stall_seconds)
 
-    def start_service(self, settings: Settings) -> tuple[RerankService, Callable[[], Load]]:
+    def start_service(self, settings: Settings) -> tuple[RerankService, Callable[[], QueueStats]]:
         """The loaded service and its queue stats."""
         local = LocalService(settings, Metrics())
         local.load()  # blocking: Ray marks the replica ready only when this returns
@@ -57,8 +58,8 @@ class ModelReplica:
             core.service.close()
 
 
-def local_load(service: LocalService) -> Load:
+def local_load(service: LocalService) -> QueueStats:
     """The queue stats of the service's engines, summed; nothing before it is ready."""
     if service.state != "ready":
-        return Load()
-    return merge_stats([engine.stats() for engine in service.registry.engines])
+        return QueueStats()
+    return QueueStats.merged([engine.stats() for engine in service.registry.engines])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,28 +26,7 @@ LATENCY_SAMPLES = 4096
 MIN_BUSY_FOR_SPEED_SECONDS = 1.0
 
 
-@dataclass(frozen=True)
-class Load:
-    """A replica's queue right now, summed over its models."""
-
-    queued_pairs: int = 0
-    queued_tokens: int = 0
-    inflight_tokens: int = 0
-    stalled_seconds: float = 0.0  # longest time any model has had work waiting and finished no batch
-    busy_seconds: float = 0.0  # inference time so far, all batches together
-
-
-def merge_stats(stats: Sequence[QueueStats]) -> Load:
-    return Load(
-        queued_pairs=sum(s.queued_pairs for s in stats),
-        queued_tokens=sum(s.queued_tokens for s in stats),
-        inflight_tokens=sum(s.inflight_tokens for s in stats),
-        stalled_seconds=max((s.stalled_seconds for s in stats), default=0.0),
-        busy_seconds=sum(s.busy_seconds for s in stats),
-    )
-
-
-def health_problem(load: Load, stall_seconds: float) -> str | None:
+def health_problem(load: QueueStats, stall_seconds: float) -> str | None:
     """Why the replica should be replaced, or None (the engines' own stall rule, on the replica's worst one)."""
     return stall_problem(load.queued_pairs, load.stalled_seconds, stall_seconds)
 
@@ -94,7 +73,7 @@ class ReplicaCore:
         self,
         name: str,
         service: RerankService,
-        load: Callable[[], Load],
+        load: Callable[[], QueueStats],
         *,
         stall_seconds: float,
         clock: Callable[[], float] = time.monotonic,

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rerankd.engine.scheduler import QueueStats
 from rerankd.errors import ModelNotFound
-from rerankd.fleet.replica import Load
 from rerankd.pipeline.types import ModelInfo, RerankRequest, RerankResult, State, check_limits, rank
 
 COST_MODEL_NAME = "cost-model"
@@ -83,7 +83,7 @@ class SimulatedService:
         )
         return RerankResult(COST_MODEL_NAME, rank(scores, request.top_n), tokens)
 
-    def load_now(self) -> Load:
+    def load_now(self) -> QueueStats:
         now = time.monotonic()
         while self._jobs and self._jobs[0][1] <= now:
             start, end, _, _ = self._jobs.popleft()
@@ -91,7 +91,7 @@ class SimulatedService:
         queued = [job for job in self._jobs if job[0] > now]
         running = [job for job in self._jobs if job[0] <= now]
         busy = self._busy_done + sum(now - start for start, _, _, _ in running)
-        return Load(
+        return QueueStats(
             queued_pairs=sum(job[3] for job in queued),
             queued_tokens=sum(job[2] for job in queued),
             inflight_tokens=sum(job[2] for job in running),

@@ -8,10 +8,10 @@ from functools import partial
 from typing import Any
 
 from rerankd.config import Settings
+from rerankd.engine.scheduler import QueueStats
 from rerankd.fleet.launch import AppBuilder, Fleet
 from rerankd.fleet.model_replica import ModelReplica
 from rerankd.fleet.ray_app import build_app
-from rerankd.fleet.replica import Load
 from rerankd.pipeline.types import RerankService
 from rerankd.testing.costmodel import SimulatedReplica, SimulatedService
 
@@ -23,7 +23,7 @@ class SimulatedModelReplica(ModelReplica):
         self.cost = cost
         super().__init__(settings)
 
-    def start_service(self, settings: Settings) -> tuple[RerankService, Callable[[], Load]]:
+    def start_service(self, settings: Settings) -> tuple[RerankService, Callable[[], QueueStats]]:
         service = SimulatedService(self.cost, settings.max_documents)
         service.load()
         return service, service.load_now
