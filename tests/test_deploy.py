@@ -1,5 +1,6 @@
 """The deployment files: what the containers run is a valid rerankd command, the compose file reserves a GPU,
-and the shipped nginx.conf balances over real rerankd servers and retries past a dead one."""
+and the shipped nginx.conf balances over real rerankd servers, retries past a dead one and passes a 429 back
+without marking upstreams down."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -85,16 +88,13 @@ def render_nginx_conf(upstreams: list[int], port: int, prefix: Path) -> Path:
 @pytest.mark.slow  # nginx in front of two servers
 @pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(), reason="nginx missing")
 def test_nginx_balances_over_replicas_and_retries_past_a_dead_one(thread_server, tmp_path: Path) -> None:
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     settings = Settings(model=["ce-fixture"], warmup_seconds=0)
     first, second = thread_server(create_app(settings)), thread_server(create_app(settings))
     with first, second:
         for srv in (first, second):
             wait_until(lambda srv=srv: httpx.get(f"{srv.url}/ready").status_code == 200, timeout=120)
         port = free_port()
-        conf = render_nginx_conf([first.port, second.port], port, tmp_path)
-        directives = f"daemon off; pid {tmp_path / 'nginx.pid'}; error_log {tmp_path / 'error.log'};"
-        process = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(conf), "-g", directives])
+        process = _start_nginx([first.port, second.port], port, tmp_path)
         try:
             url = f"http://127.0.0.1:{port}"
             wait_until(lambda: _answers(url), timeout=30)
@@ -112,6 +112,69 @@ def test_nginx_balances_over_replicas_and_retries_past_a_dead_one(thread_server,
         finally:
             process.terminate()
             process.wait(timeout=30)
+
+
+class _Stub(BaseHTTPRequestHandler):
+    """An upstream that answers every POST with the server's `status` (429 with Retry-After: a full replica)."""
+
+    def do_GET(self) -> None:
+        self._answer(200)
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.posts += 1  # type: ignore[attr-defined]
+        self._answer(self.server.status)  # type: ignore[attr-defined]
+
+    def _answer(self, status: int) -> None:
+        body = b'{"error": {"type": "overloaded"}}' if status == 429 else b"{}"
+        self.send_response(status)
+        if status == 429:
+            self.send_header("Retry-After", "3")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(), reason="nginx missing")
+def test_nginx_passes_a_429_back_and_keeps_the_upstreams_up(tmp_path: Path) -> None:
+    """A 429 goes back to the client with its Retry-After, is not retried on another upstream, and does not count
+    against the upstream (`max_fails`): if nginx retried 429s it would count each as a failed try, and after a
+    few of them answer 502 "no live upstreams" to everything for `fail_timeout`, even once the replicas have room
+    (measured behind Ray Serve's node proxies: bench/results/fleet_nodes.shipped-nginx.json)."""
+    stubs = [ThreadingHTTPServer(("127.0.0.1", 0), _Stub) for _ in range(2)]
+    for stub in stubs:
+        stub.posts, stub.status = 0, 429  # type: ignore[attr-defined]
+        threading.Thread(target=stub.serve_forever, daemon=True).start()
+    port = free_port()
+    process = _start_nginx([stub.server_address[1] for stub in stubs], port, tmp_path)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _answers(url), timeout=30)
+        body = {"query": "q", "documents": ["a", "b"]}
+        answers = [httpx.post(f"{url}/v2/rerank", json=body, timeout=10) for _ in range(8)]
+        assert [a.status_code for a in answers] == [429] * 8
+        assert all(a.headers.get("retry-after") == "3" for a in answers)
+        assert sum(stub.posts for stub in stubs) == 8  # type: ignore[attr-defined]  # each tried once
+        for stub in stubs:  # room again, within fail_timeout (5 s) of the 429s: served at once
+            stub.status = 200  # type: ignore[attr-defined]
+        assert [httpx.post(f"{url}/v2/rerank", json=body, timeout=10).status_code for _ in range(4)] == [200] * 4
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        for stub in stubs:
+            stub.shutdown()
+            stub.server_close()
+
+
+def _start_nginx(upstreams: list[int], port: int, prefix: Path) -> subprocess.Popen:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    conf = render_nginx_conf(upstreams, port, prefix)
+    directives = f"daemon off; pid {prefix / 'nginx.pid'}; error_log {prefix / 'error.log'};"
+    return subprocess.Popen([nginx, "-p", str(prefix), "-c", str(conf), "-g", directives])
 
 
 def _answers(url: str) -> bool:
