@@ -58,6 +58,7 @@ class Scenario:
     policy: Policy
     autoscale: bool
     weighted: bool = True  # replicas report their measured speed to the router, as `ReplicaCore` does
+    replicas: int | None = None  # a fixed fleet's size; None: the base load's (`args.initial`)
 
 
 @dataclass
@@ -121,7 +122,7 @@ class Simulation:
         self._tick_latencies: list[float] = []
         self.cold_start = (args.cold_start_min, args.cold_start_max)
         self.speeds = args.speeds
-        for _ in range(args.initial):
+        for _ in range(scenario.replicas or args.initial):
             self._add(ready_at=0.0)
 
     def _add(self, ready_at: float) -> None:
@@ -244,6 +245,13 @@ class Simulation:
         if victim.free_at <= self.now:
             del self.replicas[victim.name]
 
+    def _replica_hours(self) -> float:
+        """What the fleet costs: replicas paid for (the target, starting ones included) integrated over time."""
+        hours = 0.0
+        for (start, target, _, _), (end, _, _, _) in zip(self.timeline, self.timeline[1:], strict=False):
+            hours += target * (end - start) / 3600
+        return round(hours, 2)
+
     def _summary(self, wall: float) -> dict[str, Any]:
         ups = sum(1 for _, a, b, _ in self.events if b > a)
         return {
@@ -253,6 +261,7 @@ class Simulation:
             "p50_s": percentile(self.latency, 50),
             "p99_s": percentile(self.latency, 99),
             "p999_s": percentile(self.latency, 99.9),
+            "replica_hours": self._replica_hours(),
             "max_replicas": max(t for _, t, _, _ in self.timeline),
             "min_replicas": min(t for _, t, _, _ in self.timeline),
             "scale_ups": ups,
@@ -298,10 +307,13 @@ def main() -> None:
         "autoscale_target_queued_tokens": int(args.tokens_per_second),
     }
     config = AutoscaleConfig.from_settings(settings.model_copy(update=fleet_settings))
+    # The fleet a static deployment needs for the peak: the same formula at the peak rate.
+    peak_sized = math.ceil(args.peak * args.scale * mean_service / mean_speed / settings.autoscale_target_utilisation)
     scenarios = [
         Scenario("tokens + autoscale", "tokens", True),
         Scenario("round-robin + autoscale", "round-robin", True),
-        Scenario(f"tokens, fixed {args.initial}", "tokens", False),
+        Scenario(f"tokens, fixed {args.initial} (base-sized)", "tokens", False),
+        Scenario(f"tokens, fixed {peak_sized} (peak-sized)", "tokens", False, replicas=peak_sized),
     ]
     if mixed:
         scenarios = [
