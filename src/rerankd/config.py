@@ -196,6 +196,12 @@ class Settings(BaseModel):
     replica_stall_seconds: float = Field(
         default=60, gt=0, description="Health check fails when work is queued and no batch finished for this long."
     )
+    ingress_replicas: int = Field(
+        default=2,
+        ge=1,
+        description="Ingress (HTTP) replicas of a fleet, one per node where the cluster has enough: with one, losing "
+        "its node loses the fleet's front door until Ray replaces it.",
+    )
     autoscale_target_utilisation: float = Field(
         default=0.65, gt=0, le=1, description="Busy fraction per replica to aim for (the rest is headroom)."
     )

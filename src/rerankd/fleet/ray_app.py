@@ -95,9 +95,11 @@ def build_app(
     cluster_gpus: float = 0.0,
     replica: type[ModelReplica] = ModelReplica,
     replica_args: tuple[Any, ...] = (),
+    cluster_nodes: int | None = None,
 ) -> Application:
     """The Serve application for `settings`: fixed `replicas` or `autoscale` min:max model replicas, each a
-    `replica(settings, *replica_args)` (another class only in simulations: `rerankd.testing.simfleet`)."""
+    `replica(settings, *replica_args)` (another class only in simulations: `rerankd.testing.simfleet`), behind
+    `ingress_replicas` ingress replicas spread over the `cluster_nodes` (default: the connected cluster's)."""
     check_settings(settings)
     plan = replica_plan(settings, cluster_gpus)
     options: dict[str, Any] = {
@@ -112,10 +114,34 @@ def build_app(
     else:
         options["num_replicas"] = max(1, settings.replicas)
     model = serve.deployment(replica).options(**options).bind(plan.settings.model_dump(mode="json"), *replica_args)
-    ingress = serve.deployment(Ingress).options(
-        name=INGRESS_DEPLOYMENT,
-        num_replicas=1,
-        ray_actor_options={"num_cpus": 0},
-        max_ongoing_requests=INGRESS_MAX_REQUESTS,
-    )
+    ingress = serve.deployment(Ingress).options(**ingress_options(settings, cluster_nodes))
     return ingress.bind(settings.model_dump(mode="json"), model, MODEL_DEPLOYMENT)
+
+
+def alive_nodes() -> int:
+    """Nodes of the Ray cluster this process is connected to (1 when it is not connected)."""
+    import ray
+
+    if not ray.is_initialized():
+        return 1
+    return max(1, sum(1 for node in ray.nodes() if node.get("Alive")))
+
+
+def ingress_options(settings: Settings, cluster_nodes: int | None = None) -> dict[str, Any]:
+    """`ingress_replicas` ingress replicas, spread over the cluster's nodes: at most ceil(replicas / nodes) on one
+    node (Serve's `max_replicas_per_node`, a hard limit), so with at least as many nodes as ingress replicas each
+    is on a node of its own and losing a node loses one of them. A replica lost with its node is replaced on a
+    node below the limit; where there is none (e.g. 2 replicas on 2 nodes, one lost), Serve keeps it pending
+    until a node joins, and the other replicas serve meanwhile. `cluster_nodes` is counted at deploy time
+    (`alive_nodes()` by default): nodes that join later do not raise the spread of a running application."""
+    replicas = settings.ingress_replicas
+    nodes = alive_nodes() if cluster_nodes is None else max(1, cluster_nodes)
+    options: dict[str, Any] = {
+        "name": INGRESS_DEPLOYMENT,
+        "num_replicas": replicas,
+        "ray_actor_options": {"num_cpus": 0},
+        "max_ongoing_requests": INGRESS_MAX_REQUESTS,
+    }
+    if replicas > 1 and nodes > 1:
+        options["max_replicas_per_node"] = math.ceil(replicas / nodes)
+    return options

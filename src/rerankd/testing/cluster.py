@@ -263,26 +263,17 @@ class Cluster:
 ACCESS_LOG_FORMAT = "$msec $status $request_time $upstream_addr $upstream_status $request_uri"
 
 
-def render_nginx_conf(
-    upstreams: Sequence[str], listen: str, prefix: Path, access_log: bool = False, retry_429: bool = True
-) -> Path:
+def render_nginx_conf(upstreams: Sequence[str], listen: str, prefix: Path, access_log: bool = False) -> Path:
     """The shipped deploy/nginx.conf with `upstreams` (host:port) as its servers, listening on `listen`
     (host:port), temp paths under `prefix`; with `access_log`, every request logged to `prefix`/access.log as
-    `ACCESS_LOG_FORMAT` (`$upstream_addr` lists every upstream tried, so nginx's retries show).
-
-    `retry_429=False` is the fleet's variant (docs/fleet.md, "From one machine to many"): in front of Serve's node
-    proxies a 429 is not retried on another upstream, since every proxy reaches the same replicas, and nginx counts
-    a retried 429 as a failed try: a few of them mark every proxy down (`max_fails`) and it answers 502 to all."""
+    `ACCESS_LOG_FORMAT` (`$upstream_addr` lists every upstream tried, so nginx's retries show). The same file
+    serves single-process replicas and Serve's node proxies (docs/fleet.md, "From one machine to many")."""
     text = NGINX_CONF.read_text()
     servers = "".join(f"        server {u} max_fails=2 fail_timeout=5s;\n" for u in upstreams)
     text, n = re.subn(r"(?m)^ *server reranker:8080[^\n]*\n", servers, text)
     if n != 1 or "listen 8080;" not in text:
         raise ClusterError("deploy/nginx.conf changed shape: no `server reranker:8080` / `listen 8080;` line")
     text = text.replace("listen 8080;", f"listen {listen};")
-    if not retry_429:
-        text, n = re.subn(r"(proxy_next_upstream [^;]*?) http_429", r"\1", text)
-        if n != 1:
-            raise ClusterError("deploy/nginx.conf changed shape: no `http_429` in proxy_next_upstream")
     temp = "".join(
         f"    {kind}_temp_path {prefix / kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
@@ -297,13 +288,13 @@ def render_nginx_conf(
 
 
 @contextlib.contextmanager
-def nginx(upstreams: Sequence[str], listen: str, prefix: Path, access_log: bool = False, retry_429: bool = True):
+def nginx(upstreams: Sequence[str], listen: str, prefix: Path, access_log: bool = False):
     """A real nginx (the shipped config shape) in the calling namespace, in front of `upstreams`; yields its
     process, stopped afterwards."""
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     if not os.path.exists(binary):
         raise ClusterError("nginx is not installed")
-    conf = render_nginx_conf(upstreams, listen, prefix, access_log, retry_429)
+    conf = render_nginx_conf(upstreams, listen, prefix, access_log)
     directives = f"daemon off; pid {prefix / 'nginx.pid'}; error_log {prefix / 'error.log'};"
     process = subprocess.Popen([binary, "-p", str(prefix), "-c", str(conf), "-g", directives])
     try:
@@ -362,7 +353,6 @@ class ClusterFleet:
     port: int = 8000
     listen: str = "127.0.0.1:0"
     access_log: bool = False
-    retry_429: bool = False  # the fleet's nginx variant; True: the shipped config exactly
     process: subprocess.Popen | None = None
     _nginx: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
@@ -396,7 +386,7 @@ class ClusterFleet:
                 sock.bind((self.listen.rsplit(":", 1)[0], 0))
                 self.listen = f"{self.listen.rsplit(':', 1)[0]}:{sock.getsockname()[1]}"
         upstreams = [f"{n.address}:{self.port}" for n in self.cluster.nodes]
-        self._nginx.enter_context(nginx(upstreams, self.listen, self.work_dir, self.access_log, self.retry_429))
+        self._nginx.enter_context(nginx(upstreams, self.listen, self.work_dir, self.access_log))
         deadline = time.monotonic() + 30
         while _get_status(f"{self.url}/ready") != 200:
             if time.monotonic() > deadline:
@@ -431,13 +421,15 @@ class ClusterFleet:
         """Serve's processes by node namespace."""
         return {node.namespace: serve_roles(node) for node in self.cluster.nodes}
 
-    def victim(self) -> Node:
-        """The worker node to lose: one that runs a model replica but not the (single) ingress replica."""
-        for node in self.cluster.nodes[1:]:
-            roles = serve_roles(node)
-            if roles["model"] and not roles["ingress"]:
-                return node
-        raise ClusterError(f"no worker node with a model replica and no ingress: {self.placement()}")
+    def victim(self, ingress: bool | None = None) -> Node:
+        """The worker node to lose: one that runs a model replica and, with `ingress` True, an ingress replica too;
+        False, none; None (default), either, preferring one with an ingress replica (the harder loss)."""
+        workers = [(node, serve_roles(node)) for node in self.cluster.nodes[1:]]
+        candidates = [(n, r) for n, r in workers if r["model"] and (ingress is None or bool(r["ingress"]) == ingress)]
+        candidates.sort(key=lambda pair: -pair[1]["ingress"])
+        if not candidates:
+            raise ClusterError(f"no worker node with a model replica (ingress: {ingress}): {self.placement()}")
+        return candidates[0][0]
 
     def stop(self) -> None:
         """nginx down, and the `rerankd serve` driver killed: the cluster goes next (`Cluster.close`), so there is
