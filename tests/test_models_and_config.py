@@ -19,6 +19,7 @@ from rerankd.engine.engine import Engine
 from rerankd.errors import ModelNotFound
 from rerankd.models import resolve_model
 from rerankd.models.presets import PRESETS
+from rerankd.models.templates import TEMPLATES
 
 
 def test_packaged_default_is_a_bi_encoder() -> None:
@@ -51,7 +52,9 @@ def test_nonsense_name_lists_the_presets() -> None:
 
 def test_presets_name_hub_ids() -> None:
     assert PRESETS["minilm-l6"].model_id == "cross-encoder/ms-marco-MiniLM-L6-v2"
-    assert all(p.kind in {"cross-encoder", "bi-encoder"} for p in PRESETS.values())
+    assert all(p.kind in {"cross-encoder", "causal-lm", "bi-encoder"} for p in PRESETS.values())
+    # An LLM preset names the prompt it falls back to, and that prompt exists.
+    assert all((p.template in TEMPLATES) == (p.kind == "causal-lm") for p in PRESETS.values())
 
 
 @pytest.mark.skipif(not TRAINED_CE.is_dir(), reason=f"the trained cross-encoder is not at {TRAINED_CE} (../shared)")
