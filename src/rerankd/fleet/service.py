@@ -7,6 +7,7 @@ Reranking is idempotent, so a request whose replica dies mid-request is sent onc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from dataclasses import replace
@@ -24,6 +25,10 @@ from rerankd.pipeline.types import ModelInfo, RerankRequest, RerankResult, State
 log = logging.getLogger(__name__)
 
 STATUS_PERIOD_SECONDS = 1.0  # how often the ingress asks Ray how many replicas run (drives /ready)
+# How long a request to an ingress replica that is still loading waits for it to become ready before a 503: an
+# ingress replica (one of several, or a replacement for a lost one) takes traffic from Serve before its first look
+# at the fleet, while the others may already serve.
+LOADING_WAIT_SECONDS = 5.0
 
 
 class FleetService:
@@ -42,6 +47,7 @@ class FleetService:
         self._deployment = deployment
         self._models: list[ModelInfo] | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()  # set while state is "ready"
         self._outstanding = [0, 0]  # requests, estimated tokens
 
     overloaded = False  # replicas turn work away themselves; the ingress queues at the router
@@ -62,6 +68,9 @@ class FleetService:
         return self._models
 
     async def rerank(self, request: RerankRequest) -> RerankResult:
+        if self.state == "loading":
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), LOADING_WAIT_SECONDS)
         models = self.models()
         check_limits(request, self.settings.max_documents, self.settings.max_query_chars)
         max_length = models[0].max_length
@@ -112,6 +121,10 @@ class FleetService:
                     self.state = "failed" if status == "DEPLOY_FAILED" else "loading"
             except Exception as exc:  # a slow or restarting controller: keep the last known state, try again
                 log.debug("fleet status unavailable: %s", exc)
+            if self.state == "ready":
+                self._ready.set()
+            else:
+                self._ready.clear()
             await asyncio.sleep(STATUS_PERIOD_SECONDS)
 
     def _deployment_status(self) -> tuple[str, dict[str, int]]:
