@@ -215,11 +215,28 @@ def in_process(spec: ModelSpec, corpus: list[str], clock: Clock) -> list[dict]:
             run.close()
 
 
+class PatientServed(Served):
+    """`Served` with a longer start-up deadline: the engine's warm-up scores 2 x 64 documents before /ready, which
+    takes the Qwen3 shape 2-3 minutes on 2 quiet cores (10+ on busy ones), past `Served`'s 300 s."""
+
+    def __init__(self, *args: Any, startup_seconds: float = 1500, **kwargs: Any) -> None:
+        self._startup_deadline = time.monotonic() + startup_seconds
+        super().__init__(*args, **kwargs)
+
+    def _ready(self) -> bool:
+        """Waits here until ready, the process ends or our deadline passes (`Served` checks its own after)."""
+        while not super()._ready():
+            if self.process.poll() is not None or time.monotonic() > self._startup_deadline:
+                return False
+            time.sleep(0.5)
+        return True
+
+
 def served(spec: ModelSpec, corpus: list[str], clock: Clock, llm_per_doc: float) -> list[dict]:
     """The cascade at 100 and 1,000 documents and the LLM alone on 1,000 (or a subset), over HTTP."""
     log_dir = Path(tempfile.mkdtemp(prefix="rerankd-llm-throughput-"))
     extra = ["--model", "ce-fixture", "--embedding-model", "", "--request-timeout-seconds", "0"]
-    server = Served(spec, "onnx", "fp32", log_dir / "serve.log", extra=extra)
+    server = PatientServed(spec, "onnx", "fp32", log_dir / "serve.log", extra=extra)
 
     def post(docs: list[str], body: dict[str, Any]) -> dict[str, Any]:
         answer = server.client.post("/v2/rerank", json={"query": QUERY, "documents": docs, **body})
@@ -284,12 +301,17 @@ def main() -> None:
     rows = in_process(spec, corpus, clock)
     peaks.append(fp32_peak())
     onnx_100 = next(r for r in rows if r["system"] == "rerankd onnx-fp32" and r["docs"] == 100)
-    rows += served(spec, corpus, clock, llm_per_doc=onnx_100["seconds"] / 100)
+    failure = None
+    try:
+        rows += served(spec, corpus, clock, llm_per_doc=onnx_100["seconds"] / 100)
+    except Exception as exc:  # the in-process results still get saved, with the failure
+        failure = f"{type(exc).__name__}: {exc}"
+        print(f"the HTTP phase failed: {failure}", flush=True)
     peaks.append(fp32_peak())
     _add_ratios(rows, max(peaks))
     checks = _checks(rows)
     peaks_seen = {"fp32_seen": peaks, "fp32": max(peaks), "fp32_quiet_recorded": _quiet_peak()}
-    report(rows, checks, peaks_seen, spec, lengths, args.name, time.perf_counter() - started)
+    report(rows, checks, peaks_seen, spec, lengths, args.name, time.perf_counter() - started, failure)
 
 
 def fp32_peak() -> float:
@@ -336,8 +358,12 @@ def _checks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "limit": f">= {FLOPS_TARGET:.2f} (within 1.5x of the FLOPs' time at peak)",
             "ok": r["peak_fraction"] >= FLOPS_TARGET,
         })  # fmt: skip
-    cascade = next(r for r in rows if r["system"].startswith("cascade") and r["docs"] == 1000)
-    alone = next(r for r in rows if r["system"] == "qwen3 alone")
+    cascade = next((r for r in rows if r["system"].startswith("cascade") and r["docs"] == 1000), None)
+    alone = next((r for r in rows if r["system"] == "qwen3 alone"), None)
+    if cascade is None or alone is None:
+        limit = f">= {CASCADE_TARGET:.0f}x"
+        checks.append({"check": "cascade vs the LLM alone, 1,000 docs", "value": None, "limit": limit, "ok": None})
+        return checks
     ratio = alone["seconds"] / cascade["seconds"]
     how = f" (LLM alone {alone['note']})"
     checks.append({"check": "cascade vs the LLM alone, 1,000 docs, speed-up" + how, "value": ratio,
@@ -345,7 +371,7 @@ def _checks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return checks
 
 
-def report(rows, checks, peaks, spec, lengths, name: str, seconds: float) -> None:
+def report(rows, checks, peaks, spec, lengths, name: str, seconds: float, failure: str | None = None) -> None:
     columns = ["system", "mode", "docs", "docs_per_s", "seconds", "runs", "vs_st", "achieved_gflops", "peak_fraction",
                "quiet_peak_fraction", "note"]  # fmt: skip
     print("\n" + format_table(rows, columns))
@@ -370,6 +396,7 @@ def report(rows, checks, peaks, spec, lengths, name: str, seconds: float) -> Non
         "seconds": seconds,
         "rows": rows,
         "checks": checks,
+        "failure": failure,
     }
     path = save(name, payload)
     plot(rows, plot_path(name))
