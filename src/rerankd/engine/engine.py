@@ -27,6 +27,7 @@ from rerankd.models import ModelSpec
 
 log = logging.getLogger(__name__)
 
+_WARMUP_QUERY = "warm-up query about a fox"
 # Warm-up text: ordinary words, so lengths span the realistic 20-300 token range.
 _WARMUP_WORDS = [
     "the",
@@ -141,12 +142,12 @@ class Engine:
         `instruction`: an LLM reranker's task description (None: the template's default)."""
         if isinstance(query, str):
             query = self.query_tokens(query)
-        if self.spec.kind == "causal-lm":
-            assert query.text is not None, "LLM rerankers render the query text: use Engine.query_tokens"
-            inputs = self.tokenizer.encode_prompts(query.text, documents, instruction)
-            truncated = [item.truncated for item in inputs]
-        elif self.spec.kind == "cross-encoder":
-            inputs = self.tokenizer.encode_pairs(query, documents)
+        if self.spec.pairs:
+            if self.spec.kind == "causal-lm":
+                assert query.text is not None, "LLM rerankers render the query text: use Engine.query_tokens"
+                inputs = self.tokenizer.encode_prompts(query.text, documents, instruction)
+            else:
+                inputs = self.tokenizer.encode_pairs(query, documents)
             truncated = [item.truncated for item in inputs]
         else:
             inputs = [self.tokenizer.single(query), *self.tokenizer.encode_texts(documents)]
@@ -210,7 +211,7 @@ class Engine:
             tuned = self.tuner.measure(self._forward, self._sweep_inputs, max_batch_size=self.scheduler.max_batch_size)
             self.scheduler.set_max_batch_tokens(tuned.max_batch_tokens)
         documents = [" ".join(_WARMUP_WORDS[: (i % 7) + 1] * (2 + 3 * (i % 13))) for i in range(64)]
-        prepared = self.prepare_sync("warm-up query about a fox", documents)
+        prepared = self.prepare_sync(_WARMUP_QUERY, documents)
         runs, started, pair_count, tokens = 0, 0.0, 0, 0
         deadline = time.perf_counter() + seconds
         while runs < 2 or time.perf_counter() < deadline:
@@ -231,7 +232,7 @@ class Engine:
         self.scheduler.close()
 
     def _sweep_inputs(self, documents: list[str]) -> list[Encoded]:
-        return self.prepare_sync("warm-up query about a fox", documents).inputs
+        return self.prepare_sync(_WARMUP_QUERY, documents).inputs
 
     def _forward(self, items: list[Encoded]) -> np.ndarray:
         return self.backend.forward(self.tokenizer.collate(items))
