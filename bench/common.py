@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from rerankd.reporting import format_table, machine, percentile  # shared with `rerankd eval`
+
+# `python bench/x.py` puts only bench/ on sys.path: add the repository root, so that the test tooling (testing/,
+# kept out of the installed package) imports as under pytest. Every benchmark imports this module first.
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARED = Path(__file__).resolve().parents[2] / "shared"

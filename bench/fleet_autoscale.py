@@ -31,9 +31,9 @@ from fleet_workload import make_requests, open_loop, poisson_times, wait_ready
 
 from rerankd.config import Settings
 from rerankd.fleet.launch import Fleet
-from rerankd.testing.costmodel import SimulatedReplica
-from rerankd.testing.netns import loopback_only
-from rerankd.testing.simfleet import simulated_fleet
+from testing.costmodel import SimulatedReplica
+from testing.netns import loopback_only
+from testing.simfleet import simulated_fleet
 
 ACTIVE_STATES = ("STARTING", "RUNNING", "UPDATING", "RECOVERING")
 # Phase plan: warm 15 s, burst 40 s, stop 120 s, then 6 cycles of 10 s on / 10 s off.

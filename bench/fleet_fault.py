@@ -22,10 +22,10 @@ from fleet_workload import Outcome, closed_loop, make_requests, metric, wait_rea
 
 from rerankd.config import Settings
 from rerankd.fleet.launch import Fleet
-from rerankd.testing.costmodel import SimulatedReplica
-from rerankd.testing.netns import loopback_only
-from rerankd.testing.processes import replica_pids
-from rerankd.testing.simfleet import simulated_app
+from testing.costmodel import SimulatedReplica
+from testing.netns import loopback_only
+from testing.processes import replica_pids
+from testing.simfleet import simulated_app
 
 
 def watch_replicas(fleet: Fleet, stop: threading.Event, timeline: list[tuple[float, int]], t0: float) -> None:

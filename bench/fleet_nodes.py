@@ -1,7 +1,7 @@
 """Node loss on a real multi-node Ray cluster: the fleet at ~70% of its measured capacity, one worker node killed.
 
 Three Ray nodes on this machine, each in a network namespace of its own on a private bridge
-(`rerankd.testing.cluster`: head + two workers, 1 CPU each); `rerankd serve --ray-address` on the head with 3
+(`testing.cluster`: head + two workers, 1 CPU each); `rerankd serve --ray-address` on the head with 3
 ce-fixture replicas of 0.5 CPU (one per node), Serve's proxy on every node, the shipped nginx config in front
 of the three proxies. Then:
 
@@ -37,7 +37,7 @@ import numpy as np
 from common import format_table, percentile, plot_path, save
 from fleet_workload import Outcome, closed_loop, make_requests, open_loop, poisson_times
 
-from rerankd.testing.cluster import Cluster, ClusterFleet, Watch, namespace_pids, read_access_log, serve_roles
+from testing.cluster import Cluster, ClusterFleet, Watch, namespace_pids, read_access_log, serve_roles
 
 REPLICAS = 3
 AVOID_SECONDS = 5.0  # the router must stop sending to a dead node's replicas within this

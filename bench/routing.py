@@ -36,9 +36,9 @@ from fleet_workload import (
 
 from rerankd.config import Settings
 from rerankd.fleet.launch import Fleet
-from rerankd.testing.costmodel import SimulatedReplica
-from rerankd.testing.netns import loopback_only
-from rerankd.testing.simfleet import simulated_fleet
+from testing.costmodel import SimulatedReplica
+from testing.netns import loopback_only
+from testing.simfleet import simulated_fleet
 
 POLICIES = ("tokens", "round-robin", "power-of-two")
 WARMUP_REQUESTS = 20

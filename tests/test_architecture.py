@@ -1,5 +1,6 @@
 """The import direction docs/architecture.md describes holds: the import-linter contracts in pyproject.toml
-(layers, light wire types and ingress, production never importing rerankd.testing, no cycles) all pass."""
+(layers, light wire types and ingress, production never importing the test tooling in testing/, no cycles)
+all pass."""
 
 from __future__ import annotations
 
@@ -28,3 +29,12 @@ def test_the_fleet_ingress_and_wire_types_load_no_model_code() -> None:
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
+
+
+def test_the_test_tooling_is_outside_the_installed_package() -> None:
+    import importlib.util
+
+    assert importlib.util.find_spec("rerankd.testing") is None
+    tooling = importlib.util.find_spec("testing")  # on sys.path through pytest's `pythonpath` (pyproject.toml)
+    assert tooling is not None and tooling.origin is not None
+    assert Path(tooling.origin).parent == REPO / "testing"

@@ -22,9 +22,9 @@ from conftest import free_port, is_ready, local_rerank, wait_until
 
 from rerankd.config import Settings
 from rerankd.pipeline.types import RerankRequest
-from rerankd.testing.costmodel import SimulatedReplica
-from rerankd.testing.netns import loopback_only
-from rerankd.testing.processes import replica_pids
+from testing.costmodel import SimulatedReplica
+from testing.netns import loopback_only
+from testing.processes import replica_pids
 
 pytestmark = pytest.mark.slow  # starts Ray
 QUERY = "fast embedded SQL database"
@@ -162,7 +162,7 @@ def test_killing_a_replica_under_load_loses_no_request(fleet) -> None:
 
 
 def test_a_burst_scales_a_cost_model_fleet_up_within_the_delay_and_not_down_before_the_quiet_period() -> None:
-    from rerankd.testing.simfleet import simulated_fleet
+    from testing.simfleet import simulated_fleet
 
     upscale, window = 2.0, 2.0  # the policy's delay, and the metrics window it reads (ray_app: max(2, delay))
     with loopback_only():

@@ -22,8 +22,8 @@ import pytest
 from conftest import free_port, is_ready, local_rerank, wait_until
 
 from rerankd.pipeline.types import RerankRequest
-from rerankd.testing.netns import loopback_only
-from rerankd.testing.processes import namespace_pids
+from testing.netns import loopback_only
+from testing.processes import namespace_pids
 
 pytestmark = pytest.mark.slow  # starts a Ray cluster and `rerankd serve`
 RAY = str(Path(sys.executable).with_name("ray"))

@@ -1,7 +1,7 @@
 """A fleet on a real three-node Ray cluster, and the loss of a worker node under load.
 
 Each Ray node runs in a network namespace of its own, joined to the others by a bridge with private addresses
-(`rerankd.testing.cluster`): the head (`ray start --head`) and two workers (`ray start --address`). `rerankd serve
+(`testing.cluster`): the head (`ray start --head`) and two workers (`ray start --address`). `rerankd serve
 --ray-address` runs on the head as an operator would start it, with 3 model replicas (at least one per node), 2
 ingress replicas (the default `ingress_replicas`, on two different nodes) and a Serve proxy on every node; a real
 nginx with the shipped deploy/nginx.conf balances over the three proxies. Load comes from the root namespace
@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rerankd.testing.cluster import (
+from testing.cluster import (
     Cluster,
     ClusterFleet,
     Watch,

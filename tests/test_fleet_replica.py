@@ -18,7 +18,7 @@ from rerankd.fleet.ray_app import check_settings, replica_plan
 from rerankd.fleet.replica import RemoteError, ReplicaCore, health_problem
 from rerankd.fleet.router import Work
 from rerankd.pipeline.types import RerankRequest
-from rerankd.testing.costmodel import SimulatedReplica, SimulatedService
+from testing.costmodel import SimulatedReplica, SimulatedService
 
 
 def test_health_fails_only_while_a_real_scheduler_is_stuck_with_work_waiting() -> None:
@@ -184,7 +184,7 @@ def test_fleet_settings_are_checked_before_ray_starts() -> None:
 
 def test_a_simulated_fleet_is_the_production_app_with_stand_in_replicas() -> None:
     from rerankd.fleet.ray_app import MODEL_DEPLOYMENT, build_app
-    from rerankd.testing.simfleet import SimulatedModelReplica, simulated_app
+    from testing.simfleet import SimulatedModelReplica, simulated_app
 
     def model_deployment(app):  # the ingress is bound to the model deployment's handle
         bound = next(arg for arg in app._bound_deployment.init_args if hasattr(arg, "_bound_deployment"))

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import subprocess
 import sys
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TRAINED_CE
+from conftest import REPO, TRAINED_CE
 from sentence_transformers import CrossEncoder
 
-from rerankd.cli import build_parser
+from rerankd.cli import build_parser, main
 from rerankd.config import Settings
 from rerankd.engine.engine import Engine
 from rerankd.errors import ModelNotFound
@@ -88,6 +90,41 @@ def test_settings_precedence_cli_over_env_over_file(tmp_path: Path, monkeypatch:
 def test_bad_setting_names_the_setting() -> None:
     with pytest.raises(ValueError, match="max_batch_tokens"):
         Settings.load({"max_batch_tokens": "-5"})
+
+
+def test_settings_built_in_code_ignore_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Manifest defaults (deploy/kubernetes.py) and replicas' settings must not pick up the caller's RERANKD_*.
+    monkeypatch.setenv("RERANKD_PORT", "9100")
+    monkeypatch.setenv("RERANKD_CHUNKING", "true")
+    assert (Settings().port, Settings().chunking) == (8080, False)
+    assert (Settings.load().port, Settings.load().chunking) == (9100, True)
+
+
+def test_settings_file_errors_name_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="no such settings file"):
+        Settings.load(config_file=tmp_path / "missing.yaml")
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- port\n- 9000\n")
+    with pytest.raises(ValueError, match=r"list\.yaml: expected a mapping"):
+        Settings.load(config_file=listed)
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("port: 9000\nbatch_tokens: 10\n")
+    with pytest.raises(ValueError, match="batch_tokens"):
+        Settings.load(config_file=unknown)
+    monkeypatch.setenv("RERANKD_CONFIG", str(listed))  # the file may come from the environment too
+    with pytest.raises(ValueError, match=r"list\.yaml"):
+        Settings.load()
+    with redirect_stdout(io.StringIO()):  # the CLI turns it into a message and exit status 2
+        assert main(["config", "--config", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_configuration_doc_is_the_generated_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["config", "--markdown"]) == 0
+    doc = (REPO / "docs" / "configuration.md").read_text()
+    assert out.getvalue().strip() in doc, "stale: regenerate docs/configuration.md with `rerankd config --markdown`"
 
 
 def test_every_setting_is_a_serve_flag() -> None:

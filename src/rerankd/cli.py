@@ -1,7 +1,9 @@
 """`rerankd` command line: serve | rerank | eval | fixture | config.
 
 Every `Settings` field is a flag of `serve` (`max_batch_tokens` -> `--max-batch-tokens`), so flags, environment
-variables and YAML keys always agree.
+variables and YAML keys always agree. The flags go to `Settings.load` as its highest layer (pydantic-settings reads
+the others). They are argparse rather than pydantic-settings' CliSettingsSource, which gives a parser every field
+of its class: `rerank` and `eval` take a few settings beside arguments of their own.
 """
 
 from __future__ import annotations
@@ -136,6 +138,8 @@ def cmd_config(args: argparse.Namespace) -> int:
         print("| setting | CLI flag | environment | default | meaning |\n|---|---|---|---|---|")
         for name, field in Settings.model_fields.items():
             default: Any = field.get_default(call_default_factory=True)
+            if isinstance(default, Path) and default.is_relative_to(Path.home()):  # the same table on any machine
+                default = Path("~", default.relative_to(Path.home()))
             print(
                 f"| `{name}` | `--{name.replace('_', '-')}` | `{ENV_PREFIX}{name.upper()}` | `{default}` | "
                 f"{field.description} |"

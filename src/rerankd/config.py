@@ -2,7 +2,8 @@
 
 Each knob has one name: the field `max_batch_tokens` is the CLI flag `--max-batch-tokens`, the environment
 variable `RERANKD_MAX_BATCH_TOKENS` and the YAML key `max_batch_tokens`. Precedence, highest first: CLI flag,
-environment variable, YAML file (`--config` / `RERANKD_CONFIG`), default. Nothing else reads `os.environ`.
+environment variable, YAML file (`--config` / `RERANKD_CONFIG`), default. pydantic-settings reads the environment
+and the file; nothing else reads `os.environ`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
 
 ENV_PREFIX = "RERANKD_"
 
@@ -22,10 +30,13 @@ def default_cache_dir() -> Path:
     return Path(base) / "rerankd"
 
 
-class Settings(BaseModel):
+class Settings(BaseSettings):
     """Server, engine and request-limit settings (see docs/configuration.md for the generated table)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    # enable_decoding=False: list settings arrive as comma text (`_split_commas`), not JSON.
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, enable_decoding=False, extra="forbid", frozen=True, protected_namespaces=()
+    )
 
     # Models
     model: list[str] = Field(
@@ -251,20 +262,34 @@ class Settings(BaseModel):
         return keys
 
     @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # `Settings(...)` in code is exactly what it is given (tests, replicas, manifest defaults); only `load`
+        # reads the environment and the YAML file.
+        return (init_settings,)
+
+    @classmethod
     def load(cls, overrides: dict[str, Any] | None = None, config_file: str | Path | None = None) -> Settings:
         """Build settings from CLI overrides, the environment and an optional YAML file, in that order."""
-        overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
         config_file = config_file or os.environ.get(f"{ENV_PREFIX}CONFIG")
-        from_file: dict[str, Any] = {}
-        if config_file:
-            from_file = yaml.safe_load(Path(config_file).read_text()) or {}
-            if not isinstance(from_file, dict):
-                raise ValueError(f"{config_file}: expected a mapping of setting names to values")
-        from_env = {
-            name: os.environ[f"{ENV_PREFIX}{name.upper()}"]
-            for name in cls.model_fields
-            if f"{ENV_PREFIX}{name.upper()}" in os.environ
-        }
-        # Values are merged explicitly so that each source keeps its own precedence.
-        merged = {**from_file, **from_env, **overrides}
-        return cls.model_validate(merged)
+        from_file = _read_yaml(cls, Path(config_file)) if config_file else {}
+        flags = {name: value for name, value in (overrides or {}).items() if value is not None}
+        return cls(**{**from_file, **EnvSettingsSource(cls)(), **flags})
+
+
+def _read_yaml(settings_cls: type[BaseSettings], path: Path) -> dict[str, Any]:
+    # pydantic-settings skips a missing file and fails obscurely on a non-mapping; a named error is kinder.
+    if not path.is_file():
+        raise ValueError(f"{path}: no such settings file")
+    try:
+        return YamlConfigSettingsSource(settings_cls, yaml_file=path)()
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: expected a mapping of setting names to values") from exc

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 class Fleet:
     """One Serve application on Ray; `start()` returns once every replica is up, `stop()` undoes what it began.
-    `app` builds the application (default `ray_app.build_app`; simulations pass `rerankd.testing.simfleet`'s)."""
+    `app` builds the application (default `ray_app.build_app`; simulations pass `testing/simfleet.py`'s)."""
 
     def __init__(self, settings: Settings, *, app: AppBuilder | None = None, num_cpus: float | None = None) -> None:
         self.settings = settings

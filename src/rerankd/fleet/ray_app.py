@@ -98,7 +98,7 @@ def build_app(
     cluster_nodes: int | None = None,
 ) -> Application:
     """The Serve application for `settings`: fixed `replicas` or `autoscale` min:max model replicas, each a
-    `replica(settings, *replica_args)` (another class only in simulations: `rerankd.testing.simfleet`), behind
+    `replica(settings, *replica_args)` (another class only in simulations: `testing/simfleet.py`), behind
     `ingress_replicas` ingress replicas spread over the `cluster_nodes` (default: the connected cluster's)."""
     check_settings(settings)
     plan = replica_plan(settings, cluster_gpus)

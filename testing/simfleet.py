@@ -13,7 +13,7 @@ from rerankd.fleet.launch import AppBuilder, Fleet
 from rerankd.fleet.model_replica import ModelReplica
 from rerankd.fleet.ray_app import build_app
 from rerankd.pipeline.types import RerankService
-from rerankd.testing.costmodel import SimulatedReplica, SimulatedService
+from testing.costmodel import SimulatedReplica, SimulatedService
 
 
 class SimulatedModelReplica(ModelReplica):

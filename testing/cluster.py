@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 GCS_PORT = 6379
-NGINX_CONF = Path(__file__).resolve().parents[3] / "deploy" / "nginx.conf"
+NGINX_CONF = Path(__file__).resolve().parents[1] / "deploy" / "nginx.conf"
 
 
 class ClusterError(RuntimeError):
