@@ -53,13 +53,12 @@ def reference(spec: ModelSpec, query: str, documents: list[str]) -> np.ndarray:
 # -- choosing the engine ------------------------------------------------------------------------------------------
 
 
-def test_auto_picks_onnx_fp32_on_the_cpu_and_names_int8_where_the_cpu_has_vnni() -> None:
-    """int8 missed the fidelity targets (bench/fidelity.py), so `auto` keeps exact fp32 and only hints at int8."""
+def test_auto_picks_onnx_fp32_on_an_avx2_cpu() -> None:
+    """Pure int8 missed the fidelity targets (bench/int8_fidelity.py); where int8 has dot products `auto` picks
+    int8-rescore instead (tests/test_int8_rescore.py)."""
     cpu = Settings(device="cpu")
-    vnni = choose(cpu, frozenset({"avx2", "avx512_vnni"}))
-    assert (vnni.backend, vnni.device, vnni.precision) == ("onnx", "cpu", "fp32")
-    assert "int8" in vnni.reason
-    assert "int8" not in choose(cpu, frozenset({"avx2", "fma"})).reason
+    avx2 = choose(cpu, frozenset({"avx2", "fma"}))
+    assert (avx2.backend, avx2.device, avx2.precision) == ("onnx", "cpu", "fp32")
     assert choose(Settings(device="cpu", backend="torch"), frozenset({"avx_vnni"})).backend == "torch"
     assert choose(Settings(device="cpu", precision="int8"), frozenset()).reason == "as configured"
 

@@ -15,8 +15,9 @@ if TYPE_CHECKING:
 
 
 def load_backend(spec: ModelSpec, settings: Settings) -> Backend:
-    """Build the backend the settings ask for; `auto` choices are resolved by `backends.select.choose`."""
-    choice = choose(settings)
+    """Build the backend the settings ask for; `auto` choices are resolved by `backends.select.choose`.
+    Under int8-rescore this is the int8 session; pipeline/rescore.py loads the fp32 twin."""
+    choice = choose(settings, kind=spec.kind)
     if spec.kind == "causal-lm" and choice.precision == "int8":
         # Measured on the golden fixtures (tests/test_golden_llm.py): dynamic int8 moved Qwen3-shaped logits by up
         # to 2.1 (Spearman 0.41 vs fp32), far from the encoders' fidelity; so it is refused, not served.
@@ -26,7 +27,11 @@ def load_backend(spec: ModelSpec, settings: Settings) -> Backend:
     threads = settings.threads or available_cores()
     if choice.backend == "onnx":
         return OnnxBackend.load(
-            spec, device=choice.device, precision=choice.precision, threads=threads, cache_dir=settings.cache_dir
+            spec,
+            device=choice.device,
+            precision=choice.scoring_precision,
+            threads=threads,
+            cache_dir=settings.cache_dir,
         )
     # Not a cycle: torch is imported only when asked for, so ONNX-only servers never pay for loading it.
     from rerankd.backends.torch import TorchBackend

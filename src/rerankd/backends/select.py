@@ -12,6 +12,9 @@ if TYPE_CHECKING:
 # CPU flags that mean int8 dot products in hardware: x86 VNNI (AVX-512 or AVX) and Arm's dot-product extension.
 INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
 
+# int8 for every document, then fp32 for the head of the ranking (pipeline/rescore.py): two ONNX sessions.
+INT8_RESCORE = "int8-rescore"
+
 
 @dataclass(frozen=True)
 class Choice:
@@ -24,6 +27,11 @@ class Choice:
 
     def __str__(self) -> str:
         return f"{self.backend}/{self.device}/{self.precision} ({self.reason})"
+
+    @property
+    def scoring_precision(self) -> str:
+        """The precision every document is scored at (int8-rescore's fp32 twin is loaded beside it)."""
+        return "int8" if self.precision == INT8_RESCORE else self.precision
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
@@ -55,8 +63,9 @@ def cuda_available(backend: str) -> bool:
     return bool(torch.cuda.is_available())
 
 
-def choose(settings: Settings, flags: frozenset[str] | None = None) -> Choice:
-    """Concrete backend/device/precision for `settings`; raises ValueError for combinations that cannot run."""
+def choose(settings: Settings, flags: frozenset[str] | None = None, *, kind: str = "cross-encoder") -> Choice:
+    """Concrete backend/device/precision for `settings` and a model of `kind`; raises ValueError for combinations
+    that cannot run."""
     backend = "onnx" if settings.backend == "auto" else settings.backend
     if settings.device == "auto":
         device = "cuda" if cuda_available(backend) else "cpu"
@@ -69,20 +78,26 @@ def choose(settings: Settings, flags: frozenset[str] | None = None) -> Choice:
         precision, reason = settings.precision, "as configured"
     elif device == "cuda":
         precision, reason = "fp16", "auto: GPU"
+    elif backend == "onnx" and kind == "cross-encoder" and int8_dot_products(flags):
+        # Pure int8 is not faithful (bench/int8_fidelity.py: top-10 overlap 0.87 vs fp32 on debian-minilm-ce; static
+        # and keep-layers-in-fp32 recipes no better); int8 for all + fp32 for the head is (top-10 0.98, NDCG@10 delta
+        # 0.000), and with int8 dot products int8 is ~2.1x fp32 (issue 12's Zen 4 table), so the pair wins there.
+        precision, reason = INT8_RESCORE, "auto: int8 dot products here; int8 for every document, fp32 for the head"
     else:
-        # int8 stays opt-in: on debian-minilm-ce it missed the fidelity targets (bench/fidelity.py, 30 queries x
-        # BM25 top 100: Spearman 0.958 < 0.98, top-10 overlap 0.897 < 0.9), though it was 1.4-1.7x faster. No pure
-        # quantization recipe fixed that on an AVX2 Zen 3 (bench/int8_fidelity.py: static in-domain calibration,
-        # layers kept in fp32: top-10 overlap 0.64-0.88); fp32 re-scoring of an int8 head was faithful there but no
-        # faster than fp32 (int8 only ~1.45x fp32 without VNNI).
-        fast_int8 = backend == "onnx" and int8_dot_products(flags)
-        hint = "; --precision int8 is faster here (VNNI) but less faithful" if fast_int8 else ""
-        precision, reason = "fp32", f"auto: exact scores on the CPU{hint}"
+        # Without int8 dot products (AVX2) int8 is only ~1.45x fp32, and int8 + fp32 head re-scoring measured no
+        # faster than fp32 alone (bench/results/int8_fidelity.json); bi-encoders and LLM rerankers have no faithful
+        # int8 path. So exact fp32.
+        precision, reason = "fp32", "auto: exact scores on the CPU"
 
-    if precision == "int8" and backend != "onnx":
-        raise ValueError("precision: int8 needs --backend onnx (the torch backend runs fp32 or fp16)")
-    if precision == "int8" and device == "cuda":
-        raise ValueError("precision: int8 runs on the CPU only; use fp16 on cuda")
+    if precision in ("int8", INT8_RESCORE) and backend != "onnx":
+        raise ValueError(f"precision: {precision} needs --backend onnx (the torch backend runs fp32 or fp16)")
+    if precision in ("int8", INT8_RESCORE) and device == "cuda":
+        raise ValueError(f"precision: {precision} runs on the CPU only; use fp16 on cuda")
+    if precision == INT8_RESCORE and kind != "cross-encoder":
+        raise ValueError(
+            f"precision: {INT8_RESCORE} re-scores the head of an encoder cross-encoder's ranking in fp32; this model "
+            f"is a {kind}: use fp32 or int8"
+        )
     if precision == "fp16" and device != "cuda":
         raise ValueError("precision: fp16 needs --device cuda (CPUs run fp32 or int8)")
     return Choice(backend, device, precision, reason)

@@ -24,6 +24,7 @@ from rerankd.models import ModelSpec, resolve_model
 from rerankd.pipeline.admission import Admission
 from rerankd.pipeline.chunking import ChunkRule
 from rerankd.pipeline.hybrid import ChunkOptions, Options, Outcome, Reranker
+from rerankd.pipeline.rescore import HeadRescorer, prefilter_settings
 from rerankd.pipeline.types import ModelInfo, Ranked, RerankRequest, RerankResult, State, check_limits
 from rerankd.prefilter import EmbeddingCache, EmbeddingPrefilter
 
@@ -52,6 +53,7 @@ class LocalService:
         self._embedding_cache = EmbeddingCache(settings.embedding_cache_entries, metrics)
         self._embeddings: EmbeddingPrefilter | None = None
         self._own_engines: list[Engine] = []  # loaded for the pre-filter, not served
+        self._rescorer = HeadRescorer(settings.rescore_head_min)  # fp32 twins under precision int8-rescore
         self.admission = Admission(settings.max_queue_seconds, fair=settings.scheduling == "fair")
 
     def start(self) -> None:
@@ -72,9 +74,10 @@ class LocalService:
                 resolve_model(name, kind=self.settings.model_kind, cache_dir=self.settings.cache_dir)
                 for name in self.settings.model
             ]
-            engines = [Engine.load(spec, self.settings, self.metrics) for spec in specs]
+            engines = [self._rescorer.load(spec, self.settings, self.metrics) for spec in specs]
             for engine in engines:
                 engine.warmup(self.settings.warmup_seconds)
+            self._rescorer.warmup(self.settings.warmup_seconds)
             if self.settings.embedding_model:
                 self._embeddings = self._load_embeddings(engines)
         except Exception as exc:
@@ -102,7 +105,7 @@ class LocalService:
 
     def models(self) -> list[ModelInfo]:
         return [
-            ModelInfo(e.spec.name, e.spec.kind, e.spec.aliases, e.spec.max_length, e.description)
+            ModelInfo(e.spec.name, e.spec.kind, e.spec.aliases, e.spec.max_length, self._rescorer.describe(e))
             for e in self.registry.engines
         ]
 
@@ -138,6 +141,9 @@ class LocalService:
         if request.max_tokens_per_doc is not None and request.max_tokens_per_doc < engine.spec.max_length:
             documents = await asyncio.to_thread(_clip_all, engine, documents, request.max_tokens_per_doc)
         outcome = await self._reranker.run(engine, request.query, query, documents, options)
+        outcome = await self._rescorer.rescore(
+            self._reranker, engine, outcome, request.query, query, documents, options, request.top_n
+        )
         if self.metrics:
             self.metrics.documents.labels(engine.spec.name).inc(len(documents))
             self.metrics.strategies.labels(engine.spec.name, outcome.plan.strategy).inc()
@@ -209,7 +215,7 @@ class LocalService:
             if spec.kind != "bi-encoder":
                 raise RerankdError(f"embedding_model: {spec.name} is a {spec.kind}; it must be a bi-encoder")
             log.info("loading %s for the embedding pre-filter", spec.name)
-            engine = Engine.load(spec, self.settings, self.metrics)
+            engine = Engine.load(spec, prefilter_settings(self.settings), self.metrics)
             self._own_engines.append(engine)
         try:
             return EmbeddingPrefilter(engine, self._embedding_cache)
@@ -221,6 +227,7 @@ class LocalService:
             self._registry.close()
         for engine in self._own_engines:
             engine.close()
+        self._rescorer.close()
 
 
 def _ranked(outcome: Outcome, top_n: int | None) -> list[Ranked]:
