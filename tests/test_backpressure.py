@@ -13,22 +13,23 @@ from conftest import wait_until
 from rerankd.api import create_app
 from rerankd.config import Settings
 from rerankd.errors import Overloaded
-from rerankd.pipeline.admission import Admission
+from rerankd.pipeline.admission import Admission, Stage
 
 
 def test_admission_holds_work_until_the_request_ends_and_turns_away_past_the_limit() -> None:
     admission = Admission(max_queue_seconds=10)
-    with admission.admit("m", 6.0), admission.admit("m", 6.0):  # the second is judged by the 6 s ahead of it
+    # The second is judged by the 6 s ahead of it.
+    with admission.admit(Stage("m", 6.0)), admission.admit(Stage("m", 6.0)):
         assert admission.queued_seconds("m") == 12.0
         assert admission.overloaded()
-        with pytest.raises(Overloaded) as refused, admission.admit("m", 20.0):
+        with pytest.raises(Overloaded) as refused, admission.admit(Stage("m", 20.0)):
             pass
         assert refused.value.retry_after >= 1
         assert "max_queue_seconds=10" in refused.value.message
         # Under fair turns a small request waits ~its own work per request ahead, not the whole queue.
-        with admission.admit("m", 0.1):
+        with admission.admit(Stage("m", 0.1)):
             pass
-        with admission.admit("other", 1.0):  # models queue separately
+        with admission.admit(Stage("other", 1.0)):  # models queue separately
             pass
     assert admission.queued_seconds("m") == 0.0
     assert not admission.overloaded()
@@ -36,19 +37,40 @@ def test_admission_holds_work_until_the_request_ends_and_turns_away_past_the_lim
 
 def test_under_fifo_every_request_waits_for_the_whole_queue() -> None:
     admission = Admission(max_queue_seconds=10, fair=False)
-    with admission.admit("m", 11.0), pytest.raises(Overloaded), admission.admit("m", 0.1):
+    with admission.admit(Stage("m", 11.0)), pytest.raises(Overloaded), admission.admit(Stage("m", 0.1)):
         pass
 
 
 def test_a_large_request_is_not_starved_by_its_own_size() -> None:
     admission = Admission(max_queue_seconds=1)
-    with admission.admit("m", 1000.0):  # an idle model admits anything
+    with admission.admit(Stage("m", 1000.0)):  # an idle model admits anything
         pass
-    with admission.admit("m", 0.5), admission.admit("m", 1000.0):  # under the limit: admitted, whatever its size
+    # Under the limit: admitted, whatever its size.
+    with admission.admit(Stage("m", 0.5)), admission.admit(Stage("m", 1000.0)):
         assert admission.queued_seconds("m") == 1000.5
     unlimited = Admission(max_queue_seconds=0)
-    with unlimited.admit("m", 1e9), unlimited.admit("m", 1e9):  # 0 turns the limit off
+    with unlimited.admit(Stage("m", 1e9)), unlimited.admit(Stage("m", 1e9)):  # 0 turns the limit off
         assert not unlimited.overloaded()
+
+
+def test_a_cascade_is_judged_and_held_on_each_of_its_models_queues() -> None:
+    admission = Admission(max_queue_seconds=5)
+    first, own = Stage("fast", 8.0, "first_stage_model"), Stage("slow", 2.0)
+    with admission.admit(Stage("fast", 6.0)):  # the first model's queue is busy, the slow model's idle
+        with pytest.raises(Overloaded) as refused, admission.admit(first, own):
+            pass
+        assert refused.value.message.startswith("first_stage_model fast: expected wait 6.0 s")
+        assert refused.value.retry_after >= 1
+        assert admission.queued_seconds("slow") == 0.0  # a refused request holds nothing
+        with admission.admit(Stage("fast", 3.0, "first_stage_model"), own) as ticket:
+            assert (admission.queued_seconds("fast"), admission.queued_seconds("slow")) == (9.0, 2.0)
+            ticket.stage_done(0)  # the first model answered: its queue is free while the slow model works
+            ticket.stage_done(0)  # once only
+            assert (admission.queued_seconds("fast"), admission.queued_seconds("slow")) == (6.0, 2.0)
+        assert admission.queued_seconds("slow") == 0.0
+    with pytest.raises(RuntimeError), admission.admit(first, own):  # a failed request releases every stage
+        raise RuntimeError
+    assert admission.queued_seconds("fast") == admission.queued_seconds("slow") == 0.0
 
 
 def test_a_burst_past_max_queue_seconds_gets_fast_429s_and_every_accepted_answer(thread_server) -> None:

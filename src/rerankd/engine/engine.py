@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import time
 from collections.abc import Sequence
@@ -21,30 +22,15 @@ from rerankd.config import Settings
 from rerankd.engine.scheduler import QueueStats, Scheduler
 from rerankd.engine.score_cache import ScoreCache, input_key
 from rerankd.engine.tokenize import Encoded, Tokenizer, Tokens
-from rerankd.engine.tuning import BatchTuner
+from rerankd.engine.tuning import BatchTuner, sample_documents
 from rerankd.metrics import Metrics
 from rerankd.models import ModelSpec
 
 log = logging.getLogger(__name__)
 
 _WARMUP_QUERY = "warm-up query about a fox"
-# Warm-up text: ordinary words, so lengths span the realistic 20-300 token range.
-_WARMUP_WORDS = [
-    "the",
-    "quick",
-    "brown",
-    "fox",
-    "jumps",
-    "over",
-    "the",
-    "lazy",
-    "dog",
-    "while",
-    "a",
-    "reranker",
-    "scores",
-    "documents",
-]
+_WARMUP_DOCUMENTS = 64  # the realistic 20-300 token mix the calibration's batches are cut from
+_MEASURED_BATCHES = 2  # at least; then as many as `warmup_seconds` allows
 
 
 @dataclass(frozen=True)
@@ -206,36 +192,51 @@ class Engine:
         return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
 
     def warmup(self, seconds: float) -> Calibration:
-        """Run realistic batches for at least `seconds` (at least twice), and measure the speed."""
+        """Pay the one-off costs with one batch, then measure the speed on at least two batches, and for at least
+        `seconds`: start-up costs a few batches whatever the model's size (an LLM's batch takes seconds on a CPU).
+
+        The batches are the scheduler's, cut from the realistic 20-300 token mix and taken from the median length
+        outwards, so two of them already straddle the typical request; longer warm-ups cycle through all of them."""
         if seconds > 0:  # auto max_batch_tokens: the sweep, once per machine (cached); then calibrate with its choice
-            tuned = self.tuner.measure(self._forward, self._sweep_inputs, max_batch_size=self.scheduler.max_batch_size)
+            tuned = self.tuner.measure(self._forward, self._warmup_inputs, max_batch_size=self.scheduler.max_batch_size)
             self.scheduler.set_max_batch_tokens(tuned.max_batch_tokens)
-        documents = [" ".join(_WARMUP_WORDS[: (i % 7) + 1] * (2 + 3 * (i % 13))) for i in range(64)]
-        prepared = self.prepare_sync(_WARMUP_QUERY, documents)
-        runs, started, pair_count, tokens = 0, 0.0, 0, 0
-        deadline = time.perf_counter() + seconds
-        while runs < 2 or time.perf_counter() < deadline:
-            if runs == 1:  # the first run pays one-off costs; measure from the second
-                started = time.perf_counter()
-            for batch in self.scheduler.plan(prepared.inputs):
-                self._forward(batch)
-                if runs >= 1:
-                    pair_count += len(batch)
-                    tokens += len(batch) * max(len(item) for item in batch)
+        batches = _median_out(self.scheduler.plan(self._warmup_inputs(sample_documents(_WARMUP_DOCUMENTS))))
+        self._forward(batches[0])  # first-call costs (allocations, lazy initialisation) are not the model's speed
+        measured = itertools.islice(itertools.cycle(batches), 1, None)
+        runs, pair_count, tokens = 0, 0, 0
+        started = time.perf_counter()
+        deadline = started + seconds
+        while runs < _MEASURED_BATCHES or time.perf_counter() < deadline:
+            batch = next(measured)
+            self._forward(batch)
             runs += 1
+            pair_count += len(batch)
+            tokens += len(batch) * max(len(item) for item in batch)
         elapsed = max(time.perf_counter() - started, 1e-6)
         self.calibration = Calibration(pair_count / elapsed, tokens / elapsed)
-        log.info("warmed up %s: %.1f pairs/s, %.0f tokens/s", self.spec.name, *self.calibration.__dict__.values())
+        log.info(
+            "warmed up %s in %d batches: %.1f pairs/s, %.0f tokens/s",
+            self.spec.name,
+            runs + 1,
+            *self.calibration.__dict__.values(),
+        )
         return self.calibration
 
     def close(self) -> None:
         self.scheduler.close()
 
-    def _sweep_inputs(self, documents: list[str]) -> list[Encoded]:
+    def _warmup_inputs(self, documents: list[str]) -> list[Encoded]:
         return self.prepare_sync(_WARMUP_QUERY, documents).inputs
 
     def _forward(self, items: list[Encoded]) -> np.ndarray:
         return self.backend.forward(self.tokenizer.collate(items))
+
+
+def _median_out(batches: list[list[Encoded]]) -> list[list[Encoded]]:
+    """Length-sorted batches reordered from the median outwards: m, m+1, m-1, m+2, ..."""
+    middle = len(batches) // 2
+    order = sorted(range(len(batches)), key=lambda i: (abs(i - middle), i < middle))
+    return [batches[i] for i in order]
 
 
 def cosine(documents: np.ndarray, query: np.ndarray) -> np.ndarray:

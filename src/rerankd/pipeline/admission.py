@@ -14,14 +14,19 @@ Estimates count inference only; what a request really waits also holds tokenizin
 machine runs. So admission learns, per model, how long answered requests took against their expected wait plus
 their own estimate, and scales by that ratio: the limit is on the wait clients see. A client turned away gets 429
 and a `Retry-After` of the time until its wait would be under the limit.
+
+A cascade's work lies on two queues: its first model scores every document, then its own model scores K. Each
+part is a `Stage`, judged against and held on its own model's queue; the first stage's hold ends when the first
+model has answered, and its time teaches that model's ratio.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from rerankd.errors import Overloaded
 
@@ -30,6 +35,52 @@ from rerankd.errors import Overloaded
 _SMOOTHING_UP, _SMOOTHING_DOWN = 0.5, 0.1
 _RATIO_RANGE = (0.5, 4.0)
 _MIN_LEARN_SECONDS = 0.2  # shorter requests say more about overheads than about the queue
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One model's part of a request's work, in estimated seconds: a cascade holds its first model's, then its
+    own. `field` names the request field that chose a model other than the request's, for a refusal's message."""
+
+    model: str
+    seconds: float
+    field: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.field} {self.model}" if self.field else self.model
+
+
+class Ticket:
+    """An admitted request's hold. Its stages run one after another; `stage_done(i)` releases stage i's work as
+    soon as it ends (a cascade's first model is free long before the request ends) and learns from its time."""
+
+    def __init__(self, admission: Admission, stages: Sequence[Stage], expected: Sequence[float]) -> None:
+        self._admission, self._stages = admission, stages
+        self._expected = expected  # per stage, estimated seconds from admission: its queue's wait and its work
+        self._held = [True] * len(stages)
+        self._done = [False] * len(stages)
+        self._started = time.monotonic()
+        self._lock = threading.Lock()
+
+    def stage_done(self, index: int) -> None:
+        """Stage `index` ended: its model's queue no longer holds it, and its time since admission teaches that
+        model's ratio (expected: the stages that ran before it, then its own wait and work)."""
+        if not self._release(index):
+            return
+        with self._lock:
+            self._done[index] = True
+            expected = sum(e for e, done in zip(self._expected[:index], self._done, strict=False) if done)
+        expected += self._expected[index]
+        self._admission._learn(self._stages[index].model, time.monotonic() - self._started, expected)
+
+    def _release(self, index: int) -> bool:
+        """Release stage `index`'s work; False when it was released already."""
+        with self._lock:
+            held, self._held[index] = self._held[index], False
+        if held:
+            self._admission._release(self._stages[index])
+        return held
 
 
 class Admission:
@@ -53,37 +104,54 @@ class Admission:
         with self._lock:
             return bool(limit) and any(sum(w) * self._ratio.get(m, 1.0) >= limit for m, w in self._work.items())
 
+    @contextmanager
+    def admit(self, *stages: Stage) -> Iterator[Ticket]:
+        """Hold each stage's work on its model's queue while the block runs (or until the stage is marked done);
+        raise `Overloaded`, holding nothing, when any stage's expected wait is at or over the limit. The last
+        stage is the request's own model: it learns from the whole request's time when the request is answered."""
+        limit = self.max_queue_seconds
+        with self._lock:
+            waits = [self._wait(stage.model, stage.seconds) for stage in stages]
+            for stage, wait in zip(stages, waits, strict=True):
+                if limit and wait >= limit:
+                    raise Overloaded(
+                        f"{stage.label}: expected wait {wait:.1f} s for the work already queued, at "
+                        f"or over max_queue_seconds={limit:g}",
+                        retry_after=max(1.0, max(waits) - limit + 1.0),
+                    )
+            for stage in stages:
+                self._work.setdefault(stage.model, []).append(stage.seconds)
+            expected = [wait / self._ratio.get(s.model, 1.0) + s.seconds for s, wait in zip(stages, waits, strict=True)]
+        ticket = Ticket(self, stages, expected)
+        answered = False
+        try:
+            yield ticket
+            answered = True
+        finally:
+            # A stage never marked done (a cascade whose plan went direct) is released without teaching anything;
+            # only answered requests teach (an error may end a request early).
+            for index in range(len(stages) - 1):
+                ticket._release(index)
+            if answered:
+                ticket.stage_done(len(stages) - 1)
+            else:
+                ticket._release(len(stages) - 1)
+
     def _wait(self, model: str, seconds: float) -> float:
         ahead = self._work.get(model, ())
         work = sum(min(other, seconds) for other in ahead) if self.fair else sum(ahead)
         return work * self._ratio.get(model, 1.0)
 
-    @contextmanager
-    def admit(self, model: str, seconds: float) -> Iterator[None]:
-        """Hold `seconds` of work for `model` while the block runs; raise `Overloaded` when the request's expected
-        wait is at or over the limit."""
-        limit = self.max_queue_seconds
+    def _release(self, stage: Stage) -> None:
         with self._lock:
-            wait = self._wait(model, seconds)
-            if limit and wait >= limit:
-                raise Overloaded(
-                    f"{model}: expected wait {wait:.1f} s for the work already queued, at or over "
-                    f"max_queue_seconds={limit:g}",
-                    retry_after=max(1.0, wait - limit + 1.0),
-                )
-            self._work.setdefault(model, []).append(seconds)
-            expected = wait / self._ratio.get(model, 1.0) + seconds
-        started = time.monotonic()
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._work[model].remove(seconds)
-        # Only answered requests teach the ratio (an error may end a request early).
-        waited = time.monotonic() - started
-        if waited >= _MIN_LEARN_SECONDS and expected > 0:
-            with self._lock:
-                low, high = _RATIO_RANGE
-                current, observed = self._ratio.get(model, 1.0), waited / expected
-                weight = _SMOOTHING_UP if observed > current else _SMOOTHING_DOWN
-                self._ratio[model] = min(max((1 - weight) * current + weight * observed, low), high)
+            self._work[stage.model].remove(stage.seconds)
+
+    def _learn(self, model: str, waited: float, expected: float) -> None:
+        """Move `model`'s ratio of real to estimated time towards what one answered stage took."""
+        if waited < _MIN_LEARN_SECONDS or expected <= 0:
+            return
+        with self._lock:
+            low, high = _RATIO_RANGE
+            current, observed = self._ratio.get(model, 1.0), waited / expected
+            weight = _SMOOTHING_UP if observed > current else _SMOOTHING_DOWN
+            self._ratio[model] = min(max((1 - weight) * current + weight * observed, low), high)

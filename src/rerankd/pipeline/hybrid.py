@@ -19,6 +19,7 @@ from rerankd.engine.engine import Engine, Prepared
 from rerankd.engine.tokenize import Tokens
 from rerankd.errors import PayloadTooLarge
 from rerankd.pipeline import chunking
+from rerankd.pipeline.admission import Stage
 from rerankd.pipeline.costs import CostModel
 from rerankd.pipeline.fusion import FusionMethod
 from rerankd.pipeline.planner import Costs, Plan, Strategy, plan
@@ -56,6 +57,17 @@ class Options:
     documents_field: str = "documents"
     instruction: str | None = None  # an LLM reranker's task description (None: the model's default)
     first_stage_model: Engine | None = None  # the hybrid pre-filter when it is a served model (a cascade)
+    first_stage_done: Callable[[], None] | None = None  # told once the cascade's first model answered (admission)
+
+    @property
+    def prefiltered(self) -> bool:
+        """Whether a pre-filter may cut the documents (so the model scores at most K of them)."""
+        return self.strategy in ("hybrid", "bi-encoder") or (self.strategy == "auto" and self.budget_ms is not None)
+
+    @property
+    def most_scored(self) -> int | None:
+        """The most documents the model may score, before planning: K when pre-filtered, else all (None)."""
+        return self.candidates or self.default_candidates if self.prefiltered else None
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,8 @@ class _FirstStage:
         self._reranker, self._query, self._documents = reranker, query, documents
         self._scores = options.first_stage_scores
         self.model = None if self._scores is not None else options.first_stage_model
+        self._done = options.first_stage_done
+        self._query_tokens: Tokens | None = None
         if self._scores is not None:
             self.source = "first_stage_scores"
         else:
@@ -121,11 +135,19 @@ class _FirstStage:
     def known(self) -> bool:
         return self._scores is not None
 
+    async def query_tokens(self, model: Engine) -> Tokens:
+        """The query in the first model's own tokens (its vocabulary and template differ from the main model's)."""
+        if self._query_tokens is None:
+            self._query_tokens = await asyncio.to_thread(model.query_tokens, self._query)
+        return self._query_tokens
+
     async def scores(self) -> np.ndarray:
         if self._scores is None and self.model is not None:
             model = self.model
-            query = await asyncio.to_thread(model.query_tokens, self._query)
+            query = await self.query_tokens(model)
             self._scores = (await model.score(await model.prepare(query, self._documents), raw=True)).astype(float)
+            if self._done is not None:
+                self._done()
         elif self._scores is None:
             self._scores = await self._reranker.bm25(self._query, self._documents)
         return self._scores
@@ -153,7 +175,8 @@ class Reranker:
             engine, len(query_tokens), documents, chunks=rule, bm25=fusing and not first.known and not first.model
         )
         if first.model is not None:  # the cascade's first model scores every document before the main one
-            first_costs, _ = self.costs.costs(first.model, len(query_tokens), documents, chunks=None, bm25=False)
+            first_query = await first.query_tokens(first.model)
+            first_costs, _ = self.costs.costs(first.model, len(first_query), documents, chunks=None, bm25=False)
             prefilter_ms = first_costs.fixed_ms + first_costs.model_ms(len(documents))
             costs = dataclasses.replace(costs, prefilter_ms=prefilter_ms)
         chosen = self._plan(options, len(documents), costs, options.strategy)
@@ -200,6 +223,19 @@ class Reranker:
         model_scores = np.full(len(documents), np.nan)
         model_scores[candidates] = scored.final
         return Outcome(order, scores, model_scores, first_scores, scored.tokens, chosen, {**meta, **scored.meta})
+
+    def admission_stages(self, engine: Engine, query: str, documents: Sequence[str], options: Options) -> list[Stage]:
+        """The request's model work per queue, estimated before any tokenizing: a cascade's first model over every
+        document (when it will run), then `engine` over at most K of them."""
+        scored = min(options.most_scored or len(documents), len(documents))
+        rule = _rough_rule(engine, options)
+        own = Stage(engine.spec.name, self.costs.work_seconds(engine, query, documents, chunks=rule, scored=scored))
+        first = options.first_stage_model if options.first_stage_scores is None else None
+        cuts = options.strategy in ("hybrid", "auto") and scored < len(documents)  # else the plan runs direct
+        if first is None or not (cuts or options.fusion != "none"):
+            return [own]
+        work = self.costs.work_seconds(first, query, documents, chunks=None, scored=len(documents))
+        return [Stage(first.spec.name, work, "first_stage_model"), own]
 
     async def bm25(self, query: str, documents: Sequence[str]) -> np.ndarray:
         started = time.perf_counter()
@@ -305,3 +341,11 @@ class Reranker:
         overhead = engine.tokenizer.special_tokens(pair=pair) + (len(query) if pair else 0)
         kept = [i for i, cut in enumerate(prepared.truncated) if not cut]
         self.costs.learn_tokens(engine, [texts[i] for i in kept], [len(items[i]) - overhead for i in kept])
+
+
+def _rough_rule(engine: Engine, options: Options) -> chunking.ChunkRule | None:
+    """The chunk rule before the query is tokenized: chunks of the requested size, else half the window."""
+    if options.chunks is None:
+        return None
+    size = options.chunks.tokens or engine.spec.max_length // 2
+    return chunking.ChunkRule(size, options.chunks.overlap, options.chunks.max_chunks)

@@ -6,6 +6,8 @@ It checks and admits each request, then runs the strategy's pipeline (`hybrid.Re
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -22,7 +24,6 @@ from rerankd.errors import DeadlineExceeded, InvalidRequest, ModelNotFound, NotR
 from rerankd.metrics import Metrics
 from rerankd.models import ModelSpec, resolve_model
 from rerankd.pipeline.admission import Admission
-from rerankd.pipeline.chunking import ChunkRule
 from rerankd.pipeline.hybrid import ChunkOptions, Options, Outcome, Reranker
 from rerankd.pipeline.rescore import HeadRescorer, prefilter_settings
 from rerankd.pipeline.types import ModelInfo, Ranked, RerankRequest, RerankResult, State, check_limits
@@ -114,11 +115,11 @@ class LocalService:
         engine = self.registry.get(request.model)
         check_limits(request, self.settings.max_documents, self.settings.max_query_chars)
         options = self._options(request, engine)
-        work = self._reranker.costs.work_seconds(
-            engine, request.query, request.documents, chunks=_rough_rule(engine, options), scored=_scored(options)
-        )
+        stages = self._reranker.admission_stages(engine, request.query, request.documents, options)
         timeout = request.timeout_ms / 1000 if request.timeout_ms else self.settings.request_timeout_seconds
-        with self.admission.admit(engine.spec.name, work):
+        with self.admission.admit(*stages) as ticket:
+            if len(stages) > 1:  # a cascade: its first model's queue is free once that model has answered
+                options = dataclasses.replace(options, first_stage_done=functools.partial(ticket.stage_done, 0))
             try:
                 async with asyncio.timeout(timeout or None) as deadline:
                     return await self._rerank(engine, request, options)
@@ -263,19 +264,3 @@ def _describe(options: Options, outcome: Outcome, *, elapsed_ms: float) -> dict[
 
 def _clip_all(engine: Engine, documents: Sequence[str], max_tokens: int) -> list[str]:
     return [engine.tokenizer.clip(document, max_tokens) for document in documents]
-
-
-def _scored(options: Options) -> int:
-    """Documents the model may score, at most: every one unless a pre-filter caps them."""
-    prefiltered = options.strategy in ("hybrid", "bi-encoder") or (
-        options.strategy == "auto" and options.budget_ms is not None
-    )
-    return options.candidates or options.default_candidates if prefiltered else 2**31
-
-
-def _rough_rule(engine: Engine, options: Options) -> ChunkRule | None:
-    """The chunk rule before the query is tokenized: chunks of the requested size, else half the window."""
-    if options.chunks is None:
-        return None
-    size = options.chunks.tokens or engine.spec.max_length // 2
-    return ChunkRule(size, options.chunks.overlap, options.chunks.max_chunks)
