@@ -14,7 +14,7 @@ from conftest import wait_until
 from rerankd.config import Settings
 from rerankd.engine.scheduler import QueueStats, Scheduler
 from rerankd.errors import BY_TYPE, InvalidRequest, Overloaded, RerankdError
-from rerankd.fleet.ray_app import check_settings, replica_plan
+from rerankd.fleet.ray_app import check_settings, ingress_options, replica_plan
 from rerankd.fleet.replica import RemoteError, ReplicaCore, health_problem
 from rerankd.fleet.router import Work
 from rerankd.pipeline.types import RerankRequest
@@ -180,6 +180,22 @@ def test_fleet_settings_are_checked_before_ray_starts() -> None:
         check_settings(Settings(replicas=2, autoscale="1:4"))
     with pytest.raises(ValueError, match="min <= max"):
         check_settings(Settings(autoscale="4:1"))
+
+
+def test_ingress_replicas_default_to_one_per_node_and_never_share_a_node_when_nodes_suffice() -> None:
+    def shape(nodes: int, **settings: int) -> tuple[int, int | None]:
+        options = ingress_options(Settings(**settings), cluster_nodes=nodes)
+        return options["num_replicas"], options.get("max_replicas_per_node")
+
+    # One per node: every node's proxy prefers the ingress replica on its own node (Serve's default).
+    assert shape(3) == (3, 1)
+    assert shape(5) == (5, 1)
+    assert shape(2) == (2, 1)
+    assert shape(1) == (2, None)  # one node: two replicas, so one crash is not an outage
+    # An explicit count is kept, spread as evenly as Serve's hard per-node limit allows.
+    assert shape(3, ingress_replicas=2) == (2, 1)
+    assert shape(2, ingress_replicas=5) == (5, 3)
+    assert shape(1, ingress_replicas=1) == (1, None)
 
 
 def test_a_simulated_fleet_is_the_production_app_with_stand_in_replicas() -> None:

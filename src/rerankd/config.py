@@ -217,10 +217,11 @@ class Settings(BaseSettings):
         default=60, gt=0, description="Health check fails when work is queued and no batch finished for this long."
     )
     ingress_replicas: int = Field(
-        default=2,
-        ge=1,
-        description="Ingress (HTTP) replicas of a fleet, one per node where the cluster has enough: with one, losing "
-        "its node loses the fleet's front door until Ray replaces it.",
+        default=0,
+        ge=0,
+        description="Ingress (HTTP) replicas of a fleet, at most one per node where the cluster has enough; 0 = one "
+        "on every node at deploy time (at least 2), so each node's proxy hands requests to an ingress on its own node "
+        "and a lost node takes only requests that entered through it, which a load balancer retries.",
     )
     autoscale_target_utilisation: float = Field(
         default=0.65, gt=0, le=1, description="Busy fraction per replica to aim for (the rest is headroom)."

@@ -128,14 +128,19 @@ def alive_nodes() -> int:
 
 
 def ingress_options(settings: Settings, cluster_nodes: int | None = None) -> dict[str, Any]:
-    """`ingress_replicas` ingress replicas, spread over the cluster's nodes: at most ceil(replicas / nodes) on one
-    node (Serve's `max_replicas_per_node`, a hard limit), so with at least as many nodes as ingress replicas each
-    is on a node of its own and losing a node loses one of them. A replica lost with its node is replaced on a
-    node below the limit; where there is none (e.g. 2 replicas on 2 nodes, one lost), Serve keeps it pending
-    until a node joins, and the other replicas serve meanwhile. `cluster_nodes` is counted at deploy time
-    (`alive_nodes()` by default): nodes that join later do not raise the spread of a running application."""
-    replicas = settings.ingress_replicas
+    """`ingress_replicas` ingress replicas (0: one per node, at least 2), spread over the cluster's nodes: at most
+    ceil(replicas / nodes) on one node (Serve's `max_replicas_per_node`, a hard limit).
+
+    One per node is the default because Serve's proxies prefer an ingress replica on their own node
+    (`RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING`, on by default): a request then enters and is routed on the same
+    node, so a node's loss fails only connections to its own proxy, which the load balancer retries. A request a
+    proxy handed to another node's ingress replica would instead get Serve's 500 when that node dies, and a 500
+    is not safe for a load balancer to retry. A replica lost with its node is replaced on a node below the limit;
+    where there is none (one per node, one node lost), Serve keeps it pending until a node joins, and the other
+    replicas serve meanwhile. `cluster_nodes` is counted at deploy time (`alive_nodes()` by default): nodes that
+    join later do not raise the count or the spread of a running application (redeploy to include them)."""
     nodes = alive_nodes() if cluster_nodes is None else max(1, cluster_nodes)
+    replicas = settings.ingress_replicas or max(2, nodes)
     options: dict[str, Any] = {
         "name": INGRESS_DEPLOYMENT,
         "num_replicas": replicas,
