@@ -7,7 +7,7 @@ of the three proxies. Then:
 
 1. capacity: a closed loop (`--probe-clients` clients, `--probe-requests` requests) measures requests/s;
 2. load: Poisson arrivals at `--load` x capacity for `--seconds`; at `--kill-at` s every process of the worker node
-   that holds a model replica but not the ingress is killed (SIGKILL, the whole namespace);
+   that holds a model replica and an ingress replica is killed (SIGKILL, the whole namespace);
 3. the head node killed too (`--head-loss-seconds`, 0 to skip): how long requests and the surviving worker's
    processes last without the GCS.
 
