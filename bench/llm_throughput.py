@@ -27,6 +27,7 @@ Targets (issue 11): the Qwen3 shape at 100 documents within 1.5x of the time its
 (fraction >= 0.67); the cascade on 1,000 documents >= 10x faster than the LLM alone.
 
     .venv/bin/python bench/llm_throughput.py [--budget-seconds 600]
+    .venv/bin/python bench/llm_throughput.py --in-process-only --systems "onnx-fp32" --name llm_throughput_onnx
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ QWEN3_0_6B = {
     "tie_word_embeddings": True,
 }  # fmt: skip
 ENGINES = {"onnx-fp32": ("onnx", "fp32"), "torch-fp32": ("torch", "fp32")}
+SYSTEMS = ["sentence-transformers", *ENGINES]
 CASCADE = {"strategy": "hybrid", "first_stage_model": "ce-fixture", "candidates": 20}
 FLOPS_TARGET = 1 / 1.5  # within 1.5x of the FLOPs' time at peak
 CASCADE_TARGET = 10.0  # cascade >= 10x faster than the LLM alone on 1,000 documents
@@ -69,9 +71,11 @@ CONTENTION = "other benchmarks may share these cores: compare ratios within this
 # -- the model ----------------------------------------------------------------------------------------------------
 
 
-def build_qwen3_shape() -> Path:
-    """Qwen3-Reranker-0.6B's shape, random weights, sentence-transformers CrossEncoder format; built once."""
-    target = default_cache_dir() / "fixtures" / f"bench-qwen3-reranker-0.6b-shape-v{MODEL_VERSION}"
+def build_qwen3_shape(layers: int = QWEN3_0_6B["num_hidden_layers"]) -> Path:
+    """Qwen3-Reranker-0.6B's shape, random weights, sentence-transformers CrossEncoder format; built once. Fewer
+    `layers` give the same width at a fraction of the depth (bench/llm_profile.py)."""
+    depth = "" if layers == QWEN3_0_6B["num_hidden_layers"] else f"-{layers}layers"
+    target = default_cache_dir() / "fixtures" / f"bench-qwen3-reranker-0.6b-shape-v{MODEL_VERSION}{depth}"
 
     def build(folder: Path) -> None:
         import torch
@@ -81,7 +85,8 @@ def build_qwen3_shape() -> Path:
 
         _, tokenizer, template = RECIPES["qwen3"]()  # tiny config discarded: tokenizer + template kept
         tokenizer.model_max_length = WINDOW
-        config = Qwen3Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **QWEN3_0_6B)
+        shape = {**QWEN3_0_6B, "num_hidden_layers": layers}
+        config = Qwen3Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **shape)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = AutoModelForCausalLM.from_config(config).eval()
@@ -189,11 +194,13 @@ def row(system: str, mode: str, count: int, times: list[float], flops: float, **
     }
 
 
-def in_process(spec: ModelSpec, corpus: list[str], clock: Clock) -> list[dict]:
-    """sentence-transformers and rerankd's engines at 10 and 100 documents, all loaded at once."""
-    runners: dict[str, Any] = {"sentence-transformers": Baseline(spec)}
+def in_process(spec: ModelSpec, corpus: list[str], clock: Clock, systems: list[str] = SYSTEMS) -> list[dict]:
+    """sentence-transformers and rerankd's engines (those of `systems`) at 10 and 100 documents, all loaded at once."""
+    runners: dict[str, Any] = {"sentence-transformers": Baseline(spec)} if "sentence-transformers" in systems else {}
     try:
         for name, (backend, precision) in ENGINES.items():
+            if name not in systems:
+                continue
             started = time.perf_counter()
             runners[f"rerankd {name}"] = InProcess(spec, backend, precision)
             print(f"loaded rerankd {name} in {time.perf_counter() - started:.0f} s", flush=True)
@@ -283,7 +290,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget-seconds", type=float, default=600, help="time for the measurements (default 600)")
     parser.add_argument("--name", default="llm_throughput", help="results file name")
+    parser.add_argument(
+        "--systems", default=",".join(SYSTEMS), help=f"in-process systems, comma-separated (default all: {SYSTEMS})"
+    )
+    parser.add_argument("--in-process-only", action="store_true", help="skip the HTTP cascade phase")
     args = parser.parse_args()
+    systems = args.systems.split(",")
+    if set(systems) - set(SYSTEMS):
+        raise SystemExit(f"--systems: unknown {', '.join(sorted(set(systems) - set(SYSTEMS)))}")
+    subset = args.in_process_only or set(systems) != set(SYSTEMS)
+    if subset and args.name == "llm_throughput":  # bench/results/llm_throughput.json holds full runs only
+        raise SystemExit("a partial run (--systems, --in-process-only) needs its own --name")
     started = time.perf_counter()
 
     path = build_qwen3_shape()
@@ -298,16 +315,17 @@ def main() -> None:
           f"max {max(lengths)}), {CONTENTION}", flush=True)  # fmt: skip
     peaks = [fp32_peak()]  # measured again between phases: neighbours' load comes and goes, the best one counts
     clock = Clock(args.budget_seconds)
-    rows = in_process(spec, corpus, clock)
+    rows = in_process(spec, corpus, clock, systems)
     peaks.append(fp32_peak())
-    onnx_100 = next(r for r in rows if r["system"] == "rerankd onnx-fp32" and r["docs"] == 100)
     failure = None
-    try:
-        rows += served(spec, corpus, clock, llm_per_doc=onnx_100["seconds"] / 100)
-    except Exception as exc:  # the in-process results still get saved, with the failure
-        failure = f"{type(exc).__name__}: {exc}"
-        print(f"the HTTP phase failed: {failure}", flush=True)
-    peaks.append(fp32_peak())
+    if not args.in_process_only:
+        onnx_100 = next(r for r in rows if r["system"] == "rerankd onnx-fp32" and r["docs"] == 100)
+        try:
+            rows += served(spec, corpus, clock, llm_per_doc=onnx_100["seconds"] / 100)
+        except Exception as exc:  # the in-process results still get saved, with the failure
+            failure = f"{type(exc).__name__}: {exc}"
+            print(f"the HTTP phase failed: {failure}", flush=True)
+        peaks.append(fp32_peak())
     _add_ratios(rows, max(peaks))
     checks = _checks(rows)
     peaks_seen = {"fp32_seen": peaks, "fp32": max(peaks), "fp32_quiet_recorded": _quiet_peak()}
@@ -351,7 +369,9 @@ def _quiet_peak() -> float | None:
 def _checks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     checks = []
     for name in ENGINES:
-        r = next(r for r in rows if r["system"] == f"rerankd {name}" and r["docs"] == 100)
+        r = next((r for r in rows if r["system"] == f"rerankd {name}" and r["docs"] == 100), None)
+        if r is None:  # not measured in this run (--systems)
+            continue
         checks.append({
             "check": f"qwen3 shape, rerankd {name}, 100 docs: share of the fp32 GEMM peak",
             "value": r["peak_fraction"],

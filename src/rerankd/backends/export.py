@@ -40,6 +40,22 @@ class ExportError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class LmRecipe:
+    """How an LLM reranker's graph is traced and rewritten; the variants are measured in bench/llm_profile.py."""
+
+    attention: str = "eager"  # attn_implementation while tracing
+    padding_mask: bool = True  # False: causal mask only (exact with right padding, see causal.YesNoScorer)
+    fusions: bool = False  # onnxruntime.transformers' decoder fusions (RMSNorm, rotary, attention) after export
+
+
+# Measured (bench/results/llm_profile.json, Qwen3-0.6B width, 4 layers, a 12 x 167 batch): matrix products take ~89%
+# of kernel time in every variant; the causal-only mask and the fusions (only SkipSimplifiedLayerNormalization
+# matches: no rotary or attention fusion on this export) move the rest by about a point, within the noise of a
+# loaded machine. So the plain export stays the default; the variants remain for re-measuring.
+LM_RECIPE = LmRecipe()
+
+
+@dataclass(frozen=True)
 class ExportOptions:
     """Everything that changes the exported file; `key` names its cache folder."""
 
@@ -81,8 +97,9 @@ def ensure_onnx(spec: ModelSpec, precision: str, cache_dir: Path) -> Path:
     return build_once(folder, build, done=MODEL_FILE) / MODEL_FILE
 
 
-def export_fp32(spec: ModelSpec, target: Path) -> dict:
-    """Trace the model to `target`, then check it against torch; returns the check's facts."""
+def export_fp32(spec: ModelSpec, target: Path, recipe: LmRecipe = LM_RECIPE) -> dict:
+    """Trace the model to `target`, then check it against torch; returns the check's facts. `recipe` applies to
+    LLM rerankers only; their check compares with the padding-masked scorer whatever the recipe."""
     import torch
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -90,8 +107,13 @@ def export_fp32(spec: ModelSpec, target: Path) -> dict:
     names = ["input_ids", "attention_mask"]
     if "token_type_ids" in tokenizer.model_input_names and spec.kind != "causal-lm":
         names.append("token_type_ids")
+    reference = None
     if spec.kind == "causal-lm":
-        graph, output = load_scorer(spec, dtype=torch.float32, attn_implementation="eager"), "scores"
+        graph = load_scorer(
+            spec, dtype=torch.float32, attn_implementation=recipe.attention, padding_mask=recipe.padding_mask
+        )
+        reference = graph if recipe.padding_mask else load_scorer(spec, dtype=torch.float32)
+        output = "scores"
         tokenizer.padding_side = "right"  # as the engine pads: the scorer reads each row's last real token
     else:
         loader = AutoModelForSequenceClassification if spec.kind == "cross-encoder" else AutoModel
@@ -118,14 +140,30 @@ def export_fp32(spec: ModelSpec, target: Path) -> dict:
             opset_version=OPSET,
             dynamo=False,
         )
+    if spec.kind == "causal-lm" and recipe.fusions:
+        fuse_decoder(target, spec)
     probe = sample(["a longer document about packages and databases " * 3, "two words", "one", "sqlite"])
     with torch.no_grad():
-        expected = graph(*(probe[name] for name in names)).numpy()
+        expected = (reference or graph)(*(probe[name] for name in names)).numpy()  # the padding-masked scorer
     got = _run_cpu(target, {name: value.numpy() for name, value in probe.items()})
     diff = float(np.abs(got - expected).max())
     if not diff <= VERIFY_ATOL:
         raise ExportError(f"ONNX export of {spec.name} differs from torch by {diff:.2e} (limit {VERIFY_ATOL:.0e})")
     return {"max_abs_diff_vs_torch": diff, "torch": torch.__version__}
+
+
+def fuse_decoder(model: Path, spec: ModelSpec) -> None:
+    """Rewrite `model` in place with onnxruntime.transformers' decoder fusions (its `qwen3` recipe: RMSNorm into
+    SimplifiedLayerNormalization, residual + RMSNorm into SkipSimplifiedLayerNormalization, rotary embeddings)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    config = json.loads((spec.path / "config.json").read_text())
+    text = config.get("text_config", config)
+    optimized = optimize_model(
+        str(model), model_type="qwen3", num_heads=text["num_attention_heads"], hidden_size=text["hidden_size"],
+        opt_level=0,
+    )  # fmt: skip
+    optimized.save_model_to_file(str(model), use_external_data_format=model.stat().st_size > 1_800_000_000)
 
 
 def _run_cpu(model: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
