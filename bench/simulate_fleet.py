@@ -161,22 +161,32 @@ class Simulation:
         if not routable:
             self.rejected += 1
             return
-        names = [r.name for r in routable]
-        estimate = float(self.trace.estimates[i])
-        index = pick_replica(self.scenario.policy, self.ledger.loads(names), turn=self.turn, tokens=estimate)
+        index = self._choose(i, [r.name for r in routable])
         self.turn += 1
         replica = routable[index]
         pairs = int(self.trace.pairs[i])
         if replica.queued_pairs + pairs > self.max_queued_pairs:  # the replica's queue is full: 429
             self.rejected += 1
             return
-        service = self.cost.seconds(float(self.trace.tokens[i])) / replica.speed
+        service = self._service_seconds(i, replica)
         start = max(self.now, replica.free_at)
         replica.free_at = start + service
         replica.accepted += service
         replica.queued_pairs += pairs
-        self.ledger.routed(str(i), replica.name, int(self.trace.estimates[i]))
+        self._book(i, replica)
         heapq.heappush(completions, (replica.free_at, i, replica.name, replica.free_at - self.now, pairs))
+
+    # The three steps of routing one request, which a variant of the simulation may extend (see
+    # simulate_cache_affinity.py): choose among the routable replicas, cost the request there, book it.
+    def _choose(self, i: int, names: list[str]) -> int:
+        estimate = float(self.trace.estimates[i])
+        return pick_replica(self.scenario.policy, self.ledger.loads(names), turn=self.turn, tokens=estimate)
+
+    def _service_seconds(self, i: int, replica: Replica) -> float:
+        return self.cost.seconds(float(self.trace.tokens[i])) / replica.speed
+
+    def _book(self, i: int, replica: Replica) -> None:
+        self.ledger.routed(str(i), replica.name, int(self.trace.estimates[i]))
 
     def _complete(self, request: int, name: str, latency: float, pairs: int) -> None:
         self.ledger.completed(str(request))

@@ -206,6 +206,12 @@ class Settings(BaseSettings):
         description="Replica choice: least outstanding tokens, fewest outstanding requests, round-robin, or Ray's "
         "power-of-two-choices.",
     )
+    cache_affinity: bool = Field(
+        default=True,
+        description="With `tokens` routing, send a request to the replica that last served the same query (model, "
+        "query, instruction) while it would finish there within the request's own work of the least loaded one, "
+        "so that replica's score cache answers the pairs it has seen; off (or score_cache_mb 0) = least loaded only.",
+    )
     replica_cpus: float = Field(
         default=1.0, gt=0, description="CPUs per model replica; CPU replicas run that many threads (unless threads)."
     )

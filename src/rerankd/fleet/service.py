@@ -19,7 +19,7 @@ from rerankd.config import Settings
 from rerankd.errors import EngineFailure, NotReady
 from rerankd.fleet.metrics import FleetMetrics
 from rerankd.fleet.replica import ReplicaReply
-from rerankd.fleet.router import Work, estimate_tokens, origin_id
+from rerankd.fleet.router import Work, affinity_key, estimate_tokens, origin_id
 from rerankd.pipeline.types import ModelInfo, RerankRequest, RerankResult, State, check_limits
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,14 @@ STATUS_PERIOD_SECONDS = 1.0  # how often the ingress asks Ray how many replicas 
 # ingress replica (one of several, or a replacement for a lost one) takes traffic from Serve before its first look
 # at the fleet, while the others may already serve.
 LOADING_WAIT_SECONDS = 5.0
+
+
+def request_affinity(settings: Settings, request: RerankRequest) -> str | None:
+    """The request's cache-affinity key for the router, or None where replicas cache no scores or the setting is off
+    (the router then picks the least loaded replica, as without the setting)."""
+    if not (settings.cache_affinity and settings.score_cache_mb):
+        return None
+    return affinity_key(request.model or "", request.query, request.instruction)
 
 
 class FleetService:
@@ -76,7 +84,8 @@ class FleetService:
         max_length = models[0].max_length
         if request.max_tokens_per_doc is not None:
             max_length = min(max_length, request.max_tokens_per_doc + len(request.query) // 4 + 3)
-        work = Work(estimate_tokens(request.query, request.documents, max_length), self.origin, uuid.uuid4().hex)
+        tokens = estimate_tokens(request.query, request.documents, max_length)
+        work = Work(tokens, self.origin, uuid.uuid4().hex, affinity=request_affinity(self.settings, request))
         self._track(+1, work.tokens)
         try:
             try:
