@@ -11,6 +11,11 @@ by the trained cross-encoder (../shared/models/debian-minilm-ce; `--bi` adds the
   head-rescore  dynamic int8 for every document, then fp32 for the head (the top max(2 x top_n, 20) by int8,
                 top_n = 10) of the same request: simulated from both precisions' scores; its speed is estimated
                 from the two measured speeds (int8 over all pairs' tokens + fp32 over the head's tokens)
+  int8-rescore  the same, built: `precision: int8-rescore` served by a real LocalService (pipeline/rescore.py),
+                its ranking as served (no top_n: the head is rescore_head_min = 20, as for top_n = 10)
+
+The served engines (fp32, int8, int8-rescore; `--served`, on by default) are also timed as a service answers
+requests (top_n = 10, strategy direct), interleaved round by round in one run: the `served_*` rows.
 
 Per option: docs/s (interleaved rounds over the same 200-document requests, best round; other processes on the
 machine slow all options alike), and vs fp32 per query: Spearman, top-10 overlap, NDCG@10 delta (ranx).
@@ -19,6 +24,7 @@ rerankd cache folder (bench-int8/), so a re-run only scores what changed. `--sea
 the first 20 queries.
 
     .venv/bin/python bench/int8_fidelity.py [--queries 100] [--depth 100] [--options ...] [--search] [--bi]
+                                            [--no-served] [--name int8_fidelity]
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ from rerankd.engine.engine import Engine
 from rerankd.engine.tokenize import Tokenizer
 from rerankd.evaluation.harness import measure
 from rerankd.models import ModelSpec, resolve_model
+from rerankd.pipeline.service import LocalService
+from rerankd.pipeline.types import RerankRequest
 
 TARGETS = {"top10_overlap": 0.95, "ndcg_delta": 0.005}
 TOP_N = 10
@@ -59,7 +67,8 @@ KEEP = {
     "dynamic-keep-first-last": [HEAD_PATTERN, r"layer\.(0|{last})/"],
     "dynamic-keep-ffn": [HEAD_PATTERN, r"layer\.\d+/(intermediate|output)/dense"],
 }
-DEFAULT_OPTIONS = ["fp32", "dynamic", "static", "dynamic-keep-head-lastffn", "dynamic-keep-ffn-out"]
+DEFAULT_OPTIONS = ["fp32", "dynamic", "static", "dynamic-keep-head-lastffn", "dynamic-keep-ffn-out", "int8-rescore"]
+SERVED = ["fp32", "int8", "int8-rescore"]  # precisions timed through LocalService
 Rows = list[tuple[str, str, list[str]]]
 
 
@@ -248,6 +257,76 @@ def speeds(spec: ModelSpec, models: dict[str, Path], requests: list[list[str]], 
     return {name: {"docs_per_s": docs / t, "tokens_per_s": tokens / t} for name, t in best.items()}
 
 
+def service_for(spec: ModelSpec, precision: str) -> LocalService:
+    """A real in-process service at `precision`, with nothing that would blur the timing (no cache, no admission
+    limit, no embedding pre-filter)."""
+    settings = Settings(
+        model=[str(spec.path)], backend="onnx", device="cpu", precision=precision, warmup_seconds=0,
+        score_cache_mb=0, max_queue_seconds=0, request_timeout_seconds=0, embedding_model="",
+    )  # fmt: skip
+    service = LocalService(settings, specs=[spec])
+    service.load()
+    return service
+
+
+def served_rankings(spec: ModelSpec, precision: str, rows: Rows, corpus: dict, cache_dir: Path) -> list[np.ndarray]:
+    """Per query, a score per document whose order is the served ranking (every document, no top_n), cached."""
+    digest = hashlib.sha256(
+        b"".join(ensure_onnx(spec, p, cache_dir).read_bytes() for p in ("fp32", "int8"))
+    ).hexdigest()[:12]
+    ids = hashlib.sha256(json.dumps([(q, d) for q, _, d in rows]).encode()).hexdigest()[:12]
+    path = cache_dir / "bench-int8" / f"served-{spec.short_name}-{precision}-{HEAD}-{digest}-{ids}.npz"
+    if path.is_file():
+        saved = np.load(path)
+        return np.split(saved["scores"], np.cumsum(saved["lengths"])[:-1])
+    service = service_for(spec, precision)
+    started = time.perf_counter()
+    try:
+        results = [
+            asyncio.run(service.rerank(RerankRequest(query, [corpus[d] for d in docs], strategy="direct")))
+            for _, query, docs in rows
+        ]
+    finally:
+        service.close()
+    scores = []
+    for result in results:
+        ranked = np.empty(len(result.results))
+        ranked[[r.index for r in result.results]] = -np.arange(len(result.results), dtype=np.float64)
+        scores.append(ranked)
+    print(f"  {spec.short_name} served {precision}: {len(rows)} requests in {time.perf_counter() - started:.0f} s")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, scores=np.concatenate(scores), lengths=np.array([len(s) for s in scores]))
+    return scores
+
+
+def served_speeds(spec: ModelSpec, requests: list[tuple[str, list[str]]], rounds: int) -> dict[str, dict]:
+    """docs/s of each served precision answering the same requests (top_n = TOP_N), interleaved round by round;
+    best round per precision."""
+    services = {precision: service_for(spec, precision) for precision in SERVED}
+    docs = sum(len(d) for _, d in requests)
+    best = dict.fromkeys(services, float("inf"))
+    try:
+        loop = asyncio.new_event_loop()
+
+        def answer(service: LocalService, query: str, documents: list[str]) -> None:
+            request = RerankRequest(query, documents, top_n=TOP_N, strategy="direct")
+            loop.run_until_complete(service.rerank(request))
+
+        for service in services.values():
+            answer(service, *requests[0])  # untimed: first-call costs
+        for _ in range(rounds):
+            for precision, service in services.items():
+                started = time.perf_counter()
+                for query, documents in requests:
+                    answer(service, query, documents)
+                best[precision] = min(best[precision], time.perf_counter() - started)
+        loop.close()
+    finally:
+        for service in services.values():
+            service.close()
+    return {precision: {"docs_per_s": docs / seconds} for precision, seconds in best.items()}
+
+
 # -- fidelity -----------------------------------------------------------------------------------------------------
 
 
@@ -305,18 +384,19 @@ def evaluate_model(label: str, spec: ModelSpec, args: argparse.Namespace, data: 
     rows, corpus, qrels, calibration = data
     cache_dir = Settings().cache_dir
     options = list(dict.fromkeys(["fp32", "dynamic", *args.options]))
-    models = {option: build(option, spec, cache_dir, calibration) for option in options}
+    built = [option for option in options if option != "int8-rescore"]
+    models = {option: build(option, spec, cache_dir, calibration) for option in built}
     scores = {option: cached_scores(option, spec, path, rows, corpus, cache_dir) for option, path in models.items()}
     exact = scores["fp32"]
     requests = [(query, [corpus[d] for d in docs]) for _, query, docs in rows[: args.speed_requests]]
     speed = speeds(spec, models, requests, rounds=args.speed_rounds)
     results = []
-    for option in options:
+    for option in built:
         row = {"model": label, **fidelity(option, rows, exact, scores[option], qrels), **speed[option]}
         results.append(row)
-    # Head re-scoring: dynamic int8 for all, fp32 for the head.
+    # Head re-scoring simulated: dynamic int8 for all, fp32 for the head; speed estimated from the two speeds.
     rescored = [head_rescored(f, e) for f, e in zip(scores["dynamic"], exact, strict=True)]
-    row = {"model": label, **fidelity("head-rescore", rows, exact, rescored, qrels)}
+    row = {"model": label, **fidelity("head-rescore (simulated)", rows, exact, rescored, qrels)}
     fraction = head_tokens_fraction(spec, rows, corpus, scores["dynamic"])
     seconds_per_token = 1 / speed["dynamic"]["tokens_per_s"] + fraction / speed["fp32"]["tokens_per_s"]
     ratio = speed["dynamic"]["docs_per_s"] / speed["dynamic"]["tokens_per_s"]  # docs per token, same requests
@@ -326,9 +406,25 @@ def evaluate_model(label: str, spec: ModelSpec, args: argparse.Namespace, data: 
     results.append(row)
     for row in results:
         row["vs_fp32_speed"] = row["docs_per_s"] / speed["fp32"]["docs_per_s"]
-        row["met"] = (
-            row["top10_overlap"] >= TARGETS["top10_overlap"] and abs(row["ndcg_delta"]) <= TARGETS["ndcg_delta"]
-        )
+    if "int8-rescore" in options and spec.kind == "cross-encoder":  # the built mode: served rankings
+        ranked = served_rankings(spec, "int8-rescore", rows, corpus, cache_dir)
+        results.append({"model": label, **fidelity("int8-rescore (served)", rows, exact, ranked, qrels)})
+    if args.served:  # fp32, int8 and int8-rescore answering requests, one interleaved run
+        served = served_speeds(spec, requests, rounds=args.speed_rounds)
+        for precision, measured in served.items():
+            row = next((r for r in results if r["option"] == "int8-rescore (served)"), None)
+            if precision != "int8-rescore" or row is None:
+                row = {"model": label, "option": f"served {precision}"}
+                results.append(row)
+            row["docs_per_s"] = measured["docs_per_s"]
+            row["vs_fp32_speed"] = measured["docs_per_s"] / served["fp32"]["docs_per_s"]
+            row["vs_int8_speed"] = measured["docs_per_s"] / served["int8"]["docs_per_s"]
+            row["speed_source"] = "served, interleaved with served fp32 and int8"
+    for row in results:
+        if "top10_overlap" in row:
+            row["met"] = (
+                row["top10_overlap"] >= TARGETS["top10_overlap"] and abs(row["ndcg_delta"]) <= TARGETS["ndcg_delta"]
+            )
     return results
 
 
@@ -339,7 +435,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(9, 5.5))
-    for row in rows:
+    for row in (row for row in rows if "top10_overlap" in row and "vs_fp32_speed" in row):
         marker = "o" if row["model"].endswith("(bi)") else "s"
         axis.scatter(row["vs_fp32_speed"], row["top10_overlap"], marker=marker, color="green" if row["met"] else "red")
         axis.annotate(f"{row['option']} ({row['ndcg_delta']:+.3f})", (row["vs_fp32_speed"], row["top10_overlap"]),
@@ -363,11 +459,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--depth", type=int, default=100, help="BM25 candidates per query")
-    parser.add_argument("--options", nargs="+", default=DEFAULT_OPTIONS, choices=["fp32", "dynamic", "static", *KEEP])
+    parser.add_argument(
+        "--options", nargs="+", default=DEFAULT_OPTIONS, choices=["fp32", "dynamic", "static", *KEEP, "int8-rescore"]
+    )
     parser.add_argument("--search", action="store_true", help="every keep-in-fp32 pattern, on the first 20 queries")
     parser.add_argument("--bi", action="store_true", help="also the all-MiniLM-L6-v2 bi-encoder")
     parser.add_argument("--speed-requests", type=int, default=2, help="requests (queries) timed for docs/s")
     parser.add_argument("--speed-rounds", type=int, default=2)
+    parser.add_argument("--no-served", dest="served", action="store_false", help="skip the served speed rows")
+    parser.add_argument("--name", default="int8_fidelity", help="results file name (bench/results/NAME.json)")
     args = parser.parse_args()
     if args.search:
         args.queries, args.options = min(args.queries, 20), ["fp32", "dynamic", "static", *search_options()]
@@ -378,13 +478,14 @@ def main() -> None:
     results = evaluate_model("debian-minilm-ce", resolve_model(str(TRAINED_CE)), args, data)
     if args.bi:
         results += evaluate_model("all-MiniLM-L6-v2 (bi)", resolve_model("default"), args, data)
-    columns = ["model", "option", "docs_per_s", "vs_fp32_speed", "spearman", "spearman_min", "top10_overlap"]
+    columns = ["model", "option", "docs_per_s", "vs_fp32_speed", "vs_int8_speed", "spearman", "spearman_min"]
+    columns += ["top10_overlap"]
     columns += ["top10_overlap_min", "ndcg@10", "ndcg_delta", "met"]
     cpu = machine()["cpu"]
     heading = f"{cpu['model']} [{' '.join(cpu['flags'])}], {available_cores()} cores; {args.queries} Debian dev "
     heading += f"queries x BM25 top {args.depth}; targets {TARGETS}; {time.perf_counter() - started:.0f} s"
     print(f"\n{heading}\n" + format_table(results, columns))
-    name = "int8_fidelity-search" if args.search else "int8_fidelity"
+    name = "int8_fidelity-search" if args.search else args.name
     payload = {"queries": args.queries, "depth": args.depth, "targets": TARGETS, "head": HEAD, "rows": results}
     path = save(name, payload | {"keep_patterns": KEEP, "seconds": time.perf_counter() - started})
     plot(results, plot_path(name))

@@ -84,9 +84,10 @@ def choose(settings: Settings, flags: frozenset[str] | None = None, *, kind: str
         # 0.000), and with int8 dot products int8 is ~2.1x fp32 (issue 12's Zen 4 table), so the pair wins there.
         precision, reason = INT8_RESCORE, "auto: int8 dot products here; int8 for every document, fp32 for the head"
     else:
-        # Without int8 dot products (AVX2) int8 is only ~1.45x fp32, and int8 + fp32 head re-scoring measured no
-        # faster than fp32 alone (bench/results/int8_fidelity.json); bi-encoders and LLM rerankers have no faithful
-        # int8 path. So exact fp32.
+        # Without int8 dot products (AVX2) int8 is only ~1.45-1.9x fp32: int8-rescore was estimated at 1.02x fp32
+        # (bench/results/int8_fidelity.json) and measured served at 1.29x, but on a machine under heavy load (best
+        # of 2 rounds, bench/results/int8_rescore.json); until a quiet run confirms it, exact fp32 here.
+        # Bi-encoders and LLM rerankers have no faithful int8 path.
         precision, reason = "fp32", "auto: exact scores on the CPU"
 
     if precision in ("int8", INT8_RESCORE) and backend != "onnx":
