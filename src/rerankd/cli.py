@@ -66,9 +66,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _serve_fleet(settings)
     # Resolve (and download) before the port opens, so a wrong model id fails at once with a clear message.
     specs = [resolve_model(name, kind=settings.model_kind, cache_dir=settings.cache_dir) for name in settings.model]
-    for spec in specs:
+    for spec in specs:  # each model's engine: the choice depends on its kind; fails fast on an impossible one
         print(f"rerankd: serving {spec.name} ({spec.kind}) from {spec.path}", file=sys.stderr)
-    print(f"rerankd: engine {choose(settings)}", file=sys.stderr)  # fails fast on an impossible combination
+        print(f"rerankd: engine {choose(settings, kind=spec.kind)}", file=sys.stderr)
     if settings.replicas or settings.autoscale:
         return _serve_fleet(settings)
     metrics = Metrics()
