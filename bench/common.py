@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from scipy.stats import spearmanr
+
 from rerankd.reporting import format_table, machine, percentile  # shared with `rerankd eval`
 
 # `python bench/x.py` puts only bench/ on sys.path: add the repository root, so that the test tooling (testing/,
@@ -20,7 +23,19 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 DEBIAN_DATA = SHARED / "data" / "debian-descriptions"
 TRAINED_CE = SHARED / "models" / "debian-minilm-ce"
 
-__all__ = ["DEBIAN_DATA", "RESULTS", "TRAINED_CE", "format_table", "machine", "percentile", "plot_path", "save"]
+__all__ = [
+    "DEBIAN_DATA",
+    "RESULTS",
+    "TRAINED_CE",
+    "cpu_line",
+    "format_table",
+    "machine",
+    "percentile",
+    "plot_path",
+    "save",
+    "spearman",
+    "top_k_overlap",
+]
 
 
 def save(name: str, payload: dict[str, Any]) -> Path:
@@ -34,3 +49,20 @@ def save(name: str, payload: dict[str, Any]) -> Path:
 def plot_path(name: str) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     return RESULTS / f"{name}.png"
+
+
+def cpu_line(record: dict[str, Any]) -> str:
+    """`machine()`'s CPU as one printable line: model, the flags that decide the fast kernels, cores."""
+    flags = " ".join(record["cpu"]["flags"]) or "none of the tracked flags"
+    return f"{record['cpu']['model']} ({flags}), {record['cores']} cores"
+
+
+def spearman(reference: np.ndarray, scores: np.ndarray) -> float:
+    """Rank correlation of two systems' scores for the same documents (1.0: the same order)."""
+    return float(spearmanr(reference, scores).statistic)
+
+
+def top_k_overlap(reference: np.ndarray, scores: np.ndarray, k: int = 10) -> float:
+    """Share of the reference's top `k` documents that `scores` also ranks in its top `k`."""
+    top = min(k, len(reference))
+    return len(set(np.argsort(-reference, kind="stable")[:top]) & set(np.argsort(-scores, kind="stable")[:top])) / top

@@ -1,13 +1,25 @@
-"""Throughput and latency of rerankd's engines against sentence-transformers, in one run on one machine.
+"""Throughput and latency of rerankd's engines against sentence-transformers and Infinity, in one run on one machine.
 
 For 10, 50, 100, 300 and 1000 mixed-length documents (20-300 tokens, cut from Debian descriptions when present,
-else generated) and the ce-fixture model (ms-marco-MiniLM-L6-v2's shape), it measures docs/sec and p50/p99
-latency of: sentence-transformers `CrossEncoder.predict` fp32 (the baseline), rerankd torch, onnx fp32 and onnx
-int8, in-process (Engine) and through `rerankd serve` over HTTP; then 16 concurrent clients sending 10-document
-requests against the same requests sent one at a time; and the machine's fp32 (numpy) and int8 (onnxruntime
-MatMulInteger) matrix-multiply peaks, with the fraction of them each engine reaches.
+else generated) and the ce-fixture model (ms-marco-MiniLM-L6-v2's shape; `--model DIR` for another), it measures
+docs/sec and p50/p99 latency of: sentence-transformers `CrossEncoder.predict` fp32 (the baseline and the reference
+scores), rerankd torch, onnx fp32 and onnx int8 (or `--engines`), in-process (Engine) and through `rerankd serve`
+over HTTP; then 16 concurrent clients sending 10-document requests against the same requests sent one at a time;
+and the machine's fp32 (numpy) and int8 (onnxruntime MatMulInteger) matrix-multiply peaks, with the fraction of
+them each engine reaches. Every system's scores on the same request are compared with the reference's (Spearman,
+top-10 overlap).
+
+Infinity (michaelfeil/infinity) joins as a peer over HTTP, fp32 and int8, when its `infinity_emb` is given by
+`--infinity PATH` or RERANKD_BENCH_INFINITY. It pins numpy<2 and sentence-transformers<4, so it lives in its own
+environment, never in .venv:
+
+    python3 -m venv /work/infinity-venv
+    /work/infinity-venv/bin/pip install torch==2.13.0 'infinity-emb[server,torch]==0.0.78'
 
     .venv/bin/python bench/throughput.py [--quick]
+    .venv/bin/python bench/throughput.py --model ../shared/models/debian-minilm-ce --counts 300 1000 \
+        --engines auto onnx-int8 onnx-int8-rescore --no-in-process --requests 0 \
+        --infinity /work/infinity-venv/bin/infinity_emb --name throughput-peers
 """
 
 from __future__ import annotations
@@ -29,16 +41,30 @@ from typing import Any, Protocol
 
 import httpx
 import numpy as np
-from common import DEBIAN_DATA, format_table, percentile, plot_path, save
+from common import DEBIAN_DATA, cpu_line, format_table, machine, percentile, plot_path, save, spearman, top_k_overlap
 
+from rerankd.backends.select import choose
 from rerankd.config import Settings
 from rerankd.cores import available_cores
 from rerankd.engine.engine import Engine
 from rerankd.models import ModelSpec, resolve_model
 from rerankd.models.fixture import build_ce_fixture
+from rerankd.reporting import cpu
 
 QUERY = "lightweight embedded SQL database library"
-ENGINES = {"torch": ("torch", "fp32"), "onnx-fp32": ("onnx", "fp32"), "onnx-int8": ("onnx", "int8")}
+ENGINES = {
+    "torch": ("torch", "fp32"),
+    "onnx-fp32": ("onnx", "fp32"),
+    "onnx-int8": ("onnx", "int8"),
+    "auto": ("auto", "auto"),  # what a user gets without flags; the table's `engine` column says what it picked
+    "onnx-int8-rescore": ("onnx", "int8-rescore"),
+}
+DEFAULT_ENGINES = ("torch", "onnx-fp32", "onnx-int8")
+# int8-rescore re-scores the head in the service (pipeline/rescore.py), not in the Engine: over HTTP only.
+HTTP_ONLY = frozenset({"onnx-int8-rescore"})
+REFERENCE = "sentence-transformers/in-process"
+INFINITY_ENV = "RERANKD_BENCH_INFINITY"
+INFINITY_DTYPES = ("float32", "int8")  # Infinity 0.0.78's --dtype names
 CLIENTS = 16
 CLIENT_DOCS = 10
 
@@ -127,11 +153,15 @@ def pair_flops(spec: ModelSpec, token_counts: list[int]) -> float:
     return float(sum(layers * (per_token * n + 4 * n * n * hidden) for n in token_counts))
 
 
-# -- runners: each scores one request of documents and returns when the scores are back ----------------------------
+# -- runners: each scores one request of documents and returns the scores when they are back ----------------------
 
 
 class Runner(Protocol):
-    def __call__(self, docs: list[str]) -> None: ...
+    engine: str  # backend/device/precision that actually ran, for the table
+
+    def __call__(self, docs: list[str]) -> np.ndarray:
+        """Relevance score per document, in document order."""
+        ...
 
     def close(self) -> None: ...
 
@@ -141,69 +171,100 @@ class InProcess:
 
     def __init__(self, spec: ModelSpec, backend: str, precision: str) -> None:
         settings = Settings(backend=backend, precision=precision, device="cpu", warmup_seconds=0, score_cache_mb=0)
-        self.engine = Engine.load(spec, settings)
+        self.engine_ = Engine.load(spec, settings)
+        self.engine = self.engine_.description
         self.loop = asyncio.new_event_loop()
 
-    def __call__(self, docs: list[str]) -> None:
-        async def one() -> None:
-            await self.engine.score(await self.engine.prepare(QUERY, docs))
+    def __call__(self, docs: list[str]) -> np.ndarray:
+        async def one() -> np.ndarray:
+            return await self.engine_.score(await self.engine_.prepare(QUERY, docs))
 
-        self.loop.run_until_complete(one())
+        return self.loop.run_until_complete(one())
 
     def close(self) -> None:
-        self.engine.close()
+        self.engine_.close()
         self.loop.close()
 
 
 class Baseline:
     """sentence-transformers `CrossEncoder.predict` fp32, as the current service calls it."""
 
+    engine = "torch/cpu/fp32"
+
     def __init__(self, spec: ModelSpec) -> None:
         from sentence_transformers import CrossEncoder
 
         self.model = CrossEncoder(str(spec.path), device="cpu")
 
-    def __call__(self, docs: list[str]) -> None:
-        self.model.predict([(QUERY, doc) for doc in docs], show_progress_bar=False)
+    def __call__(self, docs: list[str]) -> np.ndarray:
+        return np.asarray(self.model.predict([(QUERY, doc) for doc in docs], show_progress_bar=False))
 
     def close(self) -> None:
         pass
 
 
-class Served:
-    """`rerankd serve` in a subprocess on 127.0.0.1, as a user starts it; requests use the Cohere v2 endpoint.
+class HttpServer:
+    """A server in a subprocess on 127.0.0.1, started as a user starts it, polled until ready (bounded), then sent
+    Cohere-shaped rerank requests; it is terminated (then killed) at `close`."""
+
+    endpoint = "/v2/rerank"
+    ready_path = "/ready"
+    engine = "?"
+
+    def __init__(self, name: str, command: Callable[[int], list[str]], log: Path, env: dict[str, str] | None = None,
+                 ready_seconds: float = 300) -> None:  # fmt: skip
+        port = _free_port()
+        with log.open("w") as out:
+            self.process = subprocess.Popen(command(port), stdout=out, stderr=subprocess.STDOUT, env=env)
+        self.url = f"http://127.0.0.1:{port}"
+        self.client = httpx.Client(base_url=self.url, timeout=600)
+        deadline = time.monotonic() + ready_seconds
+        while not self._ready():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError(f"{name} did not become ready:\n{log.read_text()[-2000:]}")
+            time.sleep(0.2)
+
+    def _ready(self) -> bool:
+        try:
+            return self.client.get(self.ready_path).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def __call__(self, docs: list[str]) -> np.ndarray:
+        response = self.client.post(self.endpoint, json={"query": QUERY, "documents": docs})
+        response.raise_for_status()
+        scores = np.full(len(docs), np.nan)
+        for result in response.json()["results"]:
+            scores[result["index"]] = result["relevance_score"]
+        return scores
+
+    def close(self) -> None:
+        self.client.close()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+
+class Served(HttpServer):
+    """`rerankd serve`; requests use the Cohere v2 endpoint.
 
     No score cache and no admission limit: benchmarks repeat documents and measure the engine (later `extra`
     flags win, for a benchmark that wants either)."""
 
     def __init__(self, spec: ModelSpec, backend: str, precision: str, log: Path, extra: Sequence[str] = ()) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        command = [
-            sys.executable, "-m", "rerankd.cli", "serve", "--model", str(spec.path), "--port", str(port),
-            "--backend", backend, "--precision", precision, "--device", "cpu", "--warmup-seconds", "0",
-            "--score-cache-mb", "0", "--max-queue-seconds", "0", "--log-level", "warning", *extra,
-        ]  # fmt: skip
-        with log.open("w") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{port}"
-        self.client = httpx.Client(base_url=self.url, timeout=600)
-        deadline = time.monotonic() + 300
-        while not self._ready():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.close()
-                raise RuntimeError(f"rerankd serve did not become ready:\n{log.read_text()[-2000:]}")
-            time.sleep(0.2)
+        def command(port: int) -> list[str]:
+            return [
+                sys.executable, "-m", "rerankd.cli", "serve", "--model", str(spec.path), "--port", str(port),
+                "--backend", backend, "--precision", precision, "--device", "cpu", "--warmup-seconds", "0",
+                "--score-cache-mb", "0", "--max-queue-seconds", "0", "--log-level", "warning", *extra,
+            ]  # fmt: skip
 
-    def _ready(self) -> bool:
-        try:
-            return self.client.get("/ready").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def __call__(self, docs: list[str]) -> None:
-        self.client.post("/v2/rerank", json={"query": QUERY, "documents": docs}).raise_for_status()
+        super().__init__("rerankd serve", command, log)
+        self.engine = self.client.get("/v1/models").json()["data"][0]["engine"]  # what `auto` resolved to
 
     def concurrent(self, requests: list[list[str]], clients: int) -> float:
         """Send `requests` from `clients` concurrent connections; returns the wall time for all of them."""
@@ -215,7 +276,7 @@ class Served:
                 async def worker() -> None:
                     while queue:
                         body = {"query": QUERY, "documents": queue.pop()}
-                        (await client.post("/v2/rerank", json=body)).raise_for_status()
+                        (await client.post(self.endpoint, json=body)).raise_for_status()
 
                 await asyncio.gather(*(worker() for _ in range(clients)))
 
@@ -223,28 +284,62 @@ class Served:
         asyncio.run(run())
         return time.perf_counter() - started
 
-    def close(self) -> None:
-        self.client.close()
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+
+class Infinity(HttpServer):
+    """Infinity's server (`infinity_emb v2`) from its own environment, torch engine on the CPU, at `dtype` (its
+    names: float32, int8); its Cohere-compatible `/rerank`, readiness on `/health` (answered once the model
+    is loaded and warmed)."""
+
+    endpoint = "/rerank"
+    ready_path = "/health"
+
+    def __init__(self, executable: Path, spec: ModelSpec, dtype: str, log: Path) -> None:
+        def command(port: int) -> list[str]:
+            return [
+                str(executable), "v2", "--model-id", str(spec.path), "--engine", "torch", "--device", "cpu",
+                "--dtype", dtype, "--no-vector-disk-cache", "--host", "127.0.0.1", "--port", str(port),
+                "--log-level", "warning",
+            ]  # fmt: skip
+
+        # Offline (the model is a local folder) and without usage reporting.
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}
+        super().__init__(f"infinity_emb ({dtype})", command, log, env=env, ready_seconds=600)
+        self.engine = f"torch/cpu/{dtype}"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def infinity_executable(given: str | None) -> Path | None:
+    """Infinity's `infinity_emb` from `--infinity` or RERANKD_BENCH_INFINITY; None (and says why) when absent."""
+    path = given or os.environ.get(INFINITY_ENV)
+    if not path:
+        print(f"Infinity: skipped (not installed here: pass --infinity PATH or set {INFINITY_ENV})", flush=True)
+        return None
+    if not os.access(path, os.X_OK):
+        print(f"Infinity: skipped ({path} is not an executable)", flush=True)
+        return None
+    return Path(path)
 
 
 # -- measuring ----------------------------------------------------------------------------------------------------
 
 
-def measure(runners: dict[str, Runner], docs: list[str], budget: Budget) -> dict[str, dict]:
-    """Latency of each runner on `docs`, interleaved round by round so that a busy machine slows all alike."""
+def measure(runners: dict[str, Runner], docs: list[str], budget: Budget, reference: str) -> dict[str, dict]:
+    """Latency of each runner on `docs`, interleaved round by round so that a busy machine slows all alike, and the
+    fidelity of each runner's scores to `reference`'s on the same request."""
     for run in runners.values():
         run(docs[:20])  # untimed: first-call costs
     latencies: dict[str, list[float]] = {name: [] for name in runners}
+    scores: dict[str, np.ndarray] = {}
     rounds, deadline = 0, time.perf_counter() + budget.seconds
     while rounds < budget.min_runs or (rounds < budget.max_runs and time.perf_counter() < deadline):
         for name, run in runners.items():
             started = time.perf_counter()
-            run(docs)
+            scores[name] = run(docs)
             latencies[name].append(time.perf_counter() - started)
         rounds += 1
     return {
@@ -253,6 +348,8 @@ def measure(runners: dict[str, Runner], docs: list[str], budget: Budget) -> dict
             "p50_ms": percentile(times, 50) * 1000,
             "p99_ms": percentile(times, 99) * 1000,
             "runs": len(times),
+            "spearman": spearman(scores[reference], scores[name]),
+            "top10_overlap": top_k_overlap(scores[reference], scores[name]),
         }
         for name, times in latencies.items()
     }
@@ -262,53 +359,78 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="10-100 documents, short loops (a smoke run)")
     parser.add_argument("--no-http", action="store_true", help="skip the served measurements")
+    parser.add_argument("--no-in-process", action="store_true", help="rerankd over HTTP only (the baseline stays)")
     parser.add_argument("--counts", type=int, nargs="+", help="document counts (default 10 50 100 300 1000)")
-    parser.add_argument("--requests", type=int, help="10-document requests in the concurrency test (default 64)")
-    parser.add_argument("--engines", nargs="+", choices=list(ENGINES), help="rerankd engines (default all)")
+    parser.add_argument(
+        "--requests", type=int, help="10-document requests in the concurrency test (default 64, 0: none)"
+    )
+    parser.add_argument(
+        "--engines", nargs="+", choices=list(ENGINES), help=f"rerankd engines (default {' '.join(DEFAULT_ENGINES)})"
+    )
+    parser.add_argument("--model", help="model folder (default: the ce-fixture, MiniLM-L6 cross-encoder shape)")
+    parser.add_argument(
+        "--min-rounds", type=int, help="timed rounds at least, per count (default 2, 1 over 300 documents)"
+    )
+    parser.add_argument("--infinity", help=f"Infinity's infinity_emb, in its own environment (or {INFINITY_ENV})")
     parser.add_argument("--name", help="results file name (default throughput, or throughput-quick)")
     args = parser.parse_args()
-    engines = {name: ENGINES[name] for name in args.engines or ENGINES}
+    engines = {name: ENGINES[name] for name in args.engines or DEFAULT_ENGINES}
     counts = args.counts or ([10, 50, 100] if args.quick else [10, 50, 100, 300, 1000])
     seconds = 3.0 if args.quick else 30.0
-    concurrent_requests = args.requests or (16 if args.quick else 64)
+    concurrent_requests = args.requests if args.requests is not None else (16 if args.quick else 64)
+    infinity = None if args.no_http else infinity_executable(args.infinity)
+    print(f"cpu: {cpu_line(machine())}", flush=True)
+    log_dir = Path(tempfile.mkdtemp(prefix="rerankd-throughput-"))
+    print(f"server logs: {log_dir}", flush=True)
 
-    spec = resolve_model(str(build_ce_fixture()))
+    spec = resolve_model(args.model or str(build_ce_fixture()))
     corpus = documents(spec, max(counts))
     peaks = gemm_peaks(Budget(seconds=1.0 if args.quick else 3.0, min_runs=2, max_runs=50))
     print(f"matrix-multiply peak: fp32 {peaks['fp32']:.0f} GFLOP/s, int8 {peaks['int8']:.0f} GOP/s", flush=True)
 
     # Every system is loaded at once and measured in turn, so that their ratios come from the same minutes.
-    runners: dict[str, Runner] = {"sentence-transformers/in-process": Baseline(spec)}
-    precisions = {"sentence-transformers/in-process": "fp32"}
-    for name, (backend, precision) in engines.items():
-        runners[f"{name}/in-process"] = InProcess(spec, backend, precision)
-        precisions[f"{name}/in-process"] = precision
+    runners: dict[str, Runner] = {REFERENCE: Baseline(spec)}
+    precisions = {REFERENCE: "fp32"}  # the GEMM peak each is held against
     served: dict[str, Served] = {}
     try:
-        if not args.no_http:
-            log_dir = Path(tempfile.mkdtemp(prefix="rerankd-throughput-"))  # server logs, for post-mortems
-            for name, (backend, precision) in engines.items():
-                served[name] = runners[f"{name}/http"] = Served(spec, backend, precision, log_dir / f"{name}.log")
-                precisions[f"{name}/http"] = precision
+        for name, (backend, precision) in engines.items():
+            scoring = choose(Settings(backend=backend, precision=precision, device="cpu"), kind=spec.kind)
+            if not args.no_in_process and name not in HTTP_ONLY:
+                runners[f"{name}/in-process"] = InProcess(spec, backend, precision)
+                precisions[f"{name}/in-process"] = scoring.scoring_precision
+            if not args.no_http:
+                log = log_dir / f"{name}.log"
+                served[name] = runners[f"{name}/http"] = Served(spec, backend, precision, log)
+                precisions[f"{name}/http"] = scoring.scoring_precision
+        for dtype in INFINITY_DTYPES if infinity is not None else ():
+            system = f"infinity-{'fp32' if dtype == 'float32' else dtype}/http"
+            runners[system] = Infinity(infinity, spec, dtype, log_dir / f"infinity-{dtype}.log")
+            precisions[system] = "int8" if dtype == "int8" else "fp32"
         rows = []
         for count in counts:
             docs = corpus[:count]
             flops = pair_flops(spec, _pair_lengths(spec, docs))
-            budget = Budget(seconds=seconds, min_runs=2 if count <= 300 else 1, max_runs=20)
-            for key, result in measure(runners, docs, budget).items():
+            budget = Budget(seconds=seconds, min_runs=args.min_rounds or (2 if count <= 300 else 1), max_runs=20)
+            for key, result in measure(runners, docs, budget, REFERENCE).items():
                 system, mode = key.split("/")
                 achieved = flops * result["docs_per_s"] / count / 1e9
                 peak = peaks["int8" if precisions[key] == "int8" else "fp32"]
-                rows.append({"system": system, "mode": mode, "docs": count, **result, "peak_fraction": achieved / peak})
+                rows.append({"system": system, "mode": mode, "engine": runners[key].engine, "docs": count, **result,
+                             "peak_fraction": achieved / peak})  # fmt: skip
             print(format_table(rows[-len(runners) :], list(rows[-1])), flush=True)
         rng = random.Random(1)
         small = [rng.sample(corpus, CLIENT_DOCS) for _ in range(concurrent_requests)]
-        concurrency = [concurrency_row(name, server, small, best_served(rows, name)) for name, server in served.items()]
+        concurrency = (
+            [concurrency_row(name, server, small, best_served(rows, name)) for name, server in served.items()]
+            if concurrent_requests
+            else []
+        )
     finally:
         for runner in runners.values():
             runner.close()
     _add_ratios(rows)
-    report(rows, concurrency, peaks, args.name or ("throughput-quick" if args.quick else "throughput"))
+    name = args.name or ("throughput-quick" if args.quick else "throughput")
+    report(rows, concurrency, peaks, spec, name)
 
 
 def best_served(rows: list[dict[str, Any]], system: str) -> float:
@@ -344,27 +466,35 @@ def _pair_lengths(spec: ModelSpec, docs: list[str]) -> list[int]:
 
 
 def _add_ratios(rows: list[dict[str, Any]]) -> None:
-    """Speed vs the baseline at the same document count, and HTTP overhead vs the same engine in-process."""
+    """Speed vs the baseline (and vs Infinity's int8, when it ran) at the same document count, and HTTP overhead vs
+    the same engine in-process (when that ran)."""
     by_key = {(row["system"], row["mode"], row["docs"]): row for row in rows}
     for row in rows:
-        base = by_key[("sentence-transformers", "in-process", row["docs"])]
-        row["vs_st"] = row["docs_per_s"] / base["docs_per_s"]
-        if row["mode"] == "http":
-            local = by_key[(row["system"], "in-process", row["docs"])]
+        row["vs_st"] = row["docs_per_s"] / by_key[("sentence-transformers", "in-process", row["docs"])]["docs_per_s"]
+        peer = by_key.get(("infinity-int8", "http", row["docs"]))
+        if peer:
+            row["vs_infinity_int8"] = row["docs_per_s"] / peer["docs_per_s"]
+        local = by_key.get((row["system"], "in-process", row["docs"]))
+        if row["mode"] == "http" and local:
             row["http_overhead"] = local["docs_per_s"] / row["docs_per_s"] - 1
 
 
-def report(rows: list[dict[str, Any]], concurrency: list[dict[str, Any]], peaks: dict, name: str) -> None:
-    columns = ["system", "mode", "docs", "docs_per_s", "p50_ms", "p99_ms", "vs_st", "http_overhead", "peak_fraction"]
-    print("\n" + format_table(rows, columns))
+def report(rows: list[dict[str, Any]], concurrency: list[dict[str, Any]], peaks: dict, spec: ModelSpec,
+           name: str) -> None:  # fmt: skip
+    columns = ["system", "mode", "engine", "docs", "docs_per_s", "p50_ms", "p99_ms", "vs_st", "vs_infinity_int8",
+               "spearman", "top10_overlap", "http_overhead", "peak_fraction"]  # fmt: skip
+    print(f"\n{spec.name}; cpu: {cpu_line(machine())}; reference scores: sentence-transformers in-process")
+    print(format_table(rows, [c for c in columns if any(c in row for row in rows)]))
     if concurrency:
         print("\n" + format_table(concurrency, list(concurrency[0])))
-    path = save(name, {"peaks_gflops": peaks, "cores": os.cpu_count(), "rows": rows, "concurrency": concurrency})
-    plot(rows, plot_path(name))
+    payload = {"model": spec.name, "peaks_gflops": peaks, "cores": os.cpu_count(), "rows": rows,
+               "concurrency": concurrency}  # fmt: skip
+    path = save(name, payload)
+    plot(rows, spec, plot_path(name))
     print(f"\nsaved {path} and {plot_path(name)}")
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def plot(rows: list[dict[str, Any]], spec: ModelSpec, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -378,7 +508,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     axis.set_xscale("log")
     axis.set_xlabel("documents per request (20-300 tokens each)")
     axis.set_ylabel("documents / second")
-    axis.set_title("ce-fixture (MiniLM-L6 cross-encoder), one request at a time")
+    axis.set_title(f"{spec.name}, one request at a time; {cpu()['model']}")
     axis.grid(True, alpha=0.3)
     axis.legend()
     figure.tight_layout()
