@@ -16,7 +16,7 @@ The router never sees the cache: it routes on estimated tokens, as in production
 knows which replica last served the query. Each load level (`--loads`: offered work as a fraction of the fleet's
 capacity without any cache) runs every scenario on one trace.
 
-    python bench/simulate_cache_affinity.py              # 3 loads x 3 scenarios, a few minutes
+    python bench/simulate_cache_affinity.py              # 3 loads x 3 scenarios, ~15 min on 2 shared cores
     python bench/simulate_cache_affinity.py --duration 60 --replicas 8   # quick look
 """
 
