@@ -6,13 +6,69 @@ model is converted once at load time: the decoder body runs, the hidden state of
 taken (inputs are right-padded, so positions are those of an unpadded input), and only the true/false rows of the
 LM head are applied. A final logit soft-cap (Gemma 2/3) is applied to both logits before the difference, as the
 full head would. The output is one column, so the rest of the engine treats it like a one-logit cross-encoder.
+
+Every prompt of a request starts with the same template, instruction and query tokens (about half of each prompt in
+bench/llm_throughput.py). `YesNoScorer.score` runs a batch's longest shared prefix once and the rows' remainders
+against its keys and values (`SharedPrefixCache`); `forward` stays the plain path the ONNX export traces.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from transformers import DynamicCache
 
 from rerankd.models import ModelSpec
+
+# Shortest shared prefix run once for the batch; shorter ones take the plain path (see `YesNoScorer.score`).
+MIN_SHARED_PREFIX = 32
+
+
+def shared_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
+    """Tokens every row of a right-padded batch starts with, stopping short of the shortest row's last real token
+    (each row's last token must run in its own remainder: its hidden state is the score). 0 for a single row."""
+    room = int(attention_mask.sum(dim=1).min()) - 1
+    if input_ids.shape[0] < 2 or room <= 0:
+        return 0
+    differs = (input_ids[:, :room] != input_ids[:1, :room]).any(dim=0)
+    return int(differs.int().argmax()) if bool(differs.any()) else room
+
+
+def reused_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor, min_prefix: int | None) -> int:
+    """The prefix `YesNoScorer.score` runs once for this batch: the shared one if at least `min_prefix` tokens
+    (None: never), else 0 (every row in full)."""
+    prefix = 0 if min_prefix is None else shared_prefix(input_ids, attention_mask)
+    return prefix if prefix >= max(min_prefix or 0, 1) else 0
+
+
+class SharedPrefixCache(DynamicCache):
+    """A DynamicCache that, once `frozen`, holds one prefix that every row of a batch reads and nobody extends.
+
+    After the prefix ran (batch 1), each `update` hands attention the prefix expanded to the batch (a view) followed
+    by the rows' new states, exactly what a growing cache would return, then restores the layer to the prefix alone:
+    a score is one forward, never extended, so keeping every layer's keys for the whole batch (DynamicCache's way)
+    would only multiply the forward's peak memory.
+    """
+
+    frozen = False
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        layer = self.layers[layer_idx] if layer_idx < len(self.layers) else None
+        if not self.frozen or layer is None or layer.keys is None:
+            return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        keys, values = layer.keys, layer.values
+        seen = getattr(layer, "cumulative_length", None)  # sliding-window layers count what they were fed
+        layer.keys = keys.expand(key_states.shape[0], -1, -1, -1)
+        layer.values = values.expand(value_states.shape[0], -1, -1, -1)
+        try:
+            return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        finally:
+            layer.keys, layer.values = keys, values
+            if seen is not None:
+                layer.cumulative_length = seen
 
 
 class YesNoScorer(torch.nn.Module):
@@ -40,7 +96,28 @@ class YesNoScorer(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         mask = attention_mask if self.padding_mask else self._causal_masks(input_ids.shape[1], input_ids.device)
         hidden = self.decoder(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
-        last = attention_mask.sum(dim=1) - 1
+        return self._head(hidden, attention_mask.sum(dim=1) - 1)
+
+    def score(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, min_prefix: int | None = MIN_SHARED_PREFIX
+    ) -> torch.Tensor:
+        """`forward`'s scores; when the rows share at least `min_prefix` leading tokens (None: never), that prefix
+        runs once (batch 1) and only the remainders run per row, attending to its keys and values.
+
+        Positions continue from the prefix (the decoder counts them from the cache's length) and the mask covers
+        prefix + remainder, so every real token sees what it sees in `forward`: the same scores within fp32 rounding
+        (tests/test_llm_prefix.py), for fewer FLOPs."""
+        prefix = reused_prefix(input_ids, attention_mask, min_prefix)
+        if not prefix:
+            return self(input_ids, attention_mask)
+        cache = SharedPrefixCache(config=self.decoder.config)
+        self.decoder(input_ids=input_ids[:1, :prefix], cache=cache, use_cache=True)
+        cache.frozen = True
+        rest = self.decoder(input_ids=input_ids[:, prefix:], attention_mask=attention_mask, cache=cache, use_cache=True)
+        return self._head(rest.last_hidden_state, attention_mask.sum(dim=1) - 1 - prefix)
+
+    def _head(self, hidden: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """The relevance logit from each row's hidden state at position `last`."""
         state = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         logits = state @ self.rows.to(state.dtype).T
         if self.bias is not None:

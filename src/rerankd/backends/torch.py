@@ -8,16 +8,18 @@ from transformers import AutoModel, AutoModelForSequenceClassification
 from transformers.utils import logging as hf_logging
 
 from rerankd.backends.base import Batch, pool
-from rerankd.backends.causal import load_scorer
+from rerankd.backends.causal import MIN_SHARED_PREFIX, load_scorer
 from rerankd.models import ModelSpec
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
 class TorchBackend:
-    """Runs a transformers model under `torch.inference_mode`."""
+    """Runs a transformers model under `torch.inference_mode`. LLM rerankers run a batch's shared prompt prefix once
+    when it has at least `min_shared_prefix` tokens (None: every row in full; see causal.YesNoScorer.score)."""
 
     name = "torch"
+    min_shared_prefix: int | None = MIN_SHARED_PREFIX
 
     def __init__(self, spec: ModelSpec, *, device: str = "cpu", precision: str = "fp32", threads: int = 1) -> None:
         if precision not in _DTYPES:
@@ -42,9 +44,10 @@ class TorchBackend:
             inputs["token_type_ids"] = batch.token_type_ids
         tensors = {key: torch.from_numpy(value).to(self.device) for key, value in inputs.items()}
         with torch.inference_mode():
+            if self.spec.kind == "causal-lm":
+                scores = self.model.score(**tensors, min_prefix=self.min_shared_prefix)
+                return scores.float().cpu().numpy()
             output = self.model(**tensors)
-        if self.spec.kind == "causal-lm":
-            return output.float().cpu().numpy()
         if self.spec.kind == "cross-encoder":
             return output.logits.float().cpu().numpy()
         hidden = output.last_hidden_state.float().cpu().numpy()
