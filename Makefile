@@ -21,8 +21,8 @@ serve: install
 	$(BIN)/rerankd serve --host $(HOST) --port $(PORT)
 
 lint: install
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench testing
+	$(BIN)/ruff format --check src tests bench testing
 	if [ -x $(BIN)/hadolint ]; then $(BIN)/hadolint deploy/Dockerfile deploy/Dockerfile.cuda; fi
 
 test: lint
