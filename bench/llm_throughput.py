@@ -28,6 +28,14 @@ Targets (issue 11): the Qwen3 shape at 100 documents within 1.5x of the time its
 
     .venv/bin/python bench/llm_throughput.py [--budget-seconds 600]
     .venv/bin/python bench/llm_throughput.py --in-process-only --systems "onnx-fp32" --name llm_throughput_onnx
+
+Shared-prefix reuse (torch runs a batch's common template + instruction + query tokens once, issue 11): the system
+`torch-fp32-full` is the torch backend with it off (every prompt in full), measured beside `torch-fp32` (on, the
+default). Rows then carry `executed_gflop` (what ran: the prefix once per batch) beside `gflop` (full prompts, what
+sentence-transformers computes) and the share of the peak each gives:
+
+    .venv/bin/python bench/llm_throughput.py --in-process-only --layers 4 --rounds 3 \
+        --systems "torch-fp32-full,torch-fp32,onnx-fp32" --name llm_prefix
 """
 
 from __future__ import annotations
@@ -62,6 +70,7 @@ QWEN3_0_6B = {
 }  # fmt: skip
 ENGINES = {"onnx-fp32": ("onnx", "fp32"), "torch-fp32": ("torch", "fp32")}
 SYSTEMS = ["sentence-transformers", *ENGINES]
+FULL_PROMPTS = "torch-fp32-full"  # torch with shared-prefix reuse off: on request only (--systems)
 CASCADE = {"strategy": "hybrid", "first_stage_model": "ce-fixture", "candidates": 20}
 FLOPS_TARGET = 1 / 1.5  # within 1.5x of the FLOPs' time at peak
 CASCADE_TARGET = 10.0  # cascade >= 10x faster than the LLM alone on 1,000 documents
@@ -107,16 +116,17 @@ def build_qwen3_shape(layers: int = QWEN3_0_6B["num_hidden_layers"]) -> Path:
     return build_once(target, build, done="modules.json")
 
 
-def forward_flops(spec: ModelSpec, lengths: list[int]) -> float:
+def forward_flops(spec: ModelSpec, lengths: list[int], prefix: int = 0) -> float:
     """FLOPs of the decoder over these unpadded prompt lengths: 2 x non-embedding parameters per token (the linear
     layers), plus QK^T and AV over the full square (4 x n^2 x heads x head_dim per layer). Norms, rotary embeddings,
-    softmax and the 2-row head are left out (<0.5%)."""
+    softmax and the 2-row head are left out (<0.5%). With `prefix`, the first `prefix` tokens of every prompt are
+    not computed (their keys and values are reused): n - prefix tokens, attending to all n."""
     config = json.loads((spec.path / "config.json").read_text())
     hidden, inner, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
     q_width = config["num_attention_heads"] * config["head_dim"]
     kv_width = config["num_key_value_heads"] * config["head_dim"]
     per_layer = hidden * (q_width + 2 * kv_width) + q_width * hidden + 3 * hidden * inner
-    return float(sum(layers * (2 * per_layer * n + 4 * n * n * q_width) for n in lengths))
+    return float(sum(layers * (2 * per_layer * (n - prefix) + 4 * (n - prefix) * n * q_width) for n in lengths))
 
 
 def non_embedding_parameters(spec: ModelSpec) -> int:
@@ -179,6 +189,28 @@ def interleaved(runners: dict[str, Any], docs: list[str], budget: Budget) -> dic
     return times
 
 
+class ExecutedFlops:
+    """Adds up the FLOPs a torch engine's batches execute: the reused prefix once per batch, then the remainders
+    (the backend's own decision, `causal.reused_prefix`). `total` over a number of calls, divided by it."""
+
+    def __init__(self, spec: ModelSpec, runner: InProcess) -> None:
+        import torch
+
+        from rerankd.backends.causal import reused_prefix
+
+        backend = runner.engine_.backend
+        forward, self.total = backend.forward, 0.0
+
+        def counted(batch: Any) -> np.ndarray:
+            mask = torch.from_numpy(batch.attention_mask)
+            prefix = reused_prefix(torch.from_numpy(batch.input_ids), mask, backend.min_shared_prefix)
+            lengths = mask.sum(dim=1).tolist()
+            self.total += forward_flops(spec, [prefix]) + forward_flops(spec, lengths, prefix=prefix)
+            return forward(batch)
+
+        backend.forward = counted
+
+
 def row(system: str, mode: str, count: int, times: list[float], flops: float, **extra: Any) -> dict:
     seconds = float(np.median(times))
     return {
@@ -188,32 +220,44 @@ def row(system: str, mode: str, count: int, times: list[float], flops: float, **
         "docs_per_s": count / seconds,
         "seconds": seconds,
         "runs": len(times),
+        "best_docs_per_s": count / min(times),
         "gflop": flops / 1e9,
         "achieved_gflops": flops / seconds / 1e9,
         **extra,
     }
 
 
-def in_process(spec: ModelSpec, corpus: list[str], clock: Clock, systems: list[str] = SYSTEMS) -> list[dict]:
-    """sentence-transformers and rerankd's engines (those of `systems`) at 10 and 100 documents, all loaded at once."""
+def in_process(
+    spec: ModelSpec, corpus: list[str], clock: Clock, systems: list[str] = SYSTEMS, rounds: int | None = None
+) -> list[dict]:
+    """sentence-transformers and rerankd's engines (those of `systems`) at 10 and 100 documents, all loaded at once;
+    `rounds` of each at most (default 3 at 10 documents, 2 at 100)."""
     runners: dict[str, Any] = {"sentence-transformers": Baseline(spec)} if "sentence-transformers" in systems else {}
+    executed: dict[str, ExecutedFlops] = {}
     try:
-        for name, (backend, precision) in ENGINES.items():
+        for name, (backend, precision) in {**ENGINES, FULL_PROMPTS: ("torch", "fp32")}.items():
             if name not in systems:
                 continue
             started = time.perf_counter()
             runners[f"rerankd {name}"] = InProcess(spec, backend, precision)
+            if name == FULL_PROMPTS:
+                runners[f"rerankd {name}"].engine_.backend.min_shared_prefix = None
+            if backend == "torch":
+                executed[f"rerankd {name}"] = ExecutedFlops(spec, runners[f"rerankd {name}"])
             print(f"loaded rerankd {name} in {time.perf_counter() - started:.0f} s", flush=True)
         for run in runners.values():
             run(corpus[:2])  # untimed: first-call costs
         rows = []
-        for count, budget in ((10, Budget(seconds=30, min_runs=1, max_runs=3)), (100, None)):
+        for count, budget in ((10, Budget(seconds=30, min_runs=1, max_runs=rounds or 3)), (100, None)):
             docs = corpus[:count]
             if budget is None:  # one round; a second only if the clock has room for it and the later phases
-                budget = Budget(seconds=max(0.0, clock.left() - 420), min_runs=1, max_runs=2)
+                budget = Budget(seconds=max(0.0, clock.left() - 420), min_runs=1, max_runs=rounds or 2)
             flops = forward_flops(spec, prompt_lengths(spec, docs))
+            for counter in executed.values():
+                counter.total = 0.0
             for name, times in interleaved(runners, docs, budget).items():
-                rows.append(row(name, "in-process", count, times, flops))
+                extra = {"executed_gflop": executed[name].total / len(times) / 1e9} if name in executed else {}
+                rows.append(row(name, "in-process", count, times, flops, **extra))
             print(format_table(rows[-len(runners) :], ["system", "docs", "docs_per_s", "runs", "achieved_gflops"]))
             print(flush=True)
         return rows
@@ -294,16 +338,18 @@ def main() -> None:
         "--systems", default=",".join(SYSTEMS), help=f"in-process systems, comma-separated (default all: {SYSTEMS})"
     )
     parser.add_argument("--in-process-only", action="store_true", help="skip the HTTP cascade phase")
+    parser.add_argument("--layers", type=int, default=QWEN3_0_6B["num_hidden_layers"], help="decoder layers")
+    parser.add_argument("--rounds", type=int, default=None, help="most interleaved rounds per document count")
     args = parser.parse_args()
     systems = args.systems.split(",")
-    if set(systems) - set(SYSTEMS):
-        raise SystemExit(f"--systems: unknown {', '.join(sorted(set(systems) - set(SYSTEMS)))}")
-    subset = args.in_process_only or set(systems) != set(SYSTEMS)
+    if set(systems) - {*SYSTEMS, FULL_PROMPTS}:
+        raise SystemExit(f"--systems: unknown {', '.join(sorted(set(systems) - {*SYSTEMS, FULL_PROMPTS}))}")
+    subset = args.in_process_only or set(systems) != set(SYSTEMS) or args.layers != QWEN3_0_6B["num_hidden_layers"]
     if subset and args.name == "llm_throughput":  # bench/results/llm_throughput.json holds full runs only
         raise SystemExit("a partial run (--systems, --in-process-only) needs its own --name")
     started = time.perf_counter()
 
-    path = build_qwen3_shape()
+    path = build_qwen3_shape(args.layers)
     spec = resolve_model(str(path))
     if spec.kind != "causal-lm":
         raise SystemExit(f"{path} was read as a {spec.kind}, not an LLM reranker")
@@ -315,7 +361,7 @@ def main() -> None:
           f"max {max(lengths)}), {CONTENTION}", flush=True)  # fmt: skip
     peaks = [fp32_peak()]  # measured again between phases: neighbours' load comes and goes, the best one counts
     clock = Clock(args.budget_seconds)
-    rows = in_process(spec, corpus, clock, systems)
+    rows = in_process(spec, corpus, clock, systems, args.rounds)
     peaks.append(fp32_peak())
     failure = None
     if not args.in_process_only:
@@ -329,7 +375,7 @@ def main() -> None:
     _add_ratios(rows, max(peaks))
     checks = _checks(rows)
     peaks_seen = {"fp32_seen": peaks, "fp32": max(peaks), "fp32_quiet_recorded": _quiet_peak()}
-    report(rows, checks, peaks_seen, spec, lengths, args.name, time.perf_counter() - started, failure)
+    report(rows, checks, peaks_seen, spec, lengths, args.name, time.perf_counter() - started, failure, args.layers)
 
 
 def fp32_peak() -> float:
@@ -344,8 +390,14 @@ def _add_ratios(rows: list[dict[str, Any]], peak: float) -> None:
     the quiet machine's, recorded by bench/throughput.py, where that file exists)."""
     quiet = _quiet_peak()
     base = {r["docs"]: r for r in rows if r["system"] == "sentence-transformers"}
+    full = {r["docs"]: r for r in rows if r["system"] == f"rerankd {FULL_PROMPTS}"}
     for r in rows:
         r["peak_fraction"] = r["achieved_gflops"] / peak
+        if "executed_gflop" in r:  # the FLOPs that ran, the reused prefix counted once per batch
+            r["executed_peak_fraction"] = r["executed_gflop"] / r["seconds"] / peak
+        if r["docs"] in full and r["mode"] == "in-process":
+            r["vs_full_prompts"] = r["docs_per_s"] / full[r["docs"]]["docs_per_s"]
+            r["best_vs_full_prompts"] = r["best_docs_per_s"] / full[r["docs"]]["best_docs_per_s"]
         if quiet:
             r["quiet_peak_fraction"] = r["achieved_gflops"] / quiet
         if r["docs"] in base:
@@ -391,8 +443,11 @@ def _checks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return checks
 
 
-def report(rows, checks, peaks, spec, lengths, name: str, seconds: float, failure: str | None = None) -> None:
-    columns = ["system", "mode", "docs", "docs_per_s", "seconds", "runs", "vs_st", "achieved_gflops", "peak_fraction",
+def report(
+    rows, checks, peaks, spec, lengths, name: str, seconds: float, failure: str | None = None, layers: int = 28
+) -> None:
+    columns = ["system", "mode", "docs", "docs_per_s", "seconds", "runs", "vs_st", "vs_full_prompts",
+               "best_vs_full_prompts", "achieved_gflops", "peak_fraction", "executed_peak_fraction",
                "quiet_peak_fraction", "note"]  # fmt: skip
     print("\n" + format_table(rows, columns))
     print("\n" + format_table(checks, ["check", "value", "limit", "ok"]))
@@ -400,7 +455,7 @@ def report(rows, checks, peaks, spec, lengths, name: str, seconds: float, failur
     payload = {
         "model": {
             "shape": "Qwen3-Reranker-0.6B (random weights)",
-            "config": QWEN3_0_6B,
+            "config": {**QWEN3_0_6B, "num_hidden_layers": layers},
             "non_embedding_parameters": non_embedding_parameters(spec),
             "window": spec.max_length,
             "tokenizer": "tests/test_golden_llm.py small BPE + Qwen3-Reranker chat template; documents cut to "
@@ -409,7 +464,9 @@ def report(rows, checks, peaks, spec, lengths, name: str, seconds: float, failur
         "prompt_tokens": {"mean": float(np.mean(lengths)), "median": float(np.median(lengths)), "max": max(lengths)},
         "query": QUERY,
         "flops_formula": "per document: layers x (2 x n x P_layer + 4 x n^2 x heads x head_dim), P_layer = "
-        "non-embedding parameters of one layer (q,k,v,o projections + 3 MLP matrices), n = unpadded prompt tokens",
+        "non-embedding parameters of one layer (q,k,v,o projections + 3 MLP matrices), n = unpadded prompt tokens; "
+        "executed (torch): per batch, the reused prefix p once, then per document layers x (2 x (n - p) x P_layer "
+        "+ 4 x (n - p) x n x heads x head_dim)",
         "peaks_gflops": peaks,
         "int8": "refused for LLM rerankers by design (fidelity; tests/test_golden_llm.py)",
         "note": f"random weights; {CONTENTION}",
@@ -419,11 +476,11 @@ def report(rows, checks, peaks, spec, lengths, name: str, seconds: float, failur
         "failure": failure,
     }
     path = save(name, payload)
-    plot(rows, plot_path(name))
+    plot(rows, plot_path(name), layers)
     print(f"saved {path} and {plot_path(name)}")
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def plot(rows: list[dict[str, Any]], path: Path, layers: int = 28) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -437,7 +494,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     axis.set_yticks(range(len(rows)), labels, fontsize=7)
     axis.set_xscale("log")
     axis.set_xlabel("documents / second (log)")
-    axis.set_title("Qwen3-Reranker-0.6B shape (random weights), CPU fp32, one request at a time")
+    depth = "" if layers == QWEN3_0_6B["num_hidden_layers"] else f", {layers} of its 28 layers"
+    axis.set_title(f"Qwen3-Reranker-0.6B shape{depth} (random weights), CPU fp32, one request at a time")
     axis.invert_yaxis()
     axis.grid(True, axis="x", alpha=0.3)
     figure.tight_layout()

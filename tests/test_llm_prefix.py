@@ -169,3 +169,17 @@ def test_the_golden_http_requests_take_the_prefix_path() -> None:
             batch = tokenizer.collate(tokenizer.encode_prompts(query, documents, instruction))
             prefixes.append(shared_prefix(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)))
         assert max(prefixes) >= MIN_SHARED_PREFIX, (family, prefixes)
+
+
+def test_auto_picks_torch_for_llm_rerankers_on_the_cpu() -> None:
+    """Shared-prefix reuse runs in the torch backend only, so `auto` picks it for LLM rerankers at fp32 on the CPU;
+    encoders keep ONNX, and an explicit backend or int8 (refused for LLMs with its own message) is left alone."""
+    from rerankd.backends.select import choose
+    from rerankd.config import Settings
+
+    avx2 = frozenset({"avx2", "fma"})
+    llm = choose(Settings(device="cpu"), avx2, kind="causal-lm")
+    assert (llm.backend, llm.precision) == ("torch", "fp32") and "shared prompt prefix" in llm.reason
+    assert choose(Settings(device="cpu"), avx2, kind="cross-encoder").backend == "onnx"
+    assert choose(Settings(device="cpu", backend="onnx"), avx2, kind="causal-lm").backend == "onnx"
+    assert choose(Settings(device="cpu", precision="int8"), avx2, kind="causal-lm").backend == "onnx"

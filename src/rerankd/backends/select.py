@@ -90,6 +90,10 @@ def choose(settings: Settings, flags: frozenset[str] | None = None, *, kind: str
         # Bi-encoders and LLM rerankers have no faithful int8 path.
         precision, reason = "fp32", "auto: exact scores on the CPU"
 
+    if settings.backend == "auto" and kind == "causal-lm" and device == "cpu" and precision == "fp32":
+        # torch runs a batch's shared prompt prefix (template + instruction + query) once, the ONNX graph every prompt
+        # in full: 1.39x onnx at 100 documents (bench/results/llm_prefix.json, Qwen3-0.6B width at 4 layers).
+        backend, reason = "torch", f"{reason}; torch for LLM rerankers on the CPU: it reuses the shared prompt prefix"
     if precision in ("int8", INT8_RESCORE) and backend != "onnx":
         raise ValueError(f"precision: {precision} needs --backend onnx (the torch backend runs fp32 or fp16)")
     if precision in ("int8", INT8_RESCORE) and device == "cuda":
