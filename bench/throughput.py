@@ -252,15 +252,16 @@ class HttpServer:
 class Served(HttpServer):
     """`rerankd serve`; requests use the Cohere v2 endpoint.
 
-    No score cache and no admission limit: benchmarks repeat documents and measure the engine (later `extra`
-    flags win, for a benchmark that wants either)."""
+    No score cache, no admission limit and no deadline: benchmarks repeat documents and measure the engine, which
+    a shared CPU may slow past the 60 s default (later `extra` flags win, for a benchmark that wants any of them)."""
 
     def __init__(self, spec: ModelSpec, backend: str, precision: str, log: Path, extra: Sequence[str] = ()) -> None:
         def command(port: int) -> list[str]:
             return [
                 sys.executable, "-m", "rerankd.cli", "serve", "--model", str(spec.path), "--port", str(port),
                 "--backend", backend, "--precision", precision, "--device", "cpu", "--warmup-seconds", "0",
-                "--score-cache-mb", "0", "--max-queue-seconds", "0", "--log-level", "warning", *extra,
+                "--score-cache-mb", "0", "--max-queue-seconds", "0", "--request-timeout-seconds", "0",
+                "--log-level", "warning", *extra,
             ]  # fmt: skip
 
         super().__init__("rerankd serve", command, log)
@@ -392,6 +393,8 @@ def main() -> None:
     runners: dict[str, Runner] = {REFERENCE: Baseline(spec)}
     precisions = {REFERENCE: "fp32"}  # the GEMM peak each is held against
     served: dict[str, Served] = {}
+    rows: list[dict[str, Any]] = []
+    concurrency: list[dict[str, Any]] = []
     try:
         for name, (backend, precision) in engines.items():
             scoring = choose(Settings(backend=backend, precision=precision, device="cpu"), kind=spec.kind)
@@ -406,7 +409,6 @@ def main() -> None:
             system = f"infinity-{'fp32' if dtype == 'float32' else dtype}/http"
             runners[system] = Infinity(infinity, spec, dtype, log_dir / f"infinity-{dtype}.log")
             precisions[system] = "int8" if dtype == "int8" else "fp32"
-        rows = []
         for count in counts:
             docs = corpus[:count]
             flops = pair_flops(spec, _pair_lengths(spec, docs))
@@ -428,9 +430,9 @@ def main() -> None:
     finally:
         for runner in runners.values():
             runner.close()
-    _add_ratios(rows)
-    name = args.name or ("throughput-quick" if args.quick else "throughput")
-    report(rows, concurrency, peaks, spec, name)
+        if rows:  # what was measured is saved even when a later count fails
+            _add_ratios(rows)
+            report(rows, concurrency, peaks, spec, args.name or ("throughput-quick" if args.quick else "throughput"))
 
 
 def best_served(rows: list[dict[str, Any]], system: str) -> float:
