@@ -17,7 +17,7 @@ environment, never in .venv:
     /work/infinity-venv/bin/pip install torch==2.13.0 'infinity-emb[server,torch]==0.0.78'
 
     .venv/bin/python bench/throughput.py [--quick]
-    .venv/bin/python bench/throughput.py --model ../shared/models/debian-minilm-ce --counts 300 1000 \
+    .venv/bin/python bench/throughput.py --model ../shared/models/debian-minilm-ce --counts 300 1000 --min-rounds 1 \
         --engines auto onnx-int8 onnx-int8-rescore --no-in-process --requests 0 \
         --infinity /work/infinity-venv/bin/infinity_emb --name throughput-peers
 """
