@@ -17,8 +17,7 @@ import time
 from typing import Any
 
 import numpy as np
-from common import DEBIAN_DATA, TRAINED_CE, format_table, plot_path, save
-from scipy.stats import spearmanr
+from common import DEBIAN_DATA, TRAINED_CE, format_table, plot_path, save, spearman, top_k_overlap
 
 from rerankd.config import Settings
 from rerankd.datasets import load_beir
@@ -76,8 +75,8 @@ def compare(name: str, spec: ModelSpec, rows: Candidates, corpus: dict, qrels: d
     exact = score_all(spec, "onnx", "fp32", rows, corpus)
     fast = score_all(spec, "onnx", "int8", rows, corpus)
     reference = score_all(spec, "torch", "fp32", rows[:torch_queries], corpus)
-    spearman = [float(spearmanr(a, b).statistic) for a, b in zip(exact, fast, strict=True)]
-    overlap = [len(set(np.argsort(-a)[:10]) & set(np.argsort(-b)[:10])) / 10 for a, b in zip(exact, fast, strict=True)]
+    correlations = [spearman(a, b) for a, b in zip(exact, fast, strict=True)]
+    overlap = [top_k_overlap(a, b) for a, b in zip(exact, fast, strict=True)]
     ndcg_fp32 = measure(qrels, ranking(rows, exact))["ndcg@10"]
     ndcg_int8 = measure(qrels, ranking(rows, fast))["ndcg@10"]
     return {
@@ -85,13 +84,13 @@ def compare(name: str, spec: ModelSpec, rows: Candidates, corpus: dict, qrels: d
         "queries": len(rows),
         "max_abs_diff": max(float(np.abs(a - b).max()) for a, b in zip(reference, exact, strict=False)),
         "torch_queries": len(reference),
-        "spearman": float(np.mean(spearman)),
-        "spearman_min": float(np.min(spearman)),
+        "spearman": float(np.mean(correlations)),
+        "spearman_min": float(np.min(correlations)),
         "top10_overlap": float(np.mean(overlap)),
         "ndcg_fp32": ndcg_fp32,
         "ndcg_int8": ndcg_int8,
         "ndcg_drop": ndcg_fp32 - ndcg_int8,
-        "per_query_spearman": spearman,
+        "per_query_spearman": correlations,
     }
 
 

@@ -40,8 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import DEBIAN_DATA, TRAINED_CE, format_table, machine, plot_path, save
-from scipy.stats import spearmanr
+from common import DEBIAN_DATA, TRAINED_CE, format_table, machine, plot_path, save, spearman, top_k_overlap
 
 from rerankd.backends.export import ensure_onnx
 from rerankd.backends.onnx import OnnxBackend
@@ -343,17 +342,14 @@ def head_rescored(fast: np.ndarray, exact: np.ndarray, head: int = HEAD) -> np.n
 
 
 def fidelity(name: str, rows: Rows, exact: list[np.ndarray], fast: list[np.ndarray], qrels: dict) -> dict[str, Any]:
-    spearman = [float(spearmanr(a, b).statistic) for a, b in zip(exact, fast, strict=True)]
-    overlap = [
-        len(set(np.argsort(-a, kind="stable")[:10]) & set(np.argsort(-b, kind="stable")[:10])) / 10
-        for a, b in zip(exact, fast, strict=True)
-    ]
+    correlations = [spearman(a, b) for a, b in zip(exact, fast, strict=True)]
+    overlap = [top_k_overlap(a, b) for a, b in zip(exact, fast, strict=True)]
     ndcg_exact = measure(qrels, rankings(rows, exact))["ndcg@10"]
     ndcg = measure(qrels, rankings(rows, fast))["ndcg@10"]
     return {
         "option": name,
-        "spearman": float(np.mean(spearman)),
-        "spearman_min": float(np.min(spearman)),
+        "spearman": float(np.mean(correlations)),
+        "spearman_min": float(np.min(correlations)),
         "top10_overlap": float(np.mean(overlap)),
         "top10_overlap_min": float(np.min(overlap)),
         "ndcg@10": ndcg,
