@@ -39,6 +39,7 @@ from common import DEBIAN_DATA, TRAINED_CE, format_table, percentile, plot_path,
 
 from rerankd.datasets import load_beir
 from rerankd.prefilter import Bm25
+from testing.processes import stop
 
 DOCUMENTS = 1000
 CANDIDATES = 100
@@ -85,11 +86,7 @@ class Server:
         raise RuntimeError("the server did not become ready")
 
     def __exit__(self, *exc: object) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop(self.process)
 
 
 def timed(client: httpx.Client, url: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from rerankd.engine.engine import Engine
 from rerankd.models import ModelSpec, resolve_model
 from rerankd.models.fixture import build_ce_fixture
 from rerankd.reporting import cpu
+from testing.processes import stop
 
 QUERY = "lightweight embedded SQL database library"
 ENGINES = {
@@ -241,12 +242,7 @@ class HttpServer:
 
     def close(self) -> None:
         self.client.close()
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=30)
+        stop(self.process)
 
 
 class Served(HttpServer):

@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from testing.processes import stop
+
 GCS_PORT = 6379
 NGINX_CONF = Path(__file__).resolve().parents[1] / "deploy" / "nginx.conf"
 
@@ -300,12 +302,7 @@ def nginx(upstreams: Sequence[str], listen: str, prefix: Path, access_log: bool 
     try:
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
+        stop(process)
 
 
 SERVE_TITLES = {  # what Ray calls each Serve process (`ray::<title>`), by role

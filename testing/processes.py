@@ -1,11 +1,22 @@
-"""Finding a fleet's processes on this machine (for fault benchmarks and tests): model replicas by their title,
-or everything in a network namespace."""
+"""Processes that tests and benchmarks start or look for on this machine: stopping one they started, and finding
+a fleet's model replicas by their title or everything in a network namespace."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 
 import psutil
+
+
+def stop(process: subprocess.Popen, timeout: float = 30) -> None:
+    """Ask `process` to exit (SIGTERM), and kill it if it has not within `timeout` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
 
 
 def namespace_pids(inode: int) -> list[int]:

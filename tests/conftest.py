@@ -21,6 +21,7 @@ from rerankd.config import Settings
 from rerankd.models.fixture import build_ce_fixture
 from rerankd.pipeline.service import LocalService
 from rerankd.pipeline.types import RerankRequest, RerankResult
+from testing.processes import stop
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -107,11 +108,7 @@ def served(arguments: list[str], log: Path, timeout: float = 180) -> Iterator[tu
             pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
         yield url, process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
 
 
 def serve_once(arguments: list[str], home: Path) -> subprocess.CompletedProcess[str]:
