@@ -1,24 +1,9 @@
 """Kubernetes manifests generated from rerankd's own `Settings`, so that flags and manifests cannot drift.
 
-`rerankd deploy kuberay [settings flags]` prints a KubeRay `RayService`: a head group (GCS, Serve controller, a
-proxy; no model replicas), a CPU worker group and a GPU worker group. Its `serveConfigV2` names the application
-builder `rerankd.deploy.serve_app:build` with the settings as the application's args, so the cluster builds the
-same Serve application as `rerankd serve --replicas/--autoscale` (`fleet.ray_app.build_app`), and the pods are
-sized by the same `replica_plan`.
-
-`rerankd deploy kubernetes [settings flags]` prints plain manifests for the single-process server: a Deployment
-(probes, preStop drain, resources, `RERANKD_*` environment), a Service, a PodDisruptionBudget and, with
-`--autoscale min:max`, a HorizontalPodAutoscaler on CPU utilisation. There the fleet settings size Kubernetes'
-own scaling: `replicas` is the Deployment's pod count, `autoscale` the HPA's bounds, and each pod runs one
-engine (the pods' own settings have `replicas=0`, `autoscale=""`).
-
-In both, what a pod needs differs from the command line in a few documented ways (`deployed_settings`): it
-listens on 0.0.0.0, caches under the `/data` volume, and reads API keys from a mounted Secret. API keys are
-never written into a manifest: `--api-keys` is refused; `--api-keys-secret NAME` mounts the Secret's key
-`api-keys` (one key per line) and sets `api_keys_file` to it.
-
-Nothing here has run on a cluster: the tests validate the manifests against the Kubernetes JSON schemas
-(kubernetes-validate) and the RayService CRD's OpenAPI schema (deploy/schemas/), and check the values.
+`rerankd deploy kuberay` prints a KubeRay `RayService` whose Serve config builds the same application as
+`rerankd serve --replicas/--autoscale`; `rerankd deploy kubernetes` prints plain manifests for the single-process
+server. docs/fleet.md (Kubernetes) describes both, what pods run with (`deployed_settings`), and what the tests
+check: nothing here has run on a cluster.
 """
 
 from __future__ import annotations
@@ -26,7 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal
 
@@ -56,7 +41,7 @@ STARTUP_SECONDS = 180
 PROBE_PERIOD_SECONDS = 5
 DEFAULT_PODS = 2  # without --replicas/--autoscale: two pods, so a drain or a rollout never empties the Service
 
-HEAD_CPUS, HEAD_MEMORY = "2", "4Gi"  # GCS, dashboard, Serve controller, a proxy and the ingress (0 CPUs)
+HEAD_CPUS, HEAD_MEMORY_GIB = 2, 4.0  # GCS, dashboard, Serve controller, a proxy and the ingress (0 CPUs)
 RAY_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001}
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 # Fields the images set in their environment: always written, so the manifest alone decides them.
@@ -97,16 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    target = Target(
-        image=args.image,
-        gpu_image=args.gpu_image,
-        name=args.name,
-        namespace=args.namespace,
-        memory_gib=args.memory_gib,
-        data_gib=args.data_gib,
-        api_keys_secret=args.api_keys_secret,
-        ray_version=args.ray_version,
-    )
+    target = Target(**{field.name: getattr(args, field.name) for field in fields(Target)})
     sys.stdout.write(render(args.kind, settings, target))
     return 0
 
@@ -199,9 +175,7 @@ def _replica_range(settings: Settings) -> tuple[int, int]:
         return (max(1, settings.replicas),) * 2
     from rerankd.fleet.autoscale import AutoscaleConfig
 
-    config = AutoscaleConfig.from_settings(settings)
-    if not 1 <= config.min_replicas <= config.max_replicas:
-        raise ValueError(f"autoscale: need 1 <= min <= max, got {settings.autoscale}")
+    config = AutoscaleConfig.from_settings(settings)  # checks 1 <= min <= max
     return config.min_replicas, config.max_replicas
 
 
@@ -224,12 +198,13 @@ def _selector(target: Target) -> dict[str, str]:
     return {"app.kubernetes.io/name": "rerankd", "app.kubernetes.io/instance": target.name}
 
 
-def _metadata(target: Target, name: str, component: str) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name}
+def _object(api_version: str, kind: str, target: Target, component: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A Kubernetes object named after the target, in its namespace (if any), labelled for `component`."""
+    meta: dict[str, Any] = {"name": target.name}
     if target.namespace:
         meta["namespace"] = target.namespace
     meta["labels"] = _labels(target, component)
-    return meta
+    return {"apiVersion": api_version, "kind": kind, "metadata": meta, "spec": spec}
 
 
 def _volumes(target: Target) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -282,6 +257,7 @@ def kubernetes_manifests(settings: Settings, target: Target) -> list[dict[str, A
     gpus = math.ceil(settings.replica_gpus or 1) if gpu else 0
     cpus = settings.threads or settings.replica_cpus
     volumes, mounts = _volumes(target)
+    startup_failures = math.ceil((STARTUP_SECONDS + pod_settings.warmup_seconds) / PROBE_PERIOD_SECONDS)
     container = {
         "name": "rerankd",
         "image": target.image_for_gpu if gpu else target.image,
@@ -289,12 +265,7 @@ def kubernetes_manifests(settings: Settings, target: Target) -> list[dict[str, A
         "ports": [{"name": "http", "containerPort": pod_settings.port, "protocol": "TCP"}],
         "env": settings_env(pod_settings),
         "resources": _resources(cpus, target.memory_gib, gpus),
-        "startupProbe": _http_probe(
-            "/ready",
-            "http",
-            PROBE_PERIOD_SECONDS,
-            math.ceil((STARTUP_SECONDS + pod_settings.warmup_seconds) / PROBE_PERIOD_SECONDS),
-        ),
+        "startupProbe": _http_probe("/ready", "http", PROBE_PERIOD_SECONDS, startup_failures),
         # /ready is also 503 while admission is full (max_queue_seconds): the pod leaves the endpoints and
         # traffic goes to the others until its queue drains.
         "readinessProbe": _http_probe("/ready", "http", PROBE_PERIOD_SECONDS, 2),
@@ -337,29 +308,16 @@ def kubernetes_manifests(settings: Settings, target: Target) -> list[dict[str, A
             "spec": pod,
         },
     }
-    manifests: list[dict[str, Any]] = [
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": _metadata(target, target.name, "server"),
-            "spec": spec,
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": _metadata(target, target.name, "server"),
-            "spec": {
-                "type": "ClusterIP",
-                "selector": _selector(target),
-                "ports": [{"name": "http", "port": pod_settings.port, "targetPort": "http", "protocol": "TCP"}],
-            },
-        },
-        {
-            "apiVersion": "policy/v1",
-            "kind": "PodDisruptionBudget",
-            "metadata": _metadata(target, target.name, "server"),
-            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": _selector(target)}},
-        },
+    service = {
+        "type": "ClusterIP",
+        "selector": _selector(target),
+        "ports": [{"name": "http", "port": pod_settings.port, "targetPort": "http", "protocol": "TCP"}],
+    }
+    budget = {"maxUnavailable": 1, "selector": {"matchLabels": _selector(target)}}
+    manifests = [
+        _object("apps/v1", "Deployment", target, "server", spec),
+        _object("v1", "Service", target, "server", service),
+        _object("policy/v1", "PodDisruptionBudget", target, "server", budget),
     ]
     if settings.autoscale:
         manifests.append(_hpa(settings, target))
@@ -370,38 +328,34 @@ def _hpa(settings: Settings, target: Target) -> dict[str, Any]:
     """On CPU utilisation, aiming at `autoscale_target_utilisation`, with the fleet autoscaler's delays."""
     low, high = _replica_range(settings)
     step = min(1800, max(1, round(settings.autoscale_downscale_step_seconds)))
-    return {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": _metadata(target, target.name, "server"),
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target.name},
-            "minReplicas": low,
-            "maxReplicas": high,
-            "metrics": [
-                {
-                    "type": "Resource",
-                    "resource": {
-                        "name": "cpu",
-                        "target": {
-                            "type": "Utilization",
-                            "averageUtilization": round(settings.autoscale_target_utilisation * 100),
-                        },
+    spec = {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target.name},
+        "minReplicas": low,
+        "maxReplicas": high,
+        "metrics": [
+            {
+                "type": "Resource",
+                "resource": {
+                    "name": "cpu",
+                    "target": {
+                        "type": "Utilization",
+                        "averageUtilization": round(settings.autoscale_target_utilisation * 100),
                     },
-                }
-            ],
-            "behavior": {
-                "scaleUp": {
-                    "stabilizationWindowSeconds": min(3600, round(settings.autoscale_upscale_seconds)),
-                    "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15}],
                 },
-                "scaleDown": {
-                    "stabilizationWindowSeconds": min(3600, round(settings.autoscale_downscale_seconds)),
-                    "policies": [{"type": "Pods", "value": 1, "periodSeconds": step}],
-                },
+            }
+        ],
+        "behavior": {
+            "scaleUp": {
+                "stabilizationWindowSeconds": min(3600, round(settings.autoscale_upscale_seconds)),
+                "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15}],
+            },
+            "scaleDown": {
+                "stabilizationWindowSeconds": min(3600, round(settings.autoscale_downscale_seconds)),
+                "policies": [{"type": "Pods", "value": 1, "periodSeconds": step}],
             },
         },
     }
+    return _object("autoscaling/v2", "HorizontalPodAutoscaler", target, "server", spec)
 
 
 # KubeRay: the fleet ----------------------------------------------------------------------------------------------
@@ -471,19 +425,16 @@ def _ray_version(target: Target) -> str:
 
 
 def _ray_pod(
-    target: Target, settings: Settings, *, head: bool, cpus: float, memory: str, gpus: int = 0
+    target: Target, settings: Settings, *, head: bool, cpus: float, memory_gib: float, gpus: int = 0
 ) -> dict[str, Any]:
     volumes, mounts = _volumes(target)
     ports = [{"name": name, "containerPort": port} for name, port in RAY_PORTS.items()] if head else []
     ports.append({"name": "serve", "containerPort": settings.port})  # KubeRay's serve Service targets this name
-    limits: dict[str, Any] = {"cpu": _cpu(cpus), "memory": memory}
-    if gpus:
-        limits["nvidia.com/gpu"] = str(gpus)
     container: dict[str, Any] = {
         "name": "ray-head" if head else "ray-worker",
         "image": target.image_for_gpu if gpus else target.image,
         "ports": ports,
-        "resources": {"requests": dict(limits), "limits": limits},
+        "resources": _resources(cpus, memory_gib, gpus),
         "volumeMounts": mounts,
         "securityContext": _CONTAINER_SECURITY,
     }
@@ -512,14 +463,15 @@ def kuberay_manifests(settings: Settings, target: Target) -> list[dict[str, Any]
         gpus = (layout.pod_gpus or 1) if name == "gpu" else 0
         per_pod = layout.per_pod if used else 1
         cpus = layout.pod_cpus if used else max(1, math.ceil(cluster_settings.replica_cpus))
-        memory = _memory(target.memory_gib * per_pod)
         return {
             "groupName": name,
             "replicas": low if used else 0,
             "minReplicas": low if used else 0,
             "maxReplicas": high if used else 0,
             "rayStartParams": {},
-            "template": _ray_pod(target, cluster_settings, head=False, cpus=cpus, memory=memory, gpus=gpus),
+            "template": _ray_pod(
+                target, cluster_settings, head=False, cpus=cpus, memory_gib=target.memory_gib * per_pod, gpus=gpus
+            ),
         }
 
     cluster: dict[str, Any] = {
@@ -528,7 +480,7 @@ def kuberay_manifests(settings: Settings, target: Target) -> list[dict[str, Any]
         "authOptions": {"mode": "token"},  # Ray's token authentication; KubeRay makes and mounts the token
         "headGroupSpec": {
             "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
-            "template": _ray_pod(target, cluster_settings, head=True, cpus=float(HEAD_CPUS), memory=HEAD_MEMORY),
+            "template": _ray_pod(target, cluster_settings, head=True, cpus=HEAD_CPUS, memory_gib=HEAD_MEMORY_GIB),
         },
         "workerGroupSpecs": [group("cpu", not layout.gpu), group("gpu", layout.gpu)],
     }
@@ -538,11 +490,4 @@ def kuberay_manifests(settings: Settings, target: Target) -> list[dict[str, Any]
             "idleTimeoutSeconds": round(cluster_settings.autoscale_downscale_seconds),
         }
     config = yaml.dump(serve_config(cluster_settings, layout), Dumper=_Dumper, sort_keys=False)
-    return [
-        {
-            "apiVersion": "ray.io/v1",
-            "kind": "RayService",
-            "metadata": _metadata(target, target.name, "fleet"),
-            "spec": {"serveConfigV2": config, "rayClusterConfig": cluster},
-        }
-    ]
+    return [_object("ray.io/v1", "RayService", target, "fleet", {"serveConfigV2": config, "rayClusterConfig": cluster})]
