@@ -1,19 +1,9 @@
-"""Work-aware routing: send each request to the ready replica with the least outstanding work.
+"""Work-aware routing: send each request to the ready replica with the least outstanding work, in estimated tokens.
 
-Work is counted in estimated tokens (query + document per pair), because a reranking request's cost grows with
-its documents and their lengths: one 1,000-document request costs as much as a hundred 10-document ones, so
-round-robin (or counting requests) queues small requests behind big ones.
-
-The policy is a pure function of per-replica loads (`rank_replicas`, `pick_replica`), so the discrete-event
-simulator in bench/ runs the very same code. `WorkLedger` keeps those loads: the work this router sent and has
-not seen finish (exact and instant), plus other routers' work as the replicas report it (`record_routing_stats`,
-a second or so old). `WorkAwareRouter` wraps both as a Ray Serve `RequestRouter`.
-
-Cache affinity: each replica's engine keeps a score cache, so a request for a query a replica has just scored
-(the next page, a retry, an agent re-ranking an overlapping set) costs it little. The ledger remembers which
-replica last served each query (`Work.affinity`), and `tokens` routing sends the request there instead of the
-least loaded replica when it would finish there no later than the least loaded one plus the request's own
-work (`affine_index`).
+The policy is a pure function of per-replica loads (`rank_replicas`, `pick_replica`), so the simulator in bench/
+runs the very same code; `WorkLedger` keeps the loads (this router's own bookings plus the replicas' reports of
+other routers' work), and `WorkAwareRouter` wraps both as a Ray Serve `RequestRouter`. docs/fleet.md (Routing)
+explains the policies, the ledger and cache affinity (`affine_index`).
 """
 
 from __future__ import annotations
@@ -115,6 +105,10 @@ def _order_key(
     return key
 
 
+def _rotation(turn: int, count: int) -> list[int]:
+    return [(turn + i) % count for i in range(count)]
+
+
 def affine_index(
     policy: Policy,
     loads: Sequence[ReplicaLoad],
@@ -126,14 +120,9 @@ def affine_index(
     slack: float = AFFINITY_SLACK,
 ) -> int | None:
     """The index of `prefer` (the replica that last served this request's query) if the request should go there
-    rather than to `best`, the policy's choice; else None.
-
-    Only for `tokens`. On a full cache hit the request costs the preferred replica next to nothing, so it is done
-    there at `finish - tokens / speed`: sending it there is no worse for the request while that is no later than
-    its finish on `best`, i.e. while the preferred replica's finish is within the request's own work of the best
-    one's. (`slack` widens the margin to a fraction of the best finish.) On a partial hit it waits at most that
-    much longer, and the fleet spends less either way. A replica not among `loads` (not ready, gone) or the one
-    to avoid is never preferred.
+    rather than to `best`, the policy's choice; else None. Only for `tokens`, and only while it would finish there
+    within its own work of its finish on `best` (the break-even of a full cache hit; `slack` widens the margin to a
+    fraction of the best finish). A replica not among `loads` (not ready, gone) or the one to avoid never is.
     """
     if policy != "tokens" or prefer is None or prefer == avoid:
         return None
@@ -159,14 +148,9 @@ def rank_replicas(
     """Indices into `loads`, best first, for a request of `tokens`. `turn` rotates round-robin and breaks exact
     ties; `avoid` (a replica that just failed this request) goes last unless it is the only one; `prefer` (the
     replica that last served the query) comes first when `affine_index` says so."""
-    rotation = [(turn + i) % len(loads) for i in range(len(loads))]
-    order = sorted(rotation, key=_order_key(policy, loads, avoid, tokens))
-    if order:
-        affine = affine_index(policy, loads, order[0], prefer=prefer, avoid=avoid, tokens=tokens, slack=slack)
-        if affine is not None:
-            order.remove(affine)
-            order.insert(0, affine)
-    return order
+    first = pick_replica(policy, loads, turn=turn, avoid=avoid, tokens=tokens, prefer=prefer, slack=slack)
+    order = sorted(_rotation(turn, len(loads)), key=_order_key(policy, loads, avoid, tokens))
+    return [first, *(i for i in order if i != first)] if loads else []
 
 
 def pick_replica(
@@ -182,8 +166,7 @@ def pick_replica(
     """The head of `rank_replicas` without sorting them all (the simulator calls this per request); -1 if none."""
     if not loads:
         return -1
-    rotation = [(turn + i) % len(loads) for i in range(len(loads))]
-    best = min(rotation, key=_order_key(policy, loads, avoid, tokens))
+    best = min(_rotation(turn, len(loads)), key=_order_key(policy, loads, avoid, tokens))
     affine = affine_index(policy, loads, best, prefer=prefer, avoid=avoid, tokens=tokens, slack=slack)
     return best if affine is None else affine
 
@@ -215,8 +198,7 @@ class WorkLedger:
         self.origin = origin
         self._clock = clock
         self._sent: dict[str, _Sent] = {}
-        self._own_tokens: dict[str, float] = {}
-        self._own_requests: dict[str, int] = {}
+        self._own: dict[str, tuple[float, int]] = {}  # replica -> (tokens, requests) this router sent
         self._foreign: dict[str, tuple[float, int]] = {}
         self._speed: dict[str, float] = {}
         self._recent: OrderedDict[str, str] = OrderedDict()
@@ -230,8 +212,8 @@ class WorkLedger:
         and its query (`affinity`, for cache affinity) went."""
         self._release(request_id)
         self._sent[request_id] = _Sent(replica, tokens, self._clock())
-        self._own_tokens[replica] = self._own_tokens.get(replica, 0) + tokens
-        self._own_requests[replica] = self._own_requests.get(replica, 0) + 1
+        own_tokens, own_requests = self._own.get(replica, (0.0, 0))
+        self._own[replica] = (own_tokens + tokens, own_requests + 1)
         if key is not None:
             _remember(self._recent, key, replica, self.RECENT_KEYS)
         if affinity is not None:
@@ -273,25 +255,21 @@ class WorkLedger:
         typical = known[len(known) // 2] if known else 1.0
         result = []
         for replica in replicas:
+            own_tokens, own_requests = self._own.get(replica, (0.0, 0))
             foreign_tokens, foreign_requests = self._foreign.get(replica, (0.0, 0))
-            result.append(
-                ReplicaLoad(
-                    replica,
-                    self._own_tokens.get(replica, 0) + foreign_tokens,
-                    self._own_requests.get(replica, 0) + foreign_requests,
-                    self._speed.get(replica, typical),
-                )
-            )
+            speed = self._speed.get(replica, typical)
+            result.append(ReplicaLoad(replica, own_tokens + foreign_tokens, own_requests + foreign_requests, speed))
         return result
 
     def _release(self, request_id: str) -> None:
         sent = self._sent.pop(request_id, None)
         if sent is None:
             return
-        self._own_tokens[sent.replica] -= sent.tokens
-        self._own_requests[sent.replica] -= 1
-        if self._own_requests[sent.replica] <= 0:
-            del self._own_tokens[sent.replica], self._own_requests[sent.replica]
+        own_tokens, own_requests = self._own[sent.replica]
+        if own_requests > 1:
+            self._own[sent.replica] = (own_tokens - sent.tokens, own_requests - 1)
+        else:
+            del self._own[sent.replica]
 
     def _expire(self) -> None:
         now = self._clock()
