@@ -1,21 +1,9 @@
 """The autoscaling policy: how many model replicas the load calls for.
 
-Model replicas take 30-60 s to start, so the fleet keeps headroom (target utilisation ~65%) instead of reacting
-late, adds capacity quickly when work piles up, and gives it back slowly, one replica at a time.
-
-- Scale up when, for `upscale_seconds` without a break, the fleet needs more replicas than it has or is starting:
-  busy replicas / target utilisation; queued tokens / target queued tokens per replica (at most twice the running
-  replicas per decision); or one more replica when a busy fleet's p99 latency is over target. It then jumps
-  straight to that count (bounded by the maximum).
-- Scale down one replica at a time, only once the fleet has been quiet for `downscale_seconds` (the rest would
-  stay at or below `downscale_utilisation`, nothing queued over half the target, p99 within target) and at least
-  `downscale_seconds` after the last scale-up; while it stays quiet, the next replica goes `downscale_step_seconds`
-  later, after the previous removal's effect shows. Any sign of load restarts the quiet clock. The gap between the
-  two utilisation thresholds and the long quiet period keep an oscillating load from adding and removing replicas
-  over and over.
-
-`decide` is a pure function of (config, state, signals, now), shared by the Ray Serve hook (`RayAutoscalePolicy`)
-and the discrete-event simulator in bench/.
+Model replicas take 30-60 s to start, so the fleet keeps headroom (target utilisation ~65%), adds capacity quickly
+when work piles up, and gives it back slowly, one replica at a time after a quiet period; docs/fleet.md
+(Autoscaling) states the rules. `decide` is a pure function of (config, state, signals, now), shared by the Ray
+Serve hook (`RayAutoscalePolicy`) and the discrete-event simulator in bench/.
 """
 
 from __future__ import annotations
@@ -24,7 +12,7 @@ import logging
 import math
 import re
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -61,17 +49,9 @@ class AutoscaleConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> AutoscaleConfig:
         low, high = parse_autoscale(settings.autoscale)
-        return cls(
-            min_replicas=low,
-            max_replicas=high,
-            target_utilisation=settings.autoscale_target_utilisation,
-            downscale_utilisation=settings.autoscale_downscale_utilisation,
-            target_queued_tokens=settings.autoscale_target_queued_tokens,
-            target_p99_ms=settings.autoscale_target_p99_ms,
-            upscale_seconds=settings.autoscale_upscale_seconds,
-            downscale_seconds=settings.autoscale_downscale_seconds,
-            downscale_step_seconds=settings.autoscale_downscale_step_seconds,
-        )
+        bounds = ("min_replicas", "max_replicas")
+        knobs = {f.name: getattr(settings, f"autoscale_{f.name}") for f in fields(cls) if f.name not in bounds}
+        return cls(min_replicas=low, max_replicas=high, **knobs)
 
 
 def parse_autoscale(text: str) -> tuple[int, int]:
@@ -194,7 +174,3 @@ class RayAutoscalePolicy:
         if decision.reason:
             log.info("rerankd autoscale %s", decision.reason)
         return decision.replicas, {}
-
-
-def policy_kwargs(config: AutoscaleConfig) -> dict[str, Any]:
-    return asdict(config)

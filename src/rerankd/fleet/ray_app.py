@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from ray import serve
@@ -16,7 +16,7 @@ from ray.serve import Application
 from ray.serve.config import AutoscalingConfig, AutoscalingPolicy, RequestRouterConfig
 
 from rerankd.config import Settings
-from rerankd.fleet.autoscale import AutoscaleConfig, RayAutoscalePolicy, policy_kwargs
+from rerankd.fleet.autoscale import AutoscaleConfig, RayAutoscalePolicy
 from rerankd.fleet.ingress import Ingress
 from rerankd.fleet.model_replica import ModelReplica
 from rerankd.fleet.router import WorkAwareRouter
@@ -77,7 +77,7 @@ def _autoscaling_config(settings: Settings) -> AutoscalingConfig:
             downscale_delay_s=0,
             metrics_interval_s=window / 5,
             look_back_period_s=window,
-            policy=AutoscalingPolicy(policy_function=RayAutoscalePolicy, policy_kwargs=policy_kwargs(config)),
+            policy=AutoscalingPolicy(policy_function=RayAutoscalePolicy, policy_kwargs=asdict(config)),
         )
 
 
@@ -129,16 +129,9 @@ def alive_nodes() -> int:
 
 def ingress_options(settings: Settings, cluster_nodes: int | None = None) -> dict[str, Any]:
     """`ingress_replicas` ingress replicas (0: one per node, at least 2), spread over the cluster's nodes: at most
-    ceil(replicas / nodes) on one node (Serve's `max_replicas_per_node`, a hard limit).
-
-    One per node is the default because Serve's proxies prefer an ingress replica on their own node
-    (`RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING`, on by default): a request then enters and is routed on the same
-    node, so a node's loss fails only connections to its own proxy, which the load balancer retries. A request a
-    proxy handed to another node's ingress replica would instead get Serve's 500 when that node dies, and a 500
-    is not safe for a load balancer to retry. A replica lost with its node is replaced on a node below the limit;
-    where there is none (one per node, one node lost), Serve keeps it pending until a node joins, and the other
-    replicas serve meanwhile. `cluster_nodes` is counted at deploy time (`alive_nodes()` by default): nodes that
-    join later do not raise the count or the spread of a running application (redeploy to include them)."""
+    ceil(replicas / nodes) on one node (Serve's `max_replicas_per_node`, a hard limit). One per node, so that a
+    node's loss fails only requests that entered through its own proxy: docs/fleet.md (From one machine to many).
+    `cluster_nodes` is counted at deploy time (`alive_nodes()` by default); redeploy to include nodes that join."""
     nodes = alive_nodes() if cluster_nodes is None else max(1, cluster_nodes)
     replicas = settings.ingress_replicas or max(2, nodes)
     options: dict[str, Any] = {
