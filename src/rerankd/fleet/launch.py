@@ -81,13 +81,10 @@ class Fleet:
 
     def replica_states(self) -> dict[str, int]:
         """Model replicas by state, as Ray Serve counts them."""
-        from ray import serve
-
         from rerankd.fleet.ray_app import APP_NAME, MODEL_DEPLOYMENT
+        from rerankd.fleet.service import deployment_status
 
-        application = serve.status().applications.get(APP_NAME)
-        deployment = application.deployments.get(MODEL_DEPLOYMENT) if application else None
-        return {str(state): n for state, n in deployment.replica_states.items()} if deployment else {}
+        return deployment_status(APP_NAME, MODEL_DEPLOYMENT)[1]
 
     def stop(self) -> None:
         import ray

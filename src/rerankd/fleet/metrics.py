@@ -11,44 +11,43 @@ import time
 from prometheus_client import Counter, Gauge, Histogram
 
 from rerankd.fleet.replica import ReplicaReport
-from rerankd.metrics import Metrics
+from rerankd.metrics import LATENCY_BUCKETS, Metrics
 
-_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 FORGET_SECONDS = 300.0
+_REPLICA = ("replica",)
 
 
 class FleetMetrics:
     def __init__(self, metrics: Metrics) -> None:
-        r = metrics.registry
-        self.replicas = Gauge("rerankd_fleet_replicas", "Model replicas by state (Ray Serve).", ["state"], registry=r)
-        self.outstanding_requests = Gauge(
-            "rerankd_fleet_outstanding_requests", "Requests sent to model replicas and not yet answered.", registry=r
+        add = metrics.add
+        self.replicas = add(Gauge, "rerankd_fleet_replicas", "Model replicas by state (Ray Serve).", ("state",))
+        self.outstanding_requests = add(
+            Gauge, "rerankd_fleet_outstanding_requests", "Requests sent to model replicas and not yet answered."
         )
-        self.outstanding_tokens = Gauge(
-            "rerankd_fleet_outstanding_tokens", "Estimated tokens of those requests.", registry=r
+        self.outstanding_tokens = add(Gauge, "rerankd_fleet_outstanding_tokens", "Estimated tokens of those requests.")
+        self.replica_queue_tokens = add(
+            Gauge, "rerankd_fleet_replica_queue_tokens", "Tokens queued on a replica (at its last answer).", _REPLICA
         )
-        self.replica_queue_tokens = Gauge(
-            "rerankd_fleet_replica_queue_tokens", "Tokens queued on a replica (at its last answer).", ["replica"],
-            registry=r,
-        )  # fmt: skip
-        self.replica_queue_pairs = Gauge(
-            "rerankd_fleet_replica_queue_pairs", "Pairs queued on a replica (at its last answer).", ["replica"],
-            registry=r,
-        )  # fmt: skip
-        self.replica_inflight_tokens = Gauge(
-            "rerankd_fleet_replica_inflight_tokens", "Padded tokens in a replica's running batch (at its last answer).",
-            ["replica"], registry=r,
-        )  # fmt: skip
-        self.replica_seconds = Histogram(
-            "rerankd_fleet_replica_request_duration_seconds", "Time a request spent on a replica.", ["replica"],
-            buckets=_SECONDS_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.retries = Counter(
-            "rerankd_fleet_retries", "Requests sent again because their replica died mid-request.", registry=r
+        self.replica_queue_pairs = add(
+            Gauge, "rerankd_fleet_replica_queue_pairs", "Pairs queued on a replica (at its last answer).", _REPLICA
         )
-        self.lost = Counter(
-            "rerankd_fleet_lost", "Requests that failed on two replicas in a row (answered 500).", registry=r
+        self.replica_inflight_tokens = add(
+            Gauge,
+            "rerankd_fleet_replica_inflight_tokens",
+            "Padded tokens in a replica's running batch (at its last answer).",
+            _REPLICA,
         )
+        self.replica_seconds = add(
+            Histogram,
+            "rerankd_fleet_replica_request_duration_seconds",
+            "Time a request spent on a replica.",
+            _REPLICA,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.retries = add(
+            Counter, "rerankd_fleet_retries", "Requests sent again because their replica died mid-request."
+        )
+        self.lost = add(Counter, "rerankd_fleet_lost", "Requests that failed on two replicas in a row (answered 500).")
         self._seen: dict[str, float] = {}
 
     def report(self, report: ReplicaReport) -> None:

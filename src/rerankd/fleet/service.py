@@ -119,7 +119,7 @@ class FleetService:
         """Follow the replica count (for /ready and metrics) and learn the served models from the first replica."""
         while True:
             try:
-                status, states = await asyncio.to_thread(self._deployment_status)
+                status, states = await asyncio.to_thread(deployment_status, self._app_name, self._deployment)
                 self.replica_states = states
                 self.metrics.replica_states(states)
                 if states.get("RUNNING", 0) and self._models is None:
@@ -136,11 +136,13 @@ class FleetService:
                 self._ready.clear()
             await asyncio.sleep(STATUS_PERIOD_SECONDS)
 
-    def _deployment_status(self) -> tuple[str, dict[str, int]]:
-        from ray import serve
 
-        application = serve.status().applications.get(self._app_name)
-        deployment = application.deployments.get(self._deployment) if application else None
-        if deployment is None:
-            return "", {}
-        return str(deployment.status), {str(state): count for state, count in deployment.replica_states.items()}
+def deployment_status(app_name: str, deployment_name: str) -> tuple[str, dict[str, int]]:
+    """A Serve deployment's status and its replicas by state ("", {} while it does not exist)."""
+    from ray import serve
+
+    application = serve.status().applications.get(app_name)
+    deployment = application.deployments.get(deployment_name) if application else None
+    if deployment is None:
+        return "", {}
+    return str(deployment.status), {str(state): count for state, count in deployment.replica_states.items()}
