@@ -13,7 +13,6 @@ reuse it without measuring. An explicit `max_batch_tokens` always wins and is ne
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -128,10 +127,8 @@ def sweep(
     run: Callable[[list], object],
     items: Sequence[SizedInput],
     *,
-    candidates: Sequence[int] = CANDIDATES,
     max_batch_size: int,
     seconds: float = SWEEP_SECONDS,
-    rounds: int = SWEEP_ROUNDS,
     clock: Callable[[], float] = time.perf_counter,
 ) -> dict[int, float]:
     """Real (unpadded) tokens per second of `run` at each candidate budget.
@@ -143,12 +140,12 @@ def sweep(
     """
     median = sorted(items, key=len)[len(items) // 2]
     batches: dict[int, list] = {}
-    for budget in sorted(candidates):
+    for budget in CANDIDATES:
         planned = plan_batches(items, budget, max_batch_size)
         batches[budget] = next(batch for batch in planned if any(item is median for item in batch))
     best: dict[int, float] = {}
     deadline = clock() + seconds
-    for _ in range(rounds):
+    for _ in range(SWEEP_ROUNDS):
         for budget, batch in batches.items():
             padded = len(batch) * max(len(item) for item in batch)
             speed = max(best.values(), default=0.0)  # real tokens/s so far: a fair estimate of this batch's time
@@ -190,14 +187,6 @@ def tune(
     return tuning
 
 
-def cached_or_default(cache: Path, key: TuningKey) -> Tuning:
-    """At construction, before any warm-up: the cached choice, else the fallback until the sweep runs."""
-    with contextlib.suppress(OSError):
-        if (found := load_cached(cache, key)) is not None:
-            return found
-    return Tuning(FALLBACK, "default")
-
-
 class BatchTuner:
     """The tuning of one engine: the budget it starts with, and the sweep its warm-up runs when auto has no
     cached choice yet."""
@@ -217,8 +206,8 @@ class BatchTuner:
         self.cache = cache_file(settings.cache_dir, self.key)
         if settings.max_batch_tokens:
             self.tuning = Tuning(settings.max_batch_tokens, "configured")
-        else:
-            self.tuning = cached_or_default(self.cache, self.key)
+        else:  # the cached choice, else the fallback until the warm-up's sweep
+            self.tuning = load_cached(self.cache, self.key) or Tuning(FALLBACK, "default")
 
     def measure(
         self,
@@ -226,15 +215,12 @@ class BatchTuner:
         prepare: Callable[[list[str]], Sequence[SizedInput]],
         *,
         max_batch_size: int,
-        seconds: float = SWEEP_SECONDS,
     ) -> Tuning:
         """Sweep and cache when auto has no measurement yet; log the CPU and the choice either way."""
         if self.tuning.source == "default":
             started = time.perf_counter()
-            self.tuning = tune(
-                run, prepare(sample_documents()), max_batch_size=max_batch_size, cache=self.cache, key=self.key,
-                seconds=seconds,
-            )  # fmt: skip
+            items = prepare(sample_documents())
+            self.tuning = tune(run, items, max_batch_size=max_batch_size, cache=self.cache, key=self.key)
             log.info("batch budget sweep took %.1f s", time.perf_counter() - started)
         log.info(
             "%s on %s [%s], %d threads: %s",
