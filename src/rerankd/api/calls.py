@@ -1,12 +1,13 @@
 """Running a rerank for an HTTP request: the service call is cancelled when the client goes away, which drops
-the request's queued work."""
+the request's queued work; the answer carries what ran as `X-Rerankd-*` headers in every dialect."""
 
 from __future__ import annotations
 
 import asyncio
 
-from fastapi import Request
+from fastapi import Request, Response
 
+from rerankd.api.strategy import strategy_headers
 from rerankd.pipeline.types import RerankRequest, RerankResult, RerankService
 
 
@@ -24,7 +25,7 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def rerank_for(request: Request, rerank_request: RerankRequest) -> RerankResult:
+async def rerank_for(request: Request, response: Response, rerank_request: RerankRequest) -> RerankResult:
     work = asyncio.ensure_future(service_of(request).rerank(rerank_request))
     watch = asyncio.ensure_future(_disconnected(request))
     try:
@@ -34,4 +35,6 @@ async def rerank_for(request: Request, rerank_request: RerankRequest) -> RerankR
     if work not in done:
         work.cancel()
         raise ClientGone
-    return work.result()
+    result = work.result()
+    response.headers.update(strategy_headers(result))
+    return result

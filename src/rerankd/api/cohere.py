@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rerankd.api.auth import require_api_key
 from rerankd.api.calls import rerank_for
 from rerankd.api.errors import ERROR_RESPONSES
-from rerankd.api.strategy import ScoreDetails, StrategyFields, score_details, strategy_headers
+from rerankd.api.strategy import ScoreDetails, StrategyFields, score_details
 from rerankd.pipeline.types import RerankRequest, RerankResult
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["rerank"], responses=ERROR_RESPONSES)
@@ -62,10 +62,6 @@ class CohereV1Response(CohereV2Response):
     usage: Usage
 
 
-def _texts(documents: list[str | TextDocument]) -> list[str]:
-    return [doc if isinstance(doc, str) else doc.text for doc in documents]
-
-
 def _items(result: RerankResult, texts: list[str], with_documents: bool) -> list[RerankItem]:
     return [
         RerankItem(
@@ -87,21 +83,17 @@ def _meta(version: str, result: RerankResult) -> dict[str, Any]:
     }
 
 
+async def _rerank(request: Request, response: Response, body: CohereV2Request, texts: list[str]) -> RerankResult:
+    call = RerankRequest(
+        body.query, texts, body.model, body.top_n, max_tokens_per_doc=body.max_tokens_per_doc, **body.strategy_fields()
+    )
+    return await rerank_for(request, response, call)
+
+
 @router.post("/v2/rerank", response_model=CohereV2Response, response_model_exclude_none=True)
 async def rerank_v2(body: CohereV2Request, request: Request, response: Response) -> CohereV2Response:
     """Cohere v2 rerank."""
-    result = await rerank_for(
-        request,
-        RerankRequest(
-            body.query,
-            body.documents,
-            body.model,
-            body.top_n,
-            max_tokens_per_doc=body.max_tokens_per_doc,
-            **body.strategy_fields(),
-        ),
-    )
-    response.headers.update(strategy_headers(result))
+    result = await _rerank(request, response, body, body.documents)
     return CohereV2Response(
         id=str(uuid.uuid4()), results=_items(result, body.documents, body.return_documents), meta=_meta("2", result)
     )
@@ -110,19 +102,8 @@ async def rerank_v2(body: CohereV2Request, request: Request, response: Response)
 @router.post("/v1/rerank", response_model=CohereV1Response, response_model_exclude_none=True)
 async def rerank_v1(body: CohereV1Request, request: Request, response: Response) -> CohereV1Response:
     """Cohere v1 rerank; also Jina's `/v1/rerank` (same request, plus `usage` in the answer)."""
-    texts = _texts(body.documents)
-    result = await rerank_for(
-        request,
-        RerankRequest(
-            body.query,
-            texts,
-            body.model,
-            body.top_n,
-            max_tokens_per_doc=body.max_tokens_per_doc,
-            **body.strategy_fields(),
-        ),
-    )
-    response.headers.update(strategy_headers(result))
+    texts = [doc if isinstance(doc, str) else doc.text for doc in body.documents]
+    result = await _rerank(request, response, body, texts)
     return CohereV1Response(
         id=str(uuid.uuid4()),
         model=result.model,

@@ -14,7 +14,7 @@ from pydantic import ConfigDict, Field
 from rerankd.api.auth import require_api_key
 from rerankd.api.calls import rerank_for
 from rerankd.api.errors import ERROR_RESPONSES
-from rerankd.api.strategy import ScoreDetails, StrategyFields, score_details, strategy_headers
+from rerankd.api.strategy import ScoreDetails, StrategyFields, score_details
 from rerankd.errors import InvalidRequest
 from rerankd.pipeline.types import RerankRequest
 
@@ -46,6 +46,7 @@ async def rerank_tei(body: TeiRequest, request: Request, response: Response) -> 
         raise InvalidRequest("truncation_direction: only 'Right' is supported")
     result = await rerank_for(
         request,
+        response,
         RerankRequest(
             body.query,
             body.texts,
@@ -56,7 +57,6 @@ async def rerank_tei(body: TeiRequest, request: Request, response: Response) -> 
             **body.strategy_fields(),
         ),
     )
-    response.headers.update(strategy_headers(result))
     return [
         TeiRank(
             index=r.index, score=r.score, text=body.texts[r.index] if body.return_text else None, **score_details(r)
