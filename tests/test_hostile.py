@@ -82,7 +82,7 @@ def test_tokenizer_is_safe_under_threads_mixing_truncating_and_counting_calls(ce
 
     def count_and_clip() -> None:
         while time.monotonic() < stop:
-            tokenizer.count_tokens(long_documents)
+            tokenizer.tokens(long_documents)  # every token: no truncation
             tokenizer.clip(long_documents[0], 20)
             tokenizer.encode_texts(long_documents[:2])
 

@@ -159,10 +159,6 @@ class Tokenizer:
             pending, chars = still, chars * 4
         return [result for result in results if result is not None]
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Token counts without special tokens or truncation."""
-        return [len(encoding.ids) for encoding in self._encode_batch(texts)]
-
     def clip(self, text: str, max_tokens: int) -> str:
         """The longest prefix of `text` that holds at most `max_tokens` tokens (Cohere's `max_tokens_per_doc`)."""
         tokens = self.encode_prefix([text], max_tokens, spans=True)[0]
