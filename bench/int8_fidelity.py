@@ -402,7 +402,7 @@ def evaluate_model(label: str, spec: ModelSpec, args: argparse.Namespace, data: 
     results.append(row)
     for row in results:
         row["vs_fp32_speed"] = row["docs_per_s"] / speed["fp32"]["docs_per_s"]
-    if "int8-rescore" in options and spec.kind == "cross-encoder":  # the built mode: served rankings
+    if "int8-rescore" in options:  # the built mode: served rankings (cross-encoder and bi-encoder alike)
         ranked = served_rankings(spec, "int8-rescore", rows, corpus, cache_dir)
         results.append({"model": label, **fidelity("int8-rescore (served)", rows, exact, ranked, qrels)})
     if args.served:  # fp32, int8 and int8-rescore answering requests, one interleaved run

@@ -1,12 +1,15 @@
 """precision int8-rescore: int8 for every document, fp32 for the head, so the head is exactly fp32's.
 
-The ce-fixture over HTTP (Cohere v2) against in-process services at fp32 and int8, on near-identical documents
-whose close scores int8 reorders; the choice of precision by CPU flags, on any CPU; the refusals at start-up.
+The ce-fixture over HTTP (Cohere v2) and the default bi-encoder in process, against in-process services at fp32
+and int8, on near-identical documents whose close scores int8 reorders; requests within the head (the fp32 twin
+alone); the twin's work in admission and the plan; the choice of precision by CPU flags, on any CPU; the refusals.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 from collections.abc import Iterator
 
 import httpx
@@ -17,7 +20,9 @@ from conftest import DEBIAN_DATA, TRAINED_CE, ThreadServer, is_ready, wait_until
 from rerankd.api import create_app
 from rerankd.backends.select import choose
 from rerankd.config import Settings
-from rerankd.pipeline.rescore import head_size
+from rerankd.pipeline import hybrid
+from rerankd.pipeline.planner import MIN_CANDIDATES, Costs, plan
+from rerankd.pipeline.rescore import head_size, prefilter_settings
 from rerankd.pipeline.service import LocalService
 from rerankd.pipeline.types import RerankRequest, RerankResult
 
@@ -34,18 +39,39 @@ def settings(precision: str, **extra: object) -> Settings:
     return Settings(**{**base, **extra}, backend="onnx", device="cpu", precision=precision)
 
 
-@pytest.fixture(scope="module")
-def references(ce_fixture_path) -> Iterator[dict[str, RerankResult]]:
+@contextlib.contextmanager
+def loaded(precision: str, **extra: object) -> Iterator[LocalService]:
+    service = LocalService(settings(precision, **extra))
+    service.load()
+    try:
+        yield service
+    finally:
+        service.close()
+
+
+def ask(service: LocalService, documents: list[str] = DOCUMENTS, **fields: object) -> RerankResult:
+    return asyncio.run(service.rerank(RerankRequest(QUERY, documents, **fields)))  # type: ignore[arg-type]
+
+
+def fp32_and_int8(**extra: object) -> dict[str, RerankResult]:
     """Every document ranked in process at fp32 and at int8 (no top_n)."""
     answers = {}
     for precision in ("fp32", "int8"):
-        service = LocalService(settings(precision))
-        service.load()
-        try:
-            answers[precision] = asyncio.run(service.rerank(RerankRequest(QUERY, DOCUMENTS, strategy="direct")))
-        finally:
-            service.close()
+        with loaded(precision, **extra) as service:
+            answers[precision] = ask(service, strategy="direct")
     return answers
+
+
+@pytest.fixture(scope="module")
+def references(ce_fixture_path) -> dict[str, RerankResult]:
+    return fp32_and_int8()
+
+
+@pytest.fixture(scope="module")
+def ce_service(ce_fixture_path) -> Iterator[LocalService]:
+    """The ce-fixture at int8-rescore in process, without a score cache: every request runs the model."""
+    with loaded("int8-rescore", score_cache_mb=0) as service:
+        yield service
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +149,126 @@ def test_v1_models_names_the_fp32_head(rescore_url) -> None:
     assert any("int8+fp32-head" in str(model) for model in models["data"])
 
 
+# -- requests within the head: the fp32 twin alone ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("documents", "fields"),
+    [(DOCUMENTS[: HEAD_MIN - 1], {"strategy": "direct"}), (DOCUMENTS, {"strategy": "hybrid", "candidates": 4})],
+    ids=["5 documents", "4 candidates after the pre-filter"],
+)
+def test_a_request_within_the_head_is_scored_by_the_fp32_twin_alone(
+    references, ce_service: LocalService, documents: list[str], fields: dict
+) -> None:
+    fp32 = dict(ranked(references["fp32"]))
+    int8_engine = ce_service.registry.default
+    before = int8_engine.stats().batches_done
+    answer = ask(ce_service, documents, **fields)
+    assert int8_engine.stats().batches_done == before  # no int8 pass
+    scored = [(item.index, item.score) for item in answer.results if not item.cut_by_prefilter]
+    assert len(scored) == min(len(documents), fields.get("candidates", len(documents)))
+    assert [i for i, _ in scored] == sorted((i for i, _ in scored), key=lambda i: -fp32[i])  # fp32's order
+    np.testing.assert_allclose([s for _, s in scored], [fp32[i] for i, _ in scored], atol=1e-4)
+    rescored = answer.meta["rerankd"]["rescored"]
+    assert (rescored["documents"], rescored["precision"]) == (len(scored), "fp32")
+    assert "no int8 pass" in rescored["reason"]
+    ask(ce_service, strategy="direct")  # 22 documents, over the head: int8 runs, and the counter says so
+    assert int8_engine.stats().batches_done > before
+
+
+# -- the bi-encoder ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bi_references() -> dict[str, RerankResult]:
+    return fp32_and_int8(model=["default"])
+
+
+@pytest.fixture(scope="module")
+def bi_service() -> Iterator[LocalService]:
+    """The default bi-encoder at int8-rescore in process, also its own embedding pre-filter; no score cache."""
+    with loaded("int8-rescore", model=["default"], embedding_model="default", score_cache_mb=0) as service:
+        yield service
+
+
+def test_a_bi_encoders_head_is_fp32s_with_the_query_embedded_in_fp32_too(bi_references, bi_service) -> None:
+    fp32, int8 = ranked(bi_references["fp32"]), ranked(bi_references["int8"])
+    assert [i for i, _ in int8[:TOP_N]] != [i for i, _ in fp32[:TOP_N]], "precondition: int8 must reorder the top"
+    answer = ask(bi_service, top_n=TOP_N, strategy="direct")
+    assert [i for i, _ in ranked(answer)] == [i for i, _ in fp32[:TOP_N]]
+    # fp32's cosines within 1e-4: the twin embeds the query too (int8's cosines differ by ~1e-2 here)
+    np.testing.assert_allclose([s for _, s in ranked(answer)], [s for _, s in fp32[:TOP_N]], atol=1e-4)
+    assert answer.meta["rerankd"]["rescored"]["documents"] == head_size(TOP_N, HEAD_MIN)
+    assert bi_service.models()[0].engine.endswith("int8+fp32-head")
+
+
+def test_a_bi_encoder_at_int8_rescore_pre_filters_with_its_fp32_twin(bi_references, bi_service) -> None:
+    """Served and pre-filter model alike: the pre-filter embeds in fp32 as before, so its 5 candidates are fp32's
+    top 5 (int8's differ), and within the head the twin scores them alone: no int8 work at all."""
+    fp32 = [i for i, _ in ranked(bi_references["fp32"])]
+    int8_engine = bi_service.registry.default
+    before = int8_engine.stats().batches_done
+    answer = ask(bi_service, top_n=5, strategy="bi-encoder", candidates=5)
+    assert int8_engine.stats().batches_done == before
+    assert [item.index for item in answer.results] == fp32[:5]
+    assert answer.meta["rerankd"]["prefilter"] == "embeddings:" + int8_engine.spec.name
+
+
+# -- the twin's work in admission and in the plan ----------------------------------------------------------------
+
+
+def test_admission_counts_the_fp32_heads_work(ce_service: LocalService, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same 22 documents with heads of 6, 10 and 20, and of all 22 (the twin alone): the admitted work grows by
+    one fp32 document's time per head document. Captured at admission, before any work changes the estimates."""
+    captured: list[float] = []
+
+    class Admitted(Exception):
+        pass
+
+    def admit(*stages):
+        captured.append(sum(stage.seconds for stage in stages))
+        raise Admitted
+
+    monkeypatch.setattr(ce_service.admission, "admit", admit)
+    for top_n in (2, 5, 10, 11):
+        with pytest.raises(Admitted):
+            ask(ce_service, top_n=top_n, strategy="direct")
+    head_6, head_10, head_20, alone = captured
+    fp32_document = (head_10 - head_6) / 4
+    assert fp32_document > 0
+    assert head_20 - head_10 == pytest.approx(10 * fp32_document)
+    assert alone == pytest.approx(len(DOCUMENTS) * fp32_document)  # no int8 pass counted
+
+
+def test_the_plan_counts_the_fp32_head(ce_service: LocalService, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[Costs] = []
+
+    def planned(*args, **kwargs):
+        seen.append(args[2])
+        return plan(*args, **kwargs)
+
+    monkeypatch.setattr(hybrid, "plan", planned)
+    answer = ask(ce_service, top_n=TOP_N, strategy="direct")
+    costs = seen[0]
+    assert (costs.head, costs.head_pairs_per_second > 0) == (head_size(TOP_N, HEAD_MIN), True)
+    expected = costs.fixed_ms + costs.model_ms(len(DOCUMENTS))
+    assert expected > costs.fixed_ms + dataclasses.replace(costs, head=0).model_ms(len(DOCUMENTS))
+    assert answer.meta["rerankd"]["estimate_ms"] == pytest.approx(expected, abs=0.1)
+
+
+def test_the_planner_fits_k_with_the_head_and_the_twin_alone_within_it() -> None:
+    costs = Costs(pairs_per_second=100.0, head=20, head_pairs_per_second=50.0)  # int8 10 ms a document, fp32 20 ms
+    assert costs.model_ms(100) == pytest.approx(1000 + 20 * 20)
+    assert costs.model_ms(15) == pytest.approx(15 * 20)  # the twin alone
+    direct = plan("auto", 100, costs)
+    assert direct.estimate_ms == pytest.approx(1400)
+    chosen = plan("auto", 100, costs, budget_ms=1500)  # 1,275 ms usable: direct's 1,400 do not fit
+    assert (chosen.strategy, chosen.candidates) == ("hybrid", (1275 - 400) // 10)
+    small = plan("hybrid", 100, costs, budget_ms=300)  # 255 ms usable: under the head's 400, the twin alone
+    assert small.candidates == 255 // 20 >= MIN_CANDIDATES
+    assert small.estimate_ms == pytest.approx(12 * 20)
+
+
 @pytest.mark.skipif(not TRAINED_CE.is_dir(), reason="needs ../shared/models/debian-minilm-ce (the trained model)")
 def test_the_trained_models_top_ten_is_fp32s() -> None:
     """The trained cross-encoder on a query whose int8 top 10 differs from fp32's."""
@@ -150,17 +296,18 @@ def test_the_trained_models_top_ten_is_fp32s() -> None:
 VNNI = frozenset({"avx2", "avx512_vnni"})
 
 
+@pytest.mark.parametrize("kind", ["cross-encoder", "bi-encoder"])
 @pytest.mark.parametrize("flags", [VNNI, frozenset({"avx_vnni"}), frozenset({"amx_int8"}), frozenset({"asimddp"})])
-def test_auto_picks_int8_rescore_for_cross_encoders_where_int8_has_dot_products(flags: frozenset[str]) -> None:
-    choice = choose(Settings(device="cpu"), flags)
+def test_auto_picks_int8_rescore_for_encoders_where_int8_has_dot_products(flags: frozenset[str], kind: str) -> None:
+    choice = choose(Settings(device="cpu"), flags, kind=kind)
     assert (choice.backend, choice.precision, choice.scoring_precision) == ("onnx", "int8-rescore", "int8")
     assert choice.reason.startswith("auto")
 
 
-def test_auto_keeps_fp32_on_avx2_for_other_kinds_and_on_torch() -> None:
+def test_auto_keeps_fp32_on_avx2_for_llm_rerankers_and_on_torch() -> None:
     cpu = Settings(device="cpu")
     assert choose(cpu, frozenset({"avx2", "fma"})).precision == "fp32"
-    assert choose(cpu, VNNI, kind="bi-encoder").precision == "fp32"
+    assert choose(cpu, frozenset({"avx2", "fma"}), kind="bi-encoder").precision == "fp32"
     assert choose(cpu, VNNI, kind="causal-lm").precision == "fp32"
     assert choose(Settings(device="cpu", backend="torch"), VNNI).precision == "fp32"
 
@@ -169,8 +316,8 @@ def test_auto_keeps_fp32_on_avx2_for_other_kinds_and_on_torch() -> None:
     ("overrides", "kind", "message"),
     [
         ({"backend": "torch"}, "cross-encoder", "int8-rescore needs --backend onnx"),
-        ({}, "bi-encoder", "this model is a bi-encoder"),
-        ({}, "causal-lm", "this model is a causal-lm"),
+        ({"backend": "torch"}, "bi-encoder", "int8-rescore needs --backend onnx"),
+        ({}, "causal-lm", "this model is a causal-lm, whose int8 is not verified: use fp32"),
     ],
 )
 def test_int8_rescore_is_refused_where_it_cannot_run(overrides: dict, kind: str, message: str) -> None:
@@ -178,11 +325,25 @@ def test_int8_rescore_is_refused_where_it_cannot_run(overrides: dict, kind: str,
         choose(Settings(device="cpu", precision="int8-rescore", **overrides), frozenset(), kind=kind)
 
 
-def test_serving_a_bi_encoder_at_int8_rescore_fails_at_start_up_with_the_reason() -> None:
-    service = LocalService(Settings(model=["default"], precision="int8-rescore", warmup_seconds=0, embedding_model=""))
-    with pytest.raises(ValueError, match="int8-rescore re-scores the head of an encoder cross-encoder"):
+def test_serving_an_llm_reranker_at_int8_rescore_fails_at_start_up_with_the_reason() -> None:
+    from test_golden_llm import build_tiny_llm
+
+    llm = str(build_tiny_llm("qwen3"))
+    service = LocalService(Settings(model=[llm], precision="int8-rescore", warmup_seconds=0, embedding_model=""))
+    with pytest.raises(ValueError, match="this model is a causal-lm"):
         service.load()
     assert service.state == "failed"
+
+
+def test_the_embedding_pre_filter_embeds_in_fp32_where_int8_rescore_would_be_chosen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It has no head to re-score: as before bi-encoders could run int8-rescore, fp32 (configured int8 stays)."""
+    monkeypatch.setattr("rerankd.backends.select.cpu_flags", lambda: VNNI)
+    for precision in ("auto", "int8-rescore"):
+        prefilter = prefilter_settings(Settings(device="cpu", precision=precision))
+        assert choose(prefilter, kind="bi-encoder").precision == "fp32"
+    assert prefilter_settings(Settings(device="cpu", precision="int8")).precision == "int8"
 
 
 def test_the_embedding_pre_filter_loads_beside_an_int8_rescore_cross_encoder(ce_fixture_path) -> None:

@@ -14,6 +14,8 @@ INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
 
 # int8 for every document, then fp32 for the head of the ranking (pipeline/rescore.py): two ONNX sessions.
 INT8_RESCORE = "int8-rescore"
+# The encoders it serves; an LLM reranker's int8 is refused outright (backends/load.py).
+RESCORABLE_KINDS = frozenset({"cross-encoder", "bi-encoder"})
 
 
 @dataclass(frozen=True)
@@ -78,16 +80,17 @@ def choose(settings: Settings, flags: frozenset[str] | None = None, *, kind: str
         precision, reason = settings.precision, "as configured"
     elif device == "cuda":
         precision, reason = "fp16", "auto: GPU"
-    elif backend == "onnx" and kind == "cross-encoder" and int8_dot_products(flags):
+    elif backend == "onnx" and kind in RESCORABLE_KINDS and int8_dot_products(flags):
         # Pure int8 is not faithful (bench/int8_fidelity.py: top-10 overlap 0.87 vs fp32 on debian-minilm-ce; static
         # and keep-layers-in-fp32 recipes no better); int8 for all + fp32 for the head is (top-10 0.98, NDCG@10 delta
         # 0.000), and with int8 dot products int8 is ~2.1x fp32 (issue 12's Zen 4 table), so the pair wins there.
+        # Bi-encoders too: the same encoder, quantized the same way, and their head is re-scored the same way.
         precision, reason = INT8_RESCORE, "auto: int8 dot products here; int8 for every document, fp32 for the head"
     else:
         # Without int8 dot products (AVX2) int8 is only ~1.45-1.9x fp32: int8-rescore was estimated at 1.02x fp32
         # (bench/results/int8_fidelity.json) and measured served at 1.29x, but on a machine under heavy load (best
         # of 2 rounds, bench/results/int8_rescore.json); until a quiet run confirms it, exact fp32 here.
-        # Bi-encoders and LLM rerankers have no faithful int8 path.
+        # LLM rerankers have no faithful int8 path.
         precision, reason = "fp32", "auto: exact scores on the CPU"
 
     if settings.backend == "auto" and kind == "causal-lm" and device == "cpu" and precision == "fp32":
@@ -98,10 +101,10 @@ def choose(settings: Settings, flags: frozenset[str] | None = None, *, kind: str
         raise ValueError(f"precision: {precision} needs --backend onnx (the torch backend runs fp32 or fp16)")
     if precision in ("int8", INT8_RESCORE) and device == "cuda":
         raise ValueError(f"precision: {precision} runs on the CPU only; use fp16 on cuda")
-    if precision == INT8_RESCORE and kind != "cross-encoder":
+    if precision == INT8_RESCORE and kind not in RESCORABLE_KINDS:
         raise ValueError(
-            f"precision: {INT8_RESCORE} re-scores the head of an encoder cross-encoder's ranking in fp32; this model "
-            f"is a {kind}: use fp32 or int8"
+            f"precision: {INT8_RESCORE} re-scores the head of an encoder's ranking (cross-encoder or bi-encoder) in "
+            f"fp32; this model is a {kind}, whose int8 is not verified: use fp32"
         )
     if precision == "fp16" and device != "cuda":
         raise ValueError("precision: fp16 needs --device cuda (CPUs run fp32 or int8)")

@@ -8,6 +8,7 @@ estimated model time. So the estimate follows the machine's current load and the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from collections.abc import Sequence
@@ -23,6 +24,14 @@ _SMOOTHING = 0.3  # weight of the newest measurement in the moving averages
 _INITIAL_CHARS_PER_TOKEN = 4.0  # English text with WordPiece / BPE vocabularies
 _INITIAL_BM25_SECONDS_PER_DOC = 60e-6  # bm25s indexing + scoring, measured on ~400-character documents
 _FALLBACK_TOKENS_PER_SECOND = 1000.0  # an engine that was never warmed up
+
+
+@dataclass(frozen=True)
+class ExactHead:
+    """int8-rescore (pipeline/rescore.py): the fp32 twin that scores a request's top `size` documents again."""
+
+    engine: Engine
+    size: int
 
 
 @dataclass
@@ -51,9 +60,17 @@ class CostModel:
         return 1000.0 * documents * self._bm25_seconds_per_doc
 
     def costs(
-        self, engine: Engine, query_tokens: int, documents: Sequence[str], *, chunks: ChunkRule | None, bm25: bool
+        self,
+        engine: Engine,
+        query_tokens: int,
+        documents: Sequence[str],
+        *,
+        chunks: ChunkRule | None,
+        bm25: bool,
+        head: ExactHead | None = None,
     ) -> tuple[Costs, float]:
-        """The request's `Costs`, and the part of them that is queue wait (for `learn_model`)."""
+        """The request's `Costs` (with `head`, its fp32 twin's part too), and the part of them that is queue wait
+        (for `learn_model`)."""
         stats = self._stats(engine)
         pair = engine.spec.pairs
         window = engine.tokenizer.max_length
@@ -74,15 +91,31 @@ class CostModel:
         wait_ms = 1000.0 * (queue.queued_tokens + queue.inflight_tokens) / speed
         fixed_ms = wait_ms + (self.bm25_ms(len(documents)) if bm25 else 0.0)
         pairs_per_second = speed / per_pair / stats.correction
-        return Costs(pairs_per_second, float(np.mean(pieces)), fixed_ms), wait_ms
+        costs = Costs(pairs_per_second, float(np.mean(pieces)), fixed_ms)
+        if head is None:
+            return costs, wait_ms
+        exact, exact_wait_ms = self.costs(head.engine, query_tokens, documents, chunks=chunks, bm25=False)
+        # The twin's queue is waited for too: its head follows the model's pass, or is all the work.
+        fixed_ms += exact_wait_ms
+        costs = dataclasses.replace(
+            costs, fixed_ms=fixed_ms, head=head.size, head_pairs_per_second=exact.pairs_per_second
+        )
+        return costs, wait_ms + exact_wait_ms
 
     def work_seconds(
-        self, engine: Engine, query: str, documents: Sequence[str], *, chunks: ChunkRule | None, scored: int
+        self,
+        engine: Engine,
+        query: str,
+        documents: Sequence[str],
+        *,
+        chunks: ChunkRule | None,
+        scored: int,
+        head: ExactHead | None = None,
     ) -> float:
         """Model time of a request not yet tokenized (its query's tokens guessed from characters), for admission:
-        `scored` of its documents reach the model."""
+        `scored` of its documents reach the model (with `head`, its fp32 twin's time too)."""
         query_tokens = round(len(query) / self._stats(engine).chars_per_token)
-        costs, _ = self.costs(engine, query_tokens, documents, chunks=chunks, bm25=False)
+        costs, _ = self.costs(engine, query_tokens, documents, chunks=chunks, bm25=False, head=head)
         return costs.model_ms(min(scored, len(documents))) / 1000.0
 
     def learn_tokens(self, engine: Engine, texts: Sequence[str], tokens: Sequence[int]) -> None:

@@ -20,7 +20,7 @@ from rerankd.engine.tokenize import Tokens
 from rerankd.errors import PayloadTooLarge
 from rerankd.pipeline import chunking
 from rerankd.pipeline.admission import Stage
-from rerankd.pipeline.costs import CostModel
+from rerankd.pipeline.costs import CostModel, ExactHead
 from rerankd.pipeline.fusion import FusionMethod
 from rerankd.pipeline.planner import Costs, Plan, Strategy, plan
 from rerankd.pipeline.ranking import rank_candidates, select
@@ -58,6 +58,7 @@ class Options:
     instruction: str | None = None  # an LLM reranker's task description (None: the model's default)
     first_stage_model: Engine | None = None  # the hybrid pre-filter when it is a served model (a cascade)
     first_stage_done: Callable[[], None] | None = None  # told once the cascade's first model answered (admission)
+    exact_head: ExactHead | None = None  # int8-rescore: the fp32 twin and its head (pipeline/rescore.py)
 
     @property
     def prefiltered(self) -> bool:
@@ -171,8 +172,14 @@ class Reranker:
         first = _FirstStage(self, query, documents, options)
         rule = self._chunk_rule(engine, query_tokens, options)
         fusing = options.fusion != "none"
+        head = None if fusing else options.exact_head  # fused requests keep int8 only (pipeline/rescore.py)
         costs, wait_ms = self.costs.costs(
-            engine, len(query_tokens), documents, chunks=rule, bm25=fusing and not first.known and not first.model
+            engine,
+            len(query_tokens),
+            documents,
+            chunks=rule,
+            bm25=fusing and not first.known and not first.model,
+            head=head,
         )
         if first.model is not None:  # the cascade's first model scores every document before the main one
             first_query = await first.query_tokens(first.model)
@@ -192,13 +199,25 @@ class Reranker:
         deadline = None
         if chosen.prefiltered and options.budget_ms is not None:
             deadline = started + DEADLINE_SHARE * options.budget_ms / 1000
+        # int8-rescore with no more candidates than its head: the fp32 twin alone, no int8 pass to score again.
+        scorer = head.engine if head is not None and len(candidates) <= head.size else engine
+        alone = scorer is not engine
         model_started = time.perf_counter()
-        job = _ScoringJob(engine, query_tokens, documents, rule, options)
+        job = _ScoringJob(scorer, query_tokens, documents, rule, options)
         scored = await self._score_until(job, candidates, deadline)
         if wait_ms == 0:  # with a queue ahead, the time says more about the queue than about the estimate
+            estimate = costs if alone else dataclasses.replace(costs, head=0)  # the pass that ran, without a head
             self.costs.learn_model(
-                engine, costs.model_ms(len(scored.raw)), 1000 * (time.perf_counter() - model_started)
+                scorer, estimate.model_ms(len(scored.raw)), 1000 * (time.perf_counter() - model_started)
             )
+        if alone:
+            reason = "no more candidates than the head: the fp32 twin alone, no int8 pass"
+            meta["rescored"] = {
+                "documents": len(scored.raw),
+                "precision": "fp32",
+                "tokens": scored.tokens,
+                "reason": reason,
+            }
         if len(scored.raw) < len(candidates):  # the deadline came first: the unscored join the cut ones
             candidates, rest = candidates[: len(scored.raw)], np.concatenate([candidates[len(scored.raw) :], rest])
             reason = f"{chosen.reason}; the deadline stopped scoring after {len(candidates)}"
@@ -229,7 +248,11 @@ class Reranker:
         document (when it will run), then `engine` over at most K of them."""
         scored = min(options.most_scored or len(documents), len(documents))
         rule = _rough_rule(engine, options)
-        own = Stage(engine.spec.name, self.costs.work_seconds(engine, query, documents, chunks=rule, scored=scored))
+        head = options.exact_head if options.fusion == "none" else None  # int8-rescore's fp32 head: more work
+        own = Stage(
+            engine.spec.name,
+            self.costs.work_seconds(engine, query, documents, chunks=rule, scored=scored, head=head),
+        )
         first = options.first_stage_model if options.first_stage_scores is None else None
         cuts = options.strategy in ("hybrid", "auto") and scored < len(documents)  # else the plan runs direct
         if first is None or not (cuts or options.fusion != "none"):

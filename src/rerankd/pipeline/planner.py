@@ -34,9 +34,31 @@ class Costs:
     pairs_per_document: float = 1.0  # more than 1 when long documents are chunked
     fixed_ms: float = 0.0  # time that does not depend on K: work queued ahead, BM25 for fusion
     prefilter_ms: float = 0.0  # a pre-filter's own time before it ran (a cascade's first model; BM25's is ~0)
+    head: int = 0  # int8-rescore: documents the fp32 twin re-scores (pipeline/rescore.py); 0 = none
+    head_pairs_per_second: float = 0.0  # the fp32 twin's throughput
 
     def model_ms(self, documents: int) -> float:
-        return 1000.0 * documents * self.pairs_per_document / self.pairs_per_second
+        """The model's time for `documents` candidates. With a head, up to `head` of them are scored by the fp32
+        twin alone; more, by the model and then the top `head` again by the twin."""
+        if not self.head:
+            return self._ms(documents, self.pairs_per_second)
+        if documents <= self.head:
+            return self._ms(documents, self.head_pairs_per_second)
+        return self._ms(documents, self.pairs_per_second) + self._ms(self.head, self.head_pairs_per_second)
+
+    def most_within(self, ms: float, documents: int) -> int:
+        """The most candidates, of `documents`, whose `model_ms` fits in `ms` (it grows with the candidates)."""
+        if not self.head:
+            return self._fit(ms, self.pairs_per_second, documents)
+        beyond = self._fit(ms - self._ms(self.head, self.head_pairs_per_second), self.pairs_per_second, documents)
+        return beyond if beyond > self.head else self._fit(ms, self.head_pairs_per_second, min(self.head, documents))
+
+    def _ms(self, documents: int, pairs_per_second: float) -> float:
+        return 1000.0 * documents * self.pairs_per_document / pairs_per_second
+
+    def _fit(self, ms: float, pairs_per_second: float, most: int) -> int:
+        one = self._ms(1, pairs_per_second)
+        return min(math.floor(max(ms, 0.0) / one), most) if one > 0 else most
 
 
 @dataclass(frozen=True)
@@ -87,7 +109,7 @@ def plan(
     k, reason = cap, "candidates" if candidates is not None else "default candidates"
     if usable_ms is not None:
         usable_ms -= prefilter_ms
-        fits = math.floor(max(usable_ms, 0.0) / costs.model_ms(1)) if costs.model_ms(1) > 0 else documents
+        fits = costs.most_within(usable_ms, documents)
         if fits < k:
             k, reason = fits, "largest K within the budget"
         if k < MIN_CANDIDATES:

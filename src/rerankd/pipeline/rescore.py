@@ -6,6 +6,9 @@ fp32's head for a fraction of fp32's cost. The head is the top max(2 x top_n, re
 top_n (every document returned) it is rescore_head_min. The head is ordered by, and reported with, fp32 scores; the
 rest keep their int8 order and int8 scores below it (an int8 score there may exceed the lowest fp32 score above it).
 Requests that fuse scores keep int8 only: fusion normalises over every candidate, whose fp32 scores are unknown.
+Requests with no more candidates than the head are scored by the fp32 twin alone (`Reranker.run`): an int8 pass
+would be redone in full. Cross-encoders and bi-encoders alike: a bi-encoder's twin embeds the query in fp32 too.
+The planner and admission count the twin's work (`ExactHead` in `Options`, `Costs.head`).
 
 The fp32 twin is a second engine of the same model (its own ONNX session, scheduler and score cache), so memory
 holds both sessions; the score cache budget is split between them.
@@ -24,6 +27,7 @@ from rerankd.engine.engine import Engine
 from rerankd.engine.tokenize import Tokens
 from rerankd.metrics import Metrics
 from rerankd.models import ModelSpec
+from rerankd.pipeline.costs import ExactHead
 from rerankd.pipeline.hybrid import Options, Outcome, Reranker
 from rerankd.pipeline.ranking import assemble
 
@@ -34,11 +38,11 @@ def head_size(top_n: int | None, minimum: int) -> int:
 
 
 def prefilter_settings(settings: Settings) -> Settings:
-    """Settings for a bi-encoder loaded only as the embedding pre-filter: int8-rescore is a cross-encoder
-    precision, so the pre-filter runs as `auto` would choose for it (never refused for it)."""
-    if settings.precision != INT8_RESCORE:
+    """Settings for a bi-encoder loaded only as the embedding pre-filter: it has no head to re-score, so where
+    int8-rescore would be chosen (configured, or `auto` with int8 dot products) it embeds in fp32."""
+    if choose(settings, kind="bi-encoder").precision != INT8_RESCORE:
         return settings
-    return settings.model_copy(update={"precision": "auto"})
+    return settings.model_copy(update={"precision": "fp32"})
 
 
 class HeadRescorer:
@@ -72,32 +76,46 @@ class HeadRescorer:
         """The engine line of /v1/models."""
         return f"{engine.description}+fp32-head" if engine in self._twins else engine.description
 
+    def exact(self, engine: Engine) -> Engine:
+        """`engine`'s fp32 twin where it runs int8-rescore, else `engine` (the embedding pre-filter's engine)."""
+        return self._twins.get(engine, engine)
+
+    def head(self, engine: Engine, top_n: int | None) -> ExactHead | None:
+        """A request's fp32 head on `engine` (`Options.exact_head`); None unless it runs int8-rescore."""
+        twin = self._twins.get(engine)
+        return None if twin is None else ExactHead(twin, head_size(top_n, self.minimum))
+
+    @staticmethod
     async def rescore(
-        self,
         reranker: Reranker,
-        engine: Engine,
         outcome: Outcome,
         query: str,
         query_tokens: Tokens,
         documents: Sequence[str],
         options: Options,
-        top_n: int | None,
     ) -> Outcome:
-        """`outcome` with its head re-scored in fp32 where `engine` runs int8-rescore; unchanged otherwise."""
-        twin = self._twins.get(engine)
-        if twin is None:
+        """`outcome` with its head re-scored in fp32 where the request has an `exact_head`; unchanged otherwise,
+        and where the twin scored every candidate already (`meta.rescored` is set)."""
+        if options.exact_head is None or "rescored" in outcome.meta:
             return outcome
         if options.fusion != "none":
             skipped = {"documents": 0, "reason": "fusion normalises over every candidate: int8 scores only"}
             return dataclasses.replace(outcome, meta={**outcome.meta, "rescored": skipped})
         scored = int(np.count_nonzero(~np.isnan(outcome.model_scores)))  # scored documents lead the order
-        head = outcome.order[: min(head_size(top_n, self.minimum), scored)]
+        head = outcome.order[: min(options.exact_head.size, scored)]
         if len(head) == 0:
             return outcome
         # The head through the same pipeline (chunking, truncation, instruction, raw scores), directly.
         direct = dataclasses.replace(
-            options, strategy="direct", budget_ms=None, candidates=None, first_stage_scores=None, first_stage_model=None
+            options,
+            strategy="direct",
+            budget_ms=None,
+            candidates=None,
+            first_stage_scores=None,
+            first_stage_model=None,
+            exact_head=None,
         )
+        twin = options.exact_head.engine
         exact = await reranker.run(twin, query, query_tokens, [documents[i] for i in head], direct)
         return merge_head(outcome, head, exact)
 

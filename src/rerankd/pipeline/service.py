@@ -142,9 +142,7 @@ class LocalService:
         if request.max_tokens_per_doc is not None and request.max_tokens_per_doc < engine.spec.max_length:
             documents = await asyncio.to_thread(_clip_all, engine, documents, request.max_tokens_per_doc)
         outcome = await self._reranker.run(engine, request.query, query, documents, options)
-        outcome = await self._rescorer.rescore(
-            self._reranker, engine, outcome, request.query, query, documents, options, request.top_n
-        )
+        outcome = await self._rescorer.rescore(self._reranker, outcome, request.query, query, documents, options)
         if self.metrics:
             self.metrics.documents.labels(engine.spec.name).inc(len(documents))
             self.metrics.strategies.labels(engine.spec.name, outcome.plan.strategy).inc()
@@ -199,6 +197,7 @@ class LocalService:
             documents_field=request.documents_field,
             instruction=request.instruction,
             first_stage_model=first_engine,
+            exact_head=self._rescorer.head(engine, request.top_n),
         )
 
     async def _embedding_prefilter(self) -> EmbeddingPrefilter:
@@ -209,9 +208,10 @@ class LocalService:
         return self._embeddings
 
     def _load_embeddings(self, served: list[Engine]) -> EmbeddingPrefilter:
-        """The bi-encoder of the embedding pre-filter, at start-up: a served engine of that model, else its own."""
+        """The bi-encoder of the embedding pre-filter, at start-up: a served engine of that model (its fp32 twin
+        under int8-rescore, as `prefilter_settings`), else its own."""
         spec = resolve_model(self.settings.embedding_model, cache_dir=self.settings.cache_dir)
-        engine = next((e for e in served if e.spec.name == spec.name), None)
+        engine = next((self._rescorer.exact(e) for e in served if e.spec.name == spec.name), None)
         if engine is None:
             if spec.kind != "bi-encoder":
                 raise RerankdError(f"embedding_model: {spec.name} is a {spec.kind}; it must be a bi-encoder")
