@@ -65,12 +65,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
-def write(result: dict[str, Any], out_dir: Path, name: str, *, with_plot: bool = True) -> list[Path]:
+def write(result: dict[str, Any], out_dir: Path, name: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"{name}.json"
     json_path.write_text(json.dumps({"machine": machine(), **result}, indent=2, default=float))
-    if not with_plot:
-        return [json_path]
     png_path = out_dir / f"{name}.png"
     plot(result, png_path)
     return [json_path, png_path]

@@ -34,17 +34,11 @@ class ChunkRule:
         return self.max_chunks * (self.size + self.stride) + 1
 
 
-def _word_start(tokens: Sequence[TokenSpan], i: int) -> int:
-    """The first token of the word that token `i` belongs to."""
+def _word_start(tokens: Sequence[TokenSpan], i: int, step: int = -1) -> int:
+    """The first token of the word that token `i` belongs to; with `step` 1, the first at or after `i` that starts a
+    word."""
     while 0 < i < len(tokens) and tokens[i][2] >= 0 and tokens[i][2] == tokens[i - 1][2]:
-        i -= 1
-    return i
-
-
-def _next_word_start(tokens: Sequence[TokenSpan], i: int) -> int:
-    """The first token at or after `i` that starts a word."""
-    while 0 < i < len(tokens) and tokens[i][2] >= 0 and tokens[i][2] == tokens[i - 1][2]:
-        i += 1
+        i += step
     return i
 
 
@@ -67,7 +61,7 @@ def split(tokens: Sequence[TokenSpan], rule: ChunkRule, complete: bool = True) -
             return spans, end < n or not complete
         following = _word_start(tokens, start + rule.stride)
         # A word longer than the stride: go on at the next word rather than inside this one.
-        start = following if following > start else _next_word_start(tokens, start + rule.stride)
+        start = following if following > start else _word_start(tokens, start + rule.stride, step=1)
 
 
 @dataclass(frozen=True)
