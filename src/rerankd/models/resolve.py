@@ -94,7 +94,7 @@ def inspect_model(
     if kind == "cross-encoder":
         return ModelSpec(**base, max_length=_window(path, config), activation=_activation(path, config, num_labels))
     if kind == "causal-lm":
-        template = None if _logit_score(path) is not None else template
+        template = None if _module_config(path, "LogitScore") is not None else template
         true_id, false_id = _answer_tokens(name, path, template)
         return ModelSpec(
             **base,
@@ -112,7 +112,7 @@ def _detect_kind(name: str, path: Path, config: dict[str, Any]) -> Kind:
     """sentence-transformers' reading: a `LogitScore` module or a `*ForCausalLM` config is an LLM reranker; a
     classification head a cross-encoder; other sentence-transformers folders bi-encoders."""
     architectures = config.get("architectures") or []
-    if _logit_score(path) is not None or any(arch.endswith("ForCausalLM") for arch in architectures):
+    if _module_config(path, "LogitScore") is not None or any(arch.endswith("ForCausalLM") for arch in architectures):
         return "causal-lm"
     if any(arch.endswith("ForSequenceClassification") for arch in architectures):
         return "cross-encoder"
@@ -124,10 +124,11 @@ def _detect_kind(name: str, path: Path, config: dict[str, Any]) -> Kind:
     )
 
 
-def _logit_score(path: Path) -> dict[str, Any] | None:
-    """The config of a sentence-transformers `LogitScore` module, if the folder has one."""
+def _module_config(path: Path, kind: str) -> dict[str, Any] | None:
+    """The config of the folder's first sentence-transformers module of this kind (`LogitScore`, `Pooling`), if
+    it has one ({} for a module without a config)."""
     for module in _read_json(path / "modules.json") or []:
-        if str(module.get("type", "")).endswith("LogitScore"):
+        if str(module.get("type", "")).endswith(kind):
             return _read_json(path / module.get("path", "") / "config.json") or {}
     return None
 
@@ -135,7 +136,7 @@ def _logit_score(path: Path) -> dict[str, Any] | None:
 def _answer_tokens(name: str, path: Path, template: RerankTemplate | None) -> tuple[int, int | None]:
     """The true/false token ids: the `LogitScore` module's, else the template's tokens, else sentence-transformers'
     default "yes"/"no"."""
-    saved = _logit_score(path)
+    saved = _module_config(path, "LogitScore")
     if saved is not None and saved.get("true_token_id") is not None:
         false_id = saved.get("false_token_id")
         return int(saved["true_token_id"]), None if false_id is None else int(false_id)
@@ -222,17 +223,13 @@ def _activation(path: Path, config: dict[str, Any], num_labels: int) -> Activati
 
 
 def _pooling(path: Path) -> tuple[Pooling, bool]:
-    modules = _read_json(path / "modules.json") or []
-    normalize = any(module.get("type", "").endswith("Normalize") for module in modules)
+    config = _module_config(path, "Pooling") or {}
     pooling: Pooling = "mean"
-    for module in modules:
-        if module.get("type", "").endswith("Pooling"):
-            pool_config = _read_json(path / module.get("path", "") / "config.json") or {}
-            if pool_config.get("pooling_mode_cls_token"):
-                pooling = "cls"
-            elif pool_config.get("pooling_mode_max_tokens"):
-                pooling = "max"
-    return pooling, normalize
+    if config.get("pooling_mode_cls_token"):
+        pooling = "cls"
+    elif config.get("pooling_mode_max_tokens"):
+        pooling = "max"
+    return pooling, _module_config(path, "Normalize") is not None
 
 
 def _revision(path: Path) -> str:
