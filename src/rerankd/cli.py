@@ -26,7 +26,10 @@ _RERANK_FLAGS = ("model", "model_kind", "backend", "precision", "device", "threa
 
 
 def add_settings_flags(parser: argparse.ArgumentParser, names: typing.Iterable[str] | None = None) -> None:
-    """One flag per setting. Defaults are None so that an absent flag leaves env/YAML values alone."""
+    """One flag per setting (and, for all of them, `--config`). Defaults are None so that an absent flag leaves
+    env/YAML values alone."""
+    if names is None:
+        parser.add_argument("--config", help=f"YAML file of settings [env {ENV_PREFIX}CONFIG]")
     for name in names or Settings.model_fields:
         field = Settings.model_fields[name]
         flag = "--" + name.replace("_", "-")
@@ -161,7 +164,6 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="Serve the HTTP API.")
-    serve.add_argument("--config", help=f"YAML file of settings [env {ENV_PREFIX}CONFIG]")
     add_settings_flags(serve)
     serve.set_defaults(run=cmd_serve)
 
@@ -187,7 +189,6 @@ def build_parser() -> argparse.ArgumentParser:
     fixture.set_defaults(run=cmd_fixture)
 
     config = commands.add_parser("config", help="Print the settings in force.")
-    config.add_argument("--config", help="YAML file of settings")
     config.add_argument("--markdown", action="store_true", help="print the table of all settings instead")
     add_settings_flags(config)
     config.set_defaults(run=cmd_config)
@@ -196,7 +197,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     deploy = commands.add_parser("deploy", help="Print Kubernetes manifests for these settings (docs/fleet.md).")
     add_deploy_arguments(deploy)
-    deploy.add_argument("--config", help="YAML file of settings")
     add_settings_flags(deploy)
     deploy.set_defaults(run=cmd_deploy)
     return parser
