@@ -1,14 +1,7 @@
 """Export a model to ONNX once, cached by model revision and options; int8 and fp16 derive from the fp32 export.
 
-Exporter: torch.onnx's TorchScript exporter (`dynamo=False`). optimum's ONNX exporter (optimum-onnx 0.1) requires
-transformers<4.58, while this project allows transformers>=4.56 and is tested on 5.x, so it cannot be relied on
-beside it; the TorchScript exporter ships with torch, handles BERT-family encoders completely, and takes ~2 s for
-MiniLM-L6. The model is loaded with eager attention: that graph is the one onnxruntime's fusions recognise (int8
-measured 5-10% faster than from the SDPA graph). Every export is checked against torch on a padded batch before
-it is kept.
-
-Cache layout: `<cache_dir>/onnx/<model short name>-<revision>-<options>/model.onnx`, built once under a file lock
-and renamed into place (`rerankd.cachedir`), so readers never see half an export and concurrent builders wait.
+torch.onnx's TorchScript exporter, eager attention, and every export checked against torch before it is kept; the
+cache is built once under a file lock (`rerankd.cachedir`). Why: docs/architecture.md (Design notes, ONNX export).
 """
 
 from __future__ import annotations
@@ -48,11 +41,7 @@ class LmRecipe:
     fusions: bool = False  # onnxruntime.transformers' decoder fusions (RMSNorm, rotary, attention) after export
 
 
-# Measured (bench/results/llm_profile.json, Qwen3-0.6B width, 4 layers, a 12 x 167 batch): matrix products take ~89%
-# of kernel time in every variant; the causal-only mask and the fusions (only SkipSimplifiedLayerNormalization
-# matches: no rotary or attention fusion on this export) move the rest by about a point, within the noise of a
-# loaded machine. So the plain export stays the default; the variants remain for re-measuring.
-LM_RECIPE = LmRecipe()
+LM_RECIPE = LmRecipe()  # the variants measured no faster (docs/architecture.md, Design notes, ONNX export)
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,6 @@
-"""Lower an fp32 ONNX model's precision: int8 dynamic quantization (CPU) or fp16 (CUDA).
-
-The int8 recipe was picked by measurement on a 2-core AMD EPYC (AVX2, no VNNI) with debian-minilm-ce, 12 Debian
-queries x 100 candidates, one thread, CPU time: signed int8 weights quantized per output channel, activations
-quantized per batch at run time. Per-channel costs no speed and lifts Spearman vs fp32 from 0.969 to 0.987;
-uint8 weights were 15% slower; reduce_range (7-bit weights, against AVX2 saturation) gained nothing; running
-onnxruntime's BERT fusion optimizer (attention, gelu, layer-norm fusion) before quantizing gained nothing on the
-CPU (36-40 vs 38-42 docs/s) because the session's own ORT_ENABLE_ALL optimisation fuses the same patterns.
-Quantizing per batch means a pair's int8 score depends slightly on its batch mates; fp32 scores do not."""
+"""Lower an fp32 ONNX model's precision: int8 dynamic quantization (CPU) or fp16 (CUDA). The int8 recipe (QInt8
+weights per output channel, activations per batch) was picked by measurement: docs/architecture.md (Design notes).
+"""
 
 from __future__ import annotations
 

@@ -1,14 +1,7 @@
 """Tokenization: texts to token ids once each, (query, document) pairs built from ids, padding into a `Batch`.
 
-Safe by construction under threads: the model's `tokenizers.Tokenizer` is copied once, with truncation and padding
-turned off, and never reconfigured, so concurrent calls cannot see each other's settings (Hugging Face tokenizers
-switch truncation per call on a shared object, which raced). A request's query is tokenized once and every
-document once; pair inputs are assembled from ids with sentence-transformers' truncation (longest first, model
-window) and the model's own special-token template, so "truncated" is known without a second pass.
-
-Bounded work: only the part of a text that can reach the model is tokenized. `encode_prefix` tokenizes growing
-prefixes of a text until it holds the tokens asked for (words cut at the prefix's end are not counted), so a 10 MB
-document costs what its first few thousand characters cost.
+Thread-safe (a private copy of the tokenizer, never reconfigured), and only the part of a text that can reach the
+model is tokenized (`encode_prefix`): docs/architecture.md (Design notes, Tokenization).
 """
 
 from __future__ import annotations

@@ -1,14 +1,6 @@
-"""Per-machine tuning of the batch token budget (`max_batch_tokens`), measured once at start-up and cached.
-
-The fastest budget depends on the CPU (cache sizes, vector width, int8 dot products), the model, its precision and
-the thread count: on a 2-core AMD EPYC Zen 3 (AVX2) a MiniLM-L6 cross-encoder scores the most pairs per second
-with batches of 1-2k tokens, and larger batches lose to memory traffic (attention scores grow with the square of
-the length). So with `max_batch_tokens: 0` (auto) the warm-up runs a short sweep: for each candidate budget, the
-batch that the scheduler would form around the median document of a realistic sample (20-300 tokens, uniform),
-timed in interleaved rounds (a busy neighbour slows all candidates alike), best time per candidate; the budget with
-the most real (unpadded) tokens per second wins. The choice is written to `<cache_dir>/tuning/`, keyed by model
-revision, backend, device, precision, CPU model and flags and thread count, so later starts on the same machine
-reuse it without measuring. An explicit `max_batch_tokens` always wins and is never measured.
+"""Per-machine tuning of the batch token budget (`max_batch_tokens: 0`): a short sweep at the first warm-up, the
+choice cached per model revision, backend, device, precision, CPU and thread count. Why and how: docs/architecture.md
+(Design notes, Batch budget tuning).
 """
 
 from __future__ import annotations

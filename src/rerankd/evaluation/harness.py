@@ -1,11 +1,5 @@
-"""The evaluation run: first stage over the corpus, one scoring pass, replayed strategies, timed requests.
-
-1. BM25 over the whole corpus gives each query its top-N candidates (N = each depth).
-2. One pass through the real service scores every candidate with the model (raw logits) and the bi-encoder.
-3. Every strategy is replayed on those scores (`variants.Variant.rank`) and measured with `ranx`.
-4. A sample of queries runs every strategy through the service, for docs/sec and p50 latency.
-
-The fusion weight is fitted on one half of the queries and every row is reported on the other half.
+"""The evaluation run: BM25 over the corpus, one scoring pass through the service, every strategy replayed on
+those scores and measured with `ranx`, a sample timed through the service; docs/strategies.md (Measuring).
 """
 
 from __future__ import annotations

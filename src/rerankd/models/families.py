@@ -1,10 +1,6 @@
-"""The cross-encoder architectures whose scores are verified, and the refusal of every other one.
-
-A family is listed here only when tests/test_golden_scores.py builds a tiny fixture of it and checks rerankd's
-scores over HTTP against `sentence_transformers.CrossEncoder.predict` on every backend. An architecture outside
-this list is refused at start-up rather than served with unverified scores; to add one, add it to that matrix and
-here. Bi-encoders (sentence-transformers models) are not restricted: their scores are cosines of pooled embeddings
-that every backend computes the same way.
+"""The architectures whose scores are verified (a golden fixture of each in tests/test_golden_scores.py or
+tests/test_golden_llm.py), and the refusal of every other one at start-up rather than serving unverified scores.
+Bi-encoders are not restricted. README, "Supported architectures"; docs/architecture.md, "Where to add".
 """
 
 from __future__ import annotations

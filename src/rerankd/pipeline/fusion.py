@@ -1,11 +1,5 @@
-"""Score fusion: one ranking from the model's scores and a first stage's scores (BM25 or the client's own).
-
-Two documented rules, each with `weight` = the first stage's share and `1 - weight` the model's:
-
-- `zscore`: `(1 - w) * z(model) + w * z(first)`, where `z(x) = (x - mean(x)) / std(x)` over the scored set
-  (a constant score vector has z = 0). Scales differ wildly (BM25 ~0-30, logits ~-10-10), z puts them on one.
-- `rrf`: reciprocal rank fusion, `(1 - w) / (k + rank(model)) + w / (k + rank(first))`, ranks from 1, ties
-  broken by document order. Scale-free; `w = 0.5` orders exactly as the classic unweighted RRF.
+"""Score fusion: one ranking from the model's scores and a first stage's scores (BM25 or the client's own), by
+`zscore` or `rrf`, `weight` being the first stage's share; docs/strategies.md (Score fusion) states both rules.
 """
 
 from __future__ import annotations
