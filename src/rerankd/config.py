@@ -56,15 +56,15 @@ class Settings(BaseSettings):
     backend: Literal["auto", "torch", "onnx"] = Field(default="auto", description="Inference backend.")
     precision: Literal["auto", "fp32", "fp16", "int8", "int8-rescore"] = Field(
         default="auto",
-        description="Numeric precision of the backend. int8-rescore (encoder cross-encoders on the CPU): int8 for "
-        "every document, then fp32 for the head (the top max(2 x top_n, rescore_head_min) by int8), so the head's "
-        "order and scores are fp32's; loads the model twice.",
+        description="Numeric precision of the backend. int8-rescore (encoder cross- and bi-encoders on the CPU): "
+        "int8 for every document, then fp32 for the head (the top max(2 x top_n, rescore_head_min) by int8), so "
+        "the head's order and scores are fp32's; loads the model twice.",
     )
     rescore_head_min: int = Field(
         default=20,
         ge=1,
-        description="int8-rescore: the fewest top documents re-scored in fp32 (all of them when a request has fewer; "
-        "the head when a request has no top_n).",
+        description="int8-rescore: the fewest top documents re-scored in fp32 (the head when a request has no top_n); "
+        "a request with no more documents than the head is scored in fp32 alone.",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where the model runs.")
     threads: int = Field(default=0, ge=0, description="Inference threads; 0 = the cores this process may use.")
