@@ -52,11 +52,11 @@ class Loaded:
         items = [item for q, d, i in pairs for item in self.tokenizer.encode_prompts(q, [d], i)]
         return self.tokenizer.collate(items)
 
-    def run(self, batch: Batch, how: Callable[..., torch.Tensor]) -> tuple[np.ndarray, list[int]]:
-        """Scores of `how` on the batch, and the row counts of each decoder call it made."""
-        calls: list[int] = []
+    def run(self, batch: Batch, how: Callable[..., torch.Tensor]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Scores of `how` on the batch, and the (rows, tokens) shape of each decoder call it made."""
+        calls: list[tuple[int, int]] = []
         hook = self.scorer.decoder.register_forward_pre_hook(
-            lambda _, __, kwargs: calls.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+            lambda _, __, kwargs: calls.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
         )
         try:
             with torch.inference_mode():
@@ -87,7 +87,11 @@ def test_prefix_reuse_equals_the_full_computation_and_sentence_transformers(load
     assert 0 < prefix < lengths.min()
     full, full_calls = loaded.run(batch, loaded.scorer)
     reused, reused_calls = loaded.run(batch, lambda ids, mask: loaded.scorer.score(ids, mask, min_prefix=1))
-    assert full_calls == [len(pairs)] and reused_calls == [1, len(pairs)]  # the prefix ran once, then the remainders
+    assert full_calls == [batch.input_ids.shape]
+    # The prefix ran once, then the remainders: packed end to end without padding (every family here has full
+    # attention and no soft-cap), so the decoder saw exactly the remainders' real tokens.
+    assert loaded.scorer.packed
+    assert reused_calls == [(1, prefix), (1, int(lengths.sum()) - len(pairs) * prefix)]
     reference = loaded.expected(pairs)
     assert np.ptp(reference) > 1e-2  # the scores tell rows apart: the comparison is not vacuous
     np.testing.assert_allclose(full, reference, rtol=0, atol=ATOL)
@@ -101,7 +105,7 @@ def test_a_short_prefix_or_none_takes_the_plain_path(loaded: Loaded) -> None:
     full, _ = loaded.run(batch, loaded.scorer)
     for threshold in (prefix + 1, None):
         scores, calls = loaded.run(batch, lambda ids, mask, t=threshold: loaded.scorer.score(ids, mask, min_prefix=t))
-        assert calls == [batch.input_ids.shape[0]]
+        assert calls == [batch.input_ids.shape]
         np.testing.assert_array_equal(scores, full)
 
 
@@ -145,6 +149,7 @@ def test_sliding_windows_and_soft_capping_gemma2_shape() -> None:
         model = AutoModelForCausalLM.from_config(config).eval()
         ids = torch.randint(1, 100, (4, 30))
     scorer = YesNoScorer(model.get_decoder(), model.get_output_embeddings().weight[[5, 6]], None, 3.0).eval()
+    assert not scorer.packed  # sliding windows and soft-capping: the padded remainders, attention as the model has it
     ids[:, :12] = ids[0, :12]
     mask = torch.ones_like(ids)
     mask[1, 20:] = mask[2, 15:] = 0

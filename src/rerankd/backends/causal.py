@@ -9,7 +9,9 @@ full head would. The output is one column, so the rest of the engine treats it l
 
 Every prompt of a request starts with the same template, instruction and query tokens (about half of each prompt in
 bench/llm_throughput.py). `YesNoScorer.score` runs a batch's longest shared prefix once and the rows' remainders
-against its keys and values (`SharedPrefixCache`); `forward` stays the plain path the ONNX export traces.
+against its keys and values (`SharedPrefixCache`); `forward` stays the plain path the ONNX export traces. Where the
+model's attention allows (`packs`: full attention everywhere, no logit soft-cap), the remainders also run packed into
+one unpadded sequence (`packed_attention`), so the linear layers spend no FLOP on padding.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import DynamicCache
+from transformers import AttentionInterface, DynamicCache, PretrainedConfig
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from rerankd.models import ModelSpec
 
 # Shortest shared prefix run once for the batch; shorter ones take the plain path (see `YesNoScorer.score`).
 MIN_SHARED_PREFIX = 32
+PACKED_ATTENTION = "rerankd_packed_rows"  # the attention implementation name `packed_attention` is registered as
 
 
 def shared_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
@@ -71,6 +75,62 @@ class SharedPrefixCache(DynamicCache):
                 layer.cumulative_length = seen
 
 
+class PackedRows:
+    """Where a batch's remainders lie once packed end to end after the prefix: `index[r, j]` is the packed position
+    of row r's j-th token (0 past its end), `visible` what each padded position may attend to (the whole prefix,
+    then its own row causally). Built once per batch, read by every layer's `packed_attention`."""
+
+    def __init__(self, prefix: int, lengths: list[int], device: torch.device) -> None:
+        width = max(lengths)
+        offsets = torch.tensor([0, *lengths[:-1]], device=device).cumsum(0)
+        steps = torch.arange(width, device=device)
+        real = steps[None, :] < torch.tensor(lengths, device=device)[:, None]
+        self.index = torch.where(real, offsets[:, None] + steps[None, :], 0)
+        self.real = real
+        causal = torch.ones(width, prefix + width, dtype=torch.bool, device=device).tril(prefix)
+        self.visible = (causal[None] & torch.cat((real.new_ones(len(lengths), prefix), real), dim=1)[:, None])[:, None]
+
+
+def packed_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    *,
+    scaling: float | None = None,
+    packed_rows: PackedRows | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """sdpa, except for packed remainders (`packed_rows` given): the query holds the rows' tokens end to end after a
+    shared prefix, whose keys and values lead `key` and `value`. The linear layers ran on those tokens alone (no
+    padding); attention, a small share of the FLOPs, runs padded per row in one call, each row attending to the
+    prefix and causally to itself."""
+    if packed_rows is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    prefix, rows = key.shape[2] - query.shape[2], packed_rows.index.shape[0]
+
+    def padded(states: torch.Tensor) -> torch.Tensor:  # (1, heads, tokens, dim) -> (rows, heads, width, dim)
+        return states[0][:, packed_rows.index].transpose(0, 1)
+
+    keys = torch.cat((key[:, :, :prefix].expand(rows, -1, -1, -1), padded(key[:, :, prefix:])), dim=2)
+    values = torch.cat((value[:, :, :prefix].expand(rows, -1, -1, -1), padded(value[:, :, prefix:])), dim=2)
+    output = torch.nn.functional.scaled_dot_product_attention(
+        padded(query), keys, values, attn_mask=packed_rows.visible, scale=scaling, enable_gqa=True
+    )
+    return output.transpose(1, 2)[packed_rows.real][None], None  # back to (1, tokens, heads, dim)
+
+
+AttentionInterface.register(PACKED_ATTENTION, packed_attention)
+
+
+def packs(config: PretrainedConfig) -> bool:
+    """Whether the remainders can run packed: sdpa attention, full (no sliding-window) layers, no logit soft-cap."""
+    text = config.get_text_config()
+    full = set(getattr(text, "layer_types", None) or ["full_attention"]) == {"full_attention"}
+    return config._attn_implementation == "sdpa" and full and not getattr(text, "attn_logit_softcapping", None)
+
+
 class YesNoScorer(torch.nn.Module):
     """(input_ids, attention_mask) -> (batch, 1) relevance logit; right padding."""
 
@@ -92,11 +152,16 @@ class YesNoScorer(torch.nn.Module):
         self.register_buffer("rows", rows.detach().clone())  # (1 or 2, hidden): true, then false
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.cap = cap
+        # Under its own attention name the decoder builds no mask: `packed_attention` masks packed rows itself, and a
+        # plain call runs sdpa causally, which for right-padded rows is what the padding mask allows real tokens.
+        self.packed = padding_mask and packs(decoder.config)
+        if self.packed:
+            decoder.config._attn_implementation = PACKED_ATTENTION
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         mask = attention_mask if self.padding_mask else self._causal_masks(input_ids.shape[1], input_ids.device)
         hidden = self.decoder(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
-        return self._head(hidden, attention_mask.sum(dim=1) - 1)
+        return self._logit(hidden[torch.arange(hidden.shape[0], device=hidden.device), attention_mask.sum(dim=1) - 1])
 
     def score(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, min_prefix: int | None = MIN_SHARED_PREFIX
@@ -113,12 +178,23 @@ class YesNoScorer(torch.nn.Module):
         cache = SharedPrefixCache(config=self.decoder.config)
         self.decoder(input_ids=input_ids[:1, :prefix], cache=cache, use_cache=True)
         cache.frozen = True
-        rest = self.decoder(input_ids=input_ids[:, prefix:], attention_mask=attention_mask, cache=cache, use_cache=True)
-        return self._head(rest.last_hidden_state, attention_mask.sum(dim=1) - 1 - prefix)
+        last = attention_mask.sum(dim=1) - 1 - prefix  # each row's last real token, counted after the prefix
+        if not self.packed:
+            rest = self.decoder(
+                input_ids=input_ids[:, prefix:], attention_mask=attention_mask, cache=cache, use_cache=True
+            )
+            return self._logit(rest.last_hidden_state[torch.arange(len(last), device=last.device), last])
+        lengths = (last + 1).tolist()
+        tokens = torch.cat([row[prefix : prefix + length] for row, length in zip(input_ids, lengths, strict=True)])
+        positions = torch.cat([torch.arange(prefix, prefix + length, device=tokens.device) for length in lengths])
+        rows = PackedRows(prefix, lengths, tokens.device)
+        rest = self.decoder(
+            input_ids=tokens[None], position_ids=positions[None], cache=cache, use_cache=True, packed_rows=rows
+        )
+        return self._logit(rest.last_hidden_state[0, torch.cumsum(last + 1, dim=0) - 1])
 
-    def _head(self, hidden: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-        """The relevance logit from each row's hidden state at position `last`."""
-        state = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    def _logit(self, state: torch.Tensor) -> torch.Tensor:
+        """The relevance logit from each row's hidden state at its last real token, (rows, hidden)."""
         logits = state @ self.rows.to(state.dtype).T
         if self.bias is not None:
             logits = logits + self.bias.to(logits.dtype)
