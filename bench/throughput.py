@@ -90,7 +90,7 @@ def documents(spec: ModelSpec, count: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     targets = [rng.randint(20, 300) for _ in range(count)]
     pool = _debian_texts(rng) if DEBIAN_DATA.is_dir() else []
-    long_enough = [text for text, n in zip(pool, tokenizer.count_tokens(pool), strict=True) if n >= 300]
+    long_enough = [text for text, tokens in zip(pool, tokenizer.tokens(pool), strict=True) if len(tokens) >= 300]
     if not long_enough:  # no data set: generated prose of the same lengths
         words = ["package", "library", "database", "server", "client", "tool", "data", "file", "network", "user"]
         long_enough = [" ".join(rng.choice(words) for _ in range(400)) for _ in range(50)]
