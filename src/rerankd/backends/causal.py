@@ -76,19 +76,20 @@ class SharedPrefixCache(DynamicCache):
 
 
 class PackedRows:
-    """Where a batch's remainders lie once packed end to end after the prefix: `index[r, j]` is the packed position
-    of row r's j-th token (0 past its end), `visible` what each padded position may attend to (the whole prefix,
-    then its own row causally). Built once per batch, read by every layer's `packed_attention`."""
+    """Where a batch's remainders lie once packed end to end after the prefix, from their (right-padded) mask `real`:
+    `index[r, j]` is the packed position of row r's j-th token (0 past its end), `ends` each row's last one,
+    `positions` each packed token's position in its prompt, and `visible` what each padded position may attend to
+    (the whole prefix, then its own row causally). Built once per batch, read by every layer's `packed_attention`."""
 
-    def __init__(self, prefix: int, lengths: list[int], device: torch.device) -> None:
-        width = max(lengths)
-        offsets = torch.tensor([0, *lengths[:-1]], device=device).cumsum(0)
-        steps = torch.arange(width, device=device)
-        real = steps[None, :] < torch.tensor(lengths, device=device)[:, None]
-        self.index = torch.where(real, offsets[:, None] + steps[None, :], 0)
+    def __init__(self, real: torch.Tensor, prefix: int) -> None:
+        rows, width = real.shape
+        packed = real.flatten().cumsum(0).view_as(real) - 1
         self.real = real
-        causal = torch.ones(width, prefix + width, dtype=torch.bool, device=device).tril(prefix)
-        self.visible = (causal[None] & torch.cat((real.new_ones(len(lengths), prefix), real), dim=1)[:, None])[:, None]
+        self.index = torch.where(real, packed, 0)
+        self.ends = real.sum(dim=1).cumsum(0) - 1
+        self.positions = (torch.arange(width, device=real.device) + prefix).expand(rows, -1)[real]
+        causal = torch.ones(width, prefix + width, dtype=torch.bool, device=real.device).tril(prefix)
+        self.visible = (causal[None] & torch.cat((real.new_ones(rows, prefix), real), dim=1)[:, None])[:, None]
 
 
 def packed_attention(
@@ -178,20 +179,18 @@ class YesNoScorer(torch.nn.Module):
         cache = SharedPrefixCache(config=self.decoder.config)
         self.decoder(input_ids=input_ids[:1, :prefix], cache=cache, use_cache=True)
         cache.frozen = True
-        last = attention_mask.sum(dim=1) - 1 - prefix  # each row's last real token, counted after the prefix
         if not self.packed:
+            last = attention_mask.sum(dim=1) - 1 - prefix  # each row's last real token, counted after the prefix
             rest = self.decoder(
                 input_ids=input_ids[:, prefix:], attention_mask=attention_mask, cache=cache, use_cache=True
             )
             return self._logit(rest.last_hidden_state[torch.arange(len(last), device=last.device), last])
-        lengths = (last + 1).tolist()
-        tokens = torch.cat([row[prefix : prefix + length] for row, length in zip(input_ids, lengths, strict=True)])
-        positions = torch.cat([torch.arange(prefix, prefix + length, device=tokens.device) for length in lengths])
-        rows = PackedRows(prefix, lengths, tokens.device)
+        rows = PackedRows(attention_mask[:, prefix:].bool(), prefix)
+        tokens = input_ids[:, prefix:][rows.real]
         rest = self.decoder(
-            input_ids=tokens[None], position_ids=positions[None], cache=cache, use_cache=True, packed_rows=rows
+            input_ids=tokens[None], position_ids=rows.positions[None], cache=cache, use_cache=True, packed_rows=rows
         )
-        return self._logit(rest.last_hidden_state[0, torch.cumsum(last + 1, dim=0) - 1])
+        return self._logit(rest.last_hidden_state[0, rows.ends])
 
     def _logit(self, state: torch.Tensor) -> torch.Tensor:
         """The relevance logit from each row's hidden state at its last real token, (rows, hidden)."""
