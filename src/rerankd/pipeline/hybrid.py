@@ -61,6 +61,12 @@ class Options:
     exact_head: ExactHead | None = None  # int8-rescore: the fp32 twin and its head (pipeline/rescore.py)
 
     @property
+    def fp32_head(self) -> ExactHead | None:
+        """int8-rescore's fp32 head for this request; none when it fuses scores (fusion keeps int8 only,
+        pipeline/rescore.py)."""
+        return self.exact_head if self.fusion == "none" else None
+
+    @property
     def prefiltered(self) -> bool:
         """Whether a pre-filter may cut the documents (so the model scores at most K of them)."""
         return self.strategy in ("hybrid", "bi-encoder") or (self.strategy == "auto" and self.budget_ms is not None)
@@ -172,7 +178,7 @@ class Reranker:
         first = _FirstStage(self, query, documents, options)
         rule = self._chunk_rule(engine, query_tokens, options)
         fusing = options.fusion != "none"
-        head = None if fusing else options.exact_head  # fused requests keep int8 only (pipeline/rescore.py)
+        head = options.fp32_head
         costs, wait_ms = self.costs.costs(
             engine,
             len(query_tokens),
@@ -248,7 +254,7 @@ class Reranker:
         document (when it will run), then `engine` over at most K of them."""
         scored = min(options.most_scored or len(documents), len(documents))
         rule = _rough_rule(engine, options)
-        head = options.exact_head if options.fusion == "none" else None  # int8-rescore's fp32 head: more work
+        head = options.fp32_head  # int8-rescore's fp32 head: more work
         own = Stage(
             engine.spec.name,
             self.costs.work_seconds(engine, query, documents, chunks=rule, scored=scored, head=head),
