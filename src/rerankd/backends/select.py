@@ -81,15 +81,16 @@ def choose(settings: Settings, flags: frozenset[str] | None = None, *, kind: str
     elif device == "cuda":
         precision, reason = "fp16", "auto: GPU"
     elif backend == "onnx" and kind in RESCORABLE_KINDS and int8_dot_products(flags):
-        # Pure int8 is not faithful (bench/int8_fidelity.py: top-10 overlap 0.87 vs fp32 on debian-minilm-ce; static
-        # and keep-layers-in-fp32 recipes no better); int8 for all + fp32 for the head is (top-10 0.98, NDCG@10 delta
-        # 0.000), and with int8 dot products int8 is ~2.1x fp32 (issue 12's Zen 4 table), so the pair wins there.
+        # Pure int8 is not faithful (bench/results/int8_fidelity_100.json: top-10 overlap 0.881 vs fp32 on
+        # debian-minilm-ce; static and keep-layers-in-fp32 recipes no better); int8 for all + fp32 for the head is
+        # (top-10 0.995, NDCG@10 delta 0.000), and with int8 dot products int8 is ~2.1x fp32 (issue 12's Zen 4
+        # table), so the pair wins there.
         # Bi-encoders too: the same encoder, quantized the same way, and their head is re-scored the same way.
         precision, reason = INT8_RESCORE, "auto: int8 dot products here; int8 for every document, fp32 for the head"
     else:
-        # Without int8 dot products (AVX2) int8 is only ~1.45-1.9x fp32: int8-rescore was estimated at 1.02x fp32
-        # (bench/results/int8_fidelity.json) and measured served at 1.29x, but on a machine under heavy load (best
-        # of 2 rounds, bench/results/int8_rescore.json); until a quiet run confirms it, exact fp32 here.
+        # Without int8 dot products (AVX2) int8 is only ~1.45x fp32, and int8-rescore 1.23x (one quiet run,
+        # bench/results/throughput-peers.json): not worth, by default, a second model in memory, a second warm-up
+        # and int8 scores below the head. It stays the opt-in there (README, Speed and fidelity).
         # LLM rerankers have no faithful int8 path.
         precision, reason = "fp32", "auto: exact scores on the CPU"
 
