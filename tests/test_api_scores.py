@@ -108,7 +108,14 @@ def test_openapi_docs_are_served(server: str) -> None:
 
 def test_metrics_count_requests(server: str) -> None:
     httpx.post(f"{server}/rerank", json={"query": QUERY, "texts": DOCUMENTS[:2]}, timeout=30)
+    for path in ("/wp-admin/a", "/wp-admin/b"):  # unknown paths share one label: scanners add no series
+        assert httpx.get(f"{server}{path}", timeout=10).status_code == 404
+    invalid = httpx.post(f"{server}/v1/rerank", json={"query": QUERY, "documents": []}, timeout=10)
     text = httpx.get(f"{server}/metrics", timeout=10).text
     assert 'rerankd_requests_total{route="/rerank",status="200"}' in text
+    assert 'rerankd_requests_total{route="other",status="404"} 2.0' in text
+    assert f'rerankd_requests_total{{route="/v1/rerank",status="{invalid.status_code}"}}' in text
+    assert 'rerankd_request_duration_seconds_count{route="/rerank"}' in text
+    assert "wp-admin" not in text
     assert "rerankd_batch_tokens_bucket" in text
     assert "rerankd_ready 1.0" in text

@@ -1,17 +1,15 @@
-"""ASGI middleware: request ids, a bounded request body, and request metrics. Pure ASGI, so client disconnects
-still reach the endpoints (Starlette's BaseHTTPMiddleware hides them)."""
+"""ASGI middleware: request ids and a bounded request body. Pure ASGI, so client disconnects still reach the
+endpoints (Starlette's BaseHTTPMiddleware hides them). Request metrics come from prometheus-fastapi-instrumentator
+(api/app.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
-import time
 import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from rerankd.metrics import Metrics
 
 
 async def _send_error(send: Send, status: int, type_: str, message: str, *, close: bool = False) -> None:
@@ -107,32 +105,3 @@ class BodyLimit:
         got = f"at least {size}" if at_least else str(size)
         message = f"request body: at most {self.max_bytes} bytes (max_request_bytes), got {got}"
         await _send_error(send, 413, "payload_too_large", message)
-
-
-class RequestMetrics:
-    """Counts requests by route and status and times them. Unknown paths share one label."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics, routes: set[str]) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.routes = routes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        route = scope["path"] if scope["path"] in self.routes else "other"
-        status = 500
-        started = time.perf_counter()
-
-        async def capture(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, capture)
-        finally:
-            self.metrics.requests.labels(route, str(status)).inc()
-            self.metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
