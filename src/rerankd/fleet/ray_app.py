@@ -23,7 +23,6 @@ from rerankd.fleet.router import WorkAwareRouter
 
 APP_NAME = "rerankd"
 MODEL_DEPLOYMENT = "Model"
-INGRESS_DEPLOYMENT = "Ingress"
 ROUTING_STATS_SECONDS = 1.0  # how often replicas report work by origin to the routers
 INGRESS_MAX_REQUESTS = 1000  # concurrent HTTP requests per ingress replica; beyond it they wait in the proxy
 
@@ -45,12 +44,6 @@ def replica_plan(settings: Settings, cluster_gpus: float = 0.0) -> ReplicaPlan:
     gpus = (settings.replica_gpus or 1.0) if on_gpu else 0.0
     update = {"device": "cuda" if on_gpu else "cpu", "threads": threads}
     return ReplicaPlan(settings.replica_cpus, gpus, settings.model_copy(update=update))
-
-
-def health_period_seconds(settings: Settings) -> float:
-    # Ray replaces a replica after 3 failed checks in a row: look often enough that a stall is caught soon after
-    # `replica_stall_seconds`, rarely enough to cost nothing.
-    return max(1.0, min(10.0, settings.replica_stall_seconds / 4))
 
 
 def _router_config(settings: Settings) -> RequestRouterConfig:
@@ -95,18 +88,19 @@ def build_app(
     cluster_gpus: float = 0.0,
     replica: type[ModelReplica] = ModelReplica,
     replica_args: tuple[Any, ...] = (),
-    cluster_nodes: int | None = None,
 ) -> Application:
     """The Serve application for `settings`: fixed `replicas` or `autoscale` min:max model replicas, each a
     `replica(settings, *replica_args)` (another class only in simulations: `testing/simfleet.py`), behind
-    `ingress_replicas` ingress replicas spread over the `cluster_nodes` (default: the connected cluster's)."""
+    `ingress_replicas` ingress replicas spread over the connected cluster's nodes."""
     check_settings(settings)
     plan = replica_plan(settings, cluster_gpus)
     options: dict[str, Any] = {
         "name": MODEL_DEPLOYMENT,
         "ray_actor_options": {"num_cpus": plan.num_cpus, "num_gpus": plan.num_gpus},
         "max_ongoing_requests": settings.replica_max_requests,
-        "health_check_period_s": health_period_seconds(settings),
+        # Ray replaces a replica after 3 failed checks in a row: look often enough that a stall is caught soon after
+        # `replica_stall_seconds`, rarely enough to cost nothing.
+        "health_check_period_s": max(1.0, min(10.0, settings.replica_stall_seconds / 4)),
         "request_router_config": _router_config(settings),
     }
     if settings.autoscale:
@@ -114,7 +108,7 @@ def build_app(
     else:
         options["num_replicas"] = max(1, settings.replicas)
     model = serve.deployment(replica).options(**options).bind(plan.settings.model_dump(mode="json"), *replica_args)
-    ingress = serve.deployment(Ingress).options(**ingress_options(settings, cluster_nodes))
+    ingress = serve.deployment(Ingress).options(**ingress_options(settings))
     return ingress.bind(settings.model_dump(mode="json"), model, MODEL_DEPLOYMENT)
 
 
@@ -135,7 +129,7 @@ def ingress_options(settings: Settings, cluster_nodes: int | None = None) -> dic
     nodes = alive_nodes() if cluster_nodes is None else max(1, cluster_nodes)
     replicas = settings.ingress_replicas or max(2, nodes)
     options: dict[str, Any] = {
-        "name": INGRESS_DEPLOYMENT,
+        "name": "Ingress",
         "num_replicas": replicas,
         "ray_actor_options": {"num_cpus": 0},
         "max_ongoing_requests": INGRESS_MAX_REQUESTS,
