@@ -18,7 +18,6 @@ from ray.exceptions import RayActorError
 from rerankd.config import Settings
 from rerankd.errors import EngineFailure, NotReady
 from rerankd.fleet.metrics import FleetMetrics
-from rerankd.fleet.replica import ReplicaReply
 from rerankd.fleet.router import Work, affinity_key, estimate_tokens, origin_id
 from rerankd.pipeline.types import ModelInfo, RerankRequest, RerankResult, State, check_limits
 
@@ -88,21 +87,17 @@ class FleetService:
         work = Work(tokens, self.origin, uuid.uuid4().hex, affinity=request_affinity(self.settings, request))
         self._track(+1, work.tokens)
         try:
+            reply = await self._handle.rerank.remote(request, work=work)
+        except RayActorError as first:
+            self.metrics.retries.inc()
+            log.warning("replica died under request %s (%s); retrying on another replica", work.key, first)
             try:
-                reply = await self._handle.rerank.remote(request, work=work)
-            except RayActorError as first:
-                self.metrics.retries.inc()
-                log.warning("replica died under request %s (%s); retrying on another replica", work.key, first)
-                try:
-                    reply = await self._handle.rerank.remote(request, work=replace(work, attempt=2))
-                except RayActorError as second:
-                    self.metrics.lost.inc()
-                    raise EngineFailure(f"two replicas died serving this request: {second}") from second
+                reply = await self._handle.rerank.remote(request, work=replace(work, attempt=2))
+            except RayActorError as second:
+                self.metrics.lost.inc()
+                raise EngineFailure(f"two replicas died serving this request: {second}") from second
         finally:
             self._track(-1, work.tokens)
-        return self._unpack(reply)
-
-    def _unpack(self, reply: ReplicaReply) -> RerankResult:
         self.metrics.report(reply.report)
         if reply.error is not None:
             raise reply.error.to_exception()
