@@ -250,6 +250,7 @@ def test_a_body_trickled_byte_by_byte_gets_408(hostile_server) -> None:
         answer = sock.recv(1000)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b"body_timeout_seconds" in answer
+    assert b"connection: close" in answer.lower()  # the rest of the body may still come: no next request on it
     assert_healthy(url)
 
 

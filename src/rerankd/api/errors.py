@@ -12,7 +12,6 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rerankd.api.middleware import request_id_of
 from rerankd.errors import RerankdError
 
 log = logging.getLogger(__name__)
@@ -87,7 +86,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def _internal(request: Request, exc: Exception) -> JSONResponse:
     """A 500 says only "internal error" and the request id; the log line with that id has the traceback."""
-    request_id = request_id_of(request.scope)
+    request_id = getattr(request.state, "request_id", "")  # set by middleware.RequestId
     log.error("request %s failed: %s: %s", request_id, type(exc).__name__, exc, exc_info=exc)
     response = error_response(500, "internal_error", f"internal error (request id {request_id})")
     response.headers["X-Request-Id"] = request_id  # this answer bypasses the middleware that adds it

@@ -5,27 +5,15 @@ endpoints (Starlette's BaseHTTPMiddleware hides them). Request metrics come from
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import uuid
 
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-
-async def _send_error(send: Send, status: int, type_: str, message: str, *, close: bool = False) -> None:
-    body = json.dumps({"error": {"type": type_, "message": message}}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if close:  # the rest of the body may still come: the connection cannot carry another request
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
+from rerankd.api.errors import error_response
 
 _CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
-
-
-def request_id_of(scope: Scope) -> str:
-    return scope.get("state", {}).get("request_id", "")
 
 
 class RequestId:
@@ -67,7 +55,7 @@ class BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send, int(declared))
+            await self._reject(int(declared))(scope, receive, send)
             return
         chunks: list[bytes] = []
         size = 0
@@ -80,14 +68,16 @@ class BodyLimit:
                     chunk = message.get("body", b"")
                     size += len(chunk)
                     if size > self.max_bytes:
-                        await self._reject(send, size, at_least=True)
+                        await self._reject(size, at_least=True)(scope, receive, send)
                         return
                     chunks.append(chunk)
                     if not message.get("more_body", False):
                         break
         except TimeoutError:
             message = f"request body: not received within {self.timeout:g} s (body_timeout_seconds), got {size} bytes"
-            await _send_error(send, 408, "request_timeout", message, close=True)
+            response = error_response(408, "request_timeout", message)
+            response.headers["connection"] = "close"  # the rest of the body may still come: no next request
+            await response(scope, receive, send)
             return
         body = b"".join(chunks)
         replayed = False
@@ -101,7 +91,7 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _reject(self, send: Send, size: int, at_least: bool = False) -> None:
+    def _reject(self, size: int, at_least: bool = False) -> JSONResponse:
         got = f"at least {size}" if at_least else str(size)
         message = f"request body: at most {self.max_bytes} bytes (max_request_bytes), got {got}"
-        await _send_error(send, 413, "payload_too_large", message)
+        return error_response(413, "payload_too_large", message)
