@@ -50,13 +50,12 @@ class ExportOptions:
 
     kind: str
     precision: str
-    opset: int = OPSET
 
     @property
     def key(self) -> str:
         kind = {"cross-encoder": "ce", "causal-lm": "lm"}.get(self.kind, "bi")
         variant = "int8-qint8-perchannel" if self.precision == "int8" else self.precision
-        return f"{kind}-{variant}-opset{self.opset}-v{EXPORT_VERSION}"
+        return f"{kind}-{variant}-opset{OPSET}-v{EXPORT_VERSION}"
 
 
 def cache_folder(spec: ModelSpec, options: ExportOptions, cache_dir: Path) -> Path:

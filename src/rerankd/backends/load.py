@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rerankd.backends.base import Backend
+from rerankd.backends.export import ensure_onnx
 from rerankd.backends.onnx import OnnxBackend
 from rerankd.backends.select import choose
 from rerankd.cores import available_cores
@@ -25,14 +26,10 @@ def load_backend(spec: ModelSpec, settings: Settings) -> Backend:
             f"precision: int8 is not verified for LLM rerankers ({spec.name}); use fp32 on the CPU or fp16 on cuda"
         )
     threads = settings.threads or available_cores()
-    if choice.backend == "onnx":
-        return OnnxBackend.load(
-            spec,
-            device=choice.device,
-            precision=choice.scoring_precision,
-            threads=threads,
-            cache_dir=settings.cache_dir,
-        )
+    if choice.backend == "onnx":  # exported once, cached
+        precision = choice.scoring_precision
+        model = ensure_onnx(spec, precision, settings.cache_dir)
+        return OnnxBackend(spec, model, device=choice.device, precision=precision, threads=threads)
     # Not a cycle: torch is imported only when asked for, so ONNX-only servers never pay for loading it.
     from rerankd.backends.torch import TorchBackend
 

@@ -8,7 +8,6 @@ import numpy as np
 import onnxruntime
 
 from rerankd.backends.base import Batch, pool
-from rerankd.backends.export import ensure_onnx
 from rerankd.models import ModelSpec
 
 
@@ -21,18 +20,12 @@ class OnnxBackend:
         self.spec = spec
         self.device = device
         self.precision = precision
-        self.model_path = model_path
         self.session = onnxruntime.InferenceSession(
             str(model_path), session_options(threads), providers=providers(device)
         )
         if device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
             raise RuntimeError("device: onnxruntime could not start its CUDA provider (is onnxruntime-gpu installed?)")
         self._inputs = {item.name for item in self.session.get_inputs()}
-
-    @classmethod
-    def load(cls, spec: ModelSpec, *, device: str, precision: str, threads: int, cache_dir: Path) -> OnnxBackend:
-        """Export (once, cached) and open a session."""
-        return cls(spec, ensure_onnx(spec, precision, cache_dir), device=device, precision=precision, threads=threads)
 
     def forward(self, batch: Batch) -> np.ndarray:
         feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}

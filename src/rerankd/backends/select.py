@@ -49,11 +49,6 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     return frozenset()
 
 
-def int8_dot_products(flags: frozenset[str] | None = None) -> bool:
-    """Whether int8 matrix products run on dedicated dot-product instructions here."""
-    return bool(INT8_DOT_FLAGS & (cpu_flags() if flags is None else flags))
-
-
 def cuda_available(backend: str) -> bool:
     """Whether `backend` can run on an NVIDIA GPU in this process."""
     if backend == "onnx":
@@ -80,7 +75,7 @@ def choose(settings: Settings, flags: frozenset[str] | None = None, *, kind: str
         precision, reason = settings.precision, "as configured"
     elif device == "cuda":
         precision, reason = "fp16", "auto: GPU"
-    elif backend == "onnx" and kind in RESCORABLE_KINDS and int8_dot_products(flags):
+    elif backend == "onnx" and kind in RESCORABLE_KINDS and INT8_DOT_FLAGS & (cpu_flags() if flags is None else flags):
         # Pure int8 is not faithful (bench/results/int8_fidelity_100.json: top-10 overlap 0.881 vs fp32 on
         # debian-minilm-ce; static and keep-layers-in-fp32 recipes no better); int8 for all + fp32 for the head is
         # (top-10 0.995, NDCG@10 delta 0.000), and with int8 dot products int8 is ~2.1x fp32 (issue 12's Zen 4
