@@ -61,9 +61,8 @@ class Target:
     api_keys_secret: str = ""
     ray_version: str = ""  # defaults to the installed Ray's
 
-    @property
-    def image_for_gpu(self) -> str:
-        return self.gpu_image or self.image
+    def image_for(self, gpu: bool) -> str:
+        return (self.gpu_image or self.image) if gpu else self.image
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -260,7 +259,7 @@ def kubernetes_manifests(settings: Settings, target: Target) -> list[dict[str, A
     startup_failures = math.ceil((STARTUP_SECONDS + pod_settings.warmup_seconds) / PROBE_PERIOD_SECONDS)
     container = {
         "name": "rerankd",
-        "image": target.image_for_gpu if gpu else target.image,
+        "image": target.image_for(gpu),
         "command": ["rerankd", "serve"],
         "ports": [{"name": "http", "containerPort": pod_settings.port, "protocol": "TCP"}],
         "env": settings_env(pod_settings),
@@ -366,15 +365,11 @@ class RayLayout:
     """Model replicas and the worker pods that hold them."""
 
     gpu: bool
-    replicas: tuple[int, int]  # min, max model replicas
+    pods: tuple[int, int]  # min, max worker pods
     per_pod: int  # model replicas per worker pod
     pod_cpus: int
     pod_gpus: int
     cluster_gpus: float  # what the application builder is told (fleet.ray_app.replica_plan)
-
-    @property
-    def pods(self) -> tuple[int, int]:
-        return math.ceil(self.replicas[0] / self.per_pod), math.ceil(self.replicas[1] / self.per_pod)
 
 
 def ray_layout(settings: Settings) -> RayLayout:
@@ -382,18 +377,19 @@ def ray_layout(settings: Settings) -> RayLayout:
     from rerankd.fleet.ray_app import check_settings, replica_plan
 
     check_settings(settings)
-    replicas = _replica_range(settings)
     gpu = on_gpu(settings)
     if gpu:
         gpus_each = settings.replica_gpus or 1.0
         pod_gpus = math.ceil(gpus_each)
         per_pod = max(1, math.floor(pod_gpus / gpus_each + 1e-9))
-        cluster_gpus = float(math.ceil(replicas[1] / per_pod) * pod_gpus)
     else:
-        pod_gpus, per_pod, cluster_gpus = 0, 1, 0.0
+        pod_gpus, per_pod = 0, 1
+    low, high = _replica_range(settings)
+    pods = (math.ceil(low / per_pod), math.ceil(high / per_pod))
+    cluster_gpus = float(pods[1] * pod_gpus)
     plan = replica_plan(settings, cluster_gpus)
     assert (plan.num_gpus > 0) == gpu, "replica_plan and on_gpu disagree"
-    return RayLayout(gpu, replicas, per_pod, max(1, math.ceil(plan.num_cpus * per_pod)), pod_gpus, cluster_gpus)
+    return RayLayout(gpu, pods, per_pod, max(1, math.ceil(plan.num_cpus * per_pod)), pod_gpus, cluster_gpus)
 
 
 def serve_config(settings: Settings, layout: RayLayout) -> dict[str, Any]:
@@ -432,7 +428,7 @@ def _ray_pod(
     ports.append({"name": "serve", "containerPort": settings.port})  # KubeRay's serve Service targets this name
     container: dict[str, Any] = {
         "name": "ray-head" if head else "ray-worker",
-        "image": target.image_for_gpu if gpus else target.image,
+        "image": target.image_for(gpus > 0),
         "ports": ports,
         "resources": _resources(cpus, memory_gib, gpus),
         "volumeMounts": mounts,
