@@ -27,6 +27,7 @@ __all__ = [
     "DEBIAN_DATA",
     "RESULTS",
     "TRAINED_CE",
+    "check",
     "cpu_line",
     "format_table",
     "machine",
@@ -36,6 +37,12 @@ __all__ = [
     "spearman",
     "top_k_overlap",
 ]
+
+
+def check(name: str, measured: float, bound: str, limit: float) -> dict[str, Any]:
+    """One table row whose `ok` applies exactly the printed limit; NaN (the event never happened) fails."""
+    ok = measured <= limit if bound == "<=" else measured >= limit
+    return {"check": name, "measured": measured, "limit": f"{bound} {limit:g}", "ok": bool(ok)}
 
 
 def save(name: str, payload: dict[str, Any]) -> Path:

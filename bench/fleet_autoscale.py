@@ -23,10 +23,9 @@ import json
 import math
 import threading
 import time
-from typing import Any
 
 import numpy as np
-from common import RESULTS, format_table, machine, percentile, plot_path, save
+from common import RESULTS, check, format_table, machine, percentile, plot_path, save
 from fleet_workload import make_requests, open_loop, poisson_times, wait_ready
 
 from rerankd.config import Settings
@@ -57,12 +56,6 @@ def events(timeline: list[tuple[float, int, int]]) -> list[tuple[float, int, int
         if after != before:
             found.append((t, before, after))
     return found
-
-
-def check(name: str, measured: float, bound: str, limit: float) -> dict[str, Any]:
-    """One table row whose `ok` applies exactly the printed limit; NaN (the event never happened) fails."""
-    ok = measured <= limit if bound == "<=" else measured >= limit
-    return {"check": name, "measured": measured, "limit": f"{bound} {limit:g}", "ok": bool(ok)}
 
 
 def checks(changes: list[tuple[float, int, int]], upscale_seconds: float, downscale_seconds: float) -> list[dict]:

@@ -34,19 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import format_table, percentile, plot_path, save
+from common import check, format_table, percentile, plot_path, save
 from fleet_workload import Outcome, closed_loop, make_requests, open_loop, poisson_times
 
 from testing.cluster import Cluster, ClusterFleet, Watch, namespace_pids, read_access_log, serve_roles
 
 REPLICAS = 3
 AVOID_SECONDS = 5.0  # the router must stop sending to a dead node's replicas within this
-
-
-def check(name: str, measured: float, bound: str, limit: float) -> dict[str, Any]:
-    """One table row whose `ok` applies exactly the printed limit; NaN (the event never happened) fails."""
-    ok = measured <= limit if bound == "<=" else measured >= limit
-    return {"check": name, "measured": measured, "limit": f"{bound} {limit:g}", "ok": bool(ok)}
 
 
 def lost(outcome: Outcome) -> bool:
