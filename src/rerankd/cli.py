@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from rerankd.config import ENV_PREFIX, Settings
+from rerankd.deploy import kubernetes
 from rerankd.errors import RerankdError
+from rerankd.evaluation import command as evaluation
 
 # Settings that make sense for a one-off rerank in the shell.
 _RERANK_FLAGS = ("model", "model_kind", "backend", "precision", "device", "threads", "max_batch_tokens", "cache_dir")
@@ -58,6 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from rerankd.api import create_app
     from rerankd.api.server import build_server
     from rerankd.backends.select import choose
+    from rerankd.fleet.launch import serve_fleet
     from rerankd.logs import configure_logging
     from rerankd.metrics import Metrics
     from rerankd.models import resolve_model
@@ -66,14 +69,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
     if settings.ray_address:  # joining a cluster: replicas resolve the model on their own nodes
-        return _serve_fleet(settings)
+        return serve_fleet(settings)
     # Resolve (and download) before the port opens, so a wrong model id fails at once with a clear message.
     specs = [resolve_model(name, kind=settings.model_kind, cache_dir=settings.cache_dir) for name in settings.model]
     for spec in specs:  # each model's engine: the choice depends on its kind; fails fast on an impossible one
         print(f"rerankd: serving {spec.name} ({spec.kind}) from {spec.path}", file=sys.stderr)
         print(f"rerankd: engine {choose(settings, kind=spec.kind)}", file=sys.stderr)
     if settings.replicas or settings.autoscale:
-        return _serve_fleet(settings)
+        return serve_fleet(settings)
     metrics = Metrics()
     server: uvicorn.Server | None = None
 
@@ -85,12 +88,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = build_server(create_app(settings, service, metrics), settings)
     server.run()
     return 1 if service.state == "failed" else 0
-
-
-def _serve_fleet(settings: Settings) -> int:
-    from rerankd.fleet.launch import serve_fleet
-
-    return serve_fleet(settings)
 
 
 def cmd_rerank(args: argparse.Namespace) -> int:
@@ -123,9 +120,7 @@ def cmd_rerank(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rerankd.evaluation.command import EVAL_SETTINGS, run
-
-    return run(args, _settings(args, EVAL_SETTINGS))
+    return evaluation.run(args, _settings(args, evaluation.EVAL_SETTINGS))
 
 
 def cmd_fixture(args: argparse.Namespace) -> int:
@@ -154,9 +149,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     """Print Kubernetes manifests (KubeRay RayService, or plain) generated from the settings."""
-    from rerankd.deploy.kubernetes import run
-
-    return run(args, _settings(args))
+    return kubernetes.run(args, _settings(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,11 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_flags(rerank, _RERANK_FLAGS)
     rerank.set_defaults(run=cmd_rerank)
 
-    from rerankd.evaluation.command import EVAL_SETTINGS, add_arguments
-
     evaluate = commands.add_parser("eval", help="Measure every strategy's accuracy and speed on a BEIR folder.")
-    add_arguments(evaluate)
-    add_settings_flags(evaluate, EVAL_SETTINGS)
+    evaluation.add_arguments(evaluate)
+    add_settings_flags(evaluate, evaluation.EVAL_SETTINGS)
     evaluate.set_defaults(run=cmd_eval)
 
     fixture = commands.add_parser("fixture", help="Build the ce-fixture test cross-encoder; print its folder.")
@@ -193,10 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_flags(config)
     config.set_defaults(run=cmd_config)
 
-    from rerankd.deploy.kubernetes import add_arguments as add_deploy_arguments
-
     deploy = commands.add_parser("deploy", help="Print Kubernetes manifests for these settings (docs/fleet.md).")
-    add_deploy_arguments(deploy)
+    kubernetes.add_arguments(deploy)
     add_settings_flags(deploy)
     deploy.set_defaults(run=cmd_deploy)
     return parser
