@@ -25,7 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol, TypeVar
 
 import numpy as np
@@ -79,16 +79,8 @@ class QueueStats:
     @classmethod
     def merged(cls, stats: Sequence[QueueStats]) -> QueueStats:
         """Several queues as one: sums, and the worst stall."""
-        return cls(
-            queued_pairs=sum(s.queued_pairs for s in stats),
-            queued_tokens=sum(s.queued_tokens for s in stats),
-            inflight_pairs=sum(s.inflight_pairs for s in stats),
-            inflight_tokens=sum(s.inflight_tokens for s in stats),
-            batches_done=sum(s.batches_done for s in stats),
-            stalled_seconds=max((s.stalled_seconds for s in stats), default=0.0),
-            tokens_per_second=sum(s.tokens_per_second for s in stats),
-            busy_seconds=sum(s.busy_seconds for s in stats),
-        )
+        sums = {field.name: sum(getattr(s, field.name) for s in stats) for field in fields(cls)}
+        return cls(**sums | {"stalled_seconds": max((s.stalled_seconds for s in stats), default=0.0)})
 
 
 def stall_problem(queued_pairs: int, stalled_seconds: float, limit_seconds: float) -> str | None:
@@ -206,7 +198,7 @@ class Scheduler:
             if self._queued_pairs and self._queued_pairs + len(items) > self.max_queued_pairs:
                 raise Overloaded(
                     f"queue full: {self._queued_pairs} pairs waiting, limit max_queued_pairs={self.max_queued_pairs}",
-                    retry_after=self._drain_estimate(),
+                    retry_after=max(1.0, math.ceil(self._queued_tokens / (self._tokens_per_second or 1000.0))),
                 )
             if not (self._queued_pairs or self._inflight_pairs):
                 self._last_progress = time.monotonic()  # the stall clock starts when work arrives
@@ -263,10 +255,6 @@ class Scheduler:
                 self._queued_tokens -= sum(len(entry) for entry in waiting.entries)
                 self._queued_pairs -= len(waiting.entries)
                 self._queue.remove(waiting)
-
-    def _drain_estimate(self) -> float:
-        rate = self._tokens_per_second or 1000.0
-        return max(1.0, math.ceil(self._queued_tokens / rate))
 
     def _work(self) -> None:
         while True:
