@@ -128,17 +128,15 @@ class Engine:
         `instruction`: an LLM reranker's task description (None: the template's default)."""
         if isinstance(query, str):
             query = self.query_tokens(query)
-        if self.spec.pairs:
-            if self.spec.kind == "causal-lm":
-                assert query.text is not None, "LLM rerankers render the query text: use Engine.query_tokens"
-                inputs = self.tokenizer.encode_prompts(query.text, documents, instruction)
-            else:
-                inputs = self.tokenizer.encode_pairs(query, documents)
-            truncated = [item.truncated for item in inputs]
+        if self.spec.kind == "causal-lm":
+            assert query.text is not None, "LLM rerankers render the query text: use Engine.query_tokens"
+            inputs = self.tokenizer.encode_prompts(query.text, documents, instruction)
+        elif self.spec.pairs:
+            inputs = self.tokenizer.encode_pairs(query, documents)
         else:
             inputs = [self.tokenizer.single(query), *self.tokenizer.encode_texts(documents)]
-            truncated = [item.truncated for item in inputs[1:]]
-        return Prepared(inputs, truncated, sum(len(item) for item in inputs))
+        document_inputs = inputs if self.spec.pairs else inputs[1:]
+        return Prepared(inputs, [item.truncated for item in document_inputs], sum(len(item) for item in inputs))
 
     async def score(self, prepared: Prepared, *, raw: bool = False) -> np.ndarray:
         """Relevance score per document, in document order."""

@@ -24,7 +24,7 @@ class ModelRegistry:
         return self.engines[0]
 
     def get(self, name: str | None) -> Engine:
-        if name is None or name == "":
+        if not name:
             return self.default
         try:
             return self._by_name[name]

@@ -31,7 +31,6 @@ def input_key(item: Encoded) -> bytes:
 
 class ScoreCache:
     def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
         self._rows: LRUCache[bytes, np.ndarray] = LRUCache(
             maxsize=max_bytes, getsizeof=lambda row: row.nbytes + ENTRY_OVERHEAD_BYTES
         )
