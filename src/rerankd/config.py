@@ -270,12 +270,9 @@ class Settings(BaseSettings):
 
     def accepted_api_keys(self) -> list[str]:
         """`api_keys` plus the lines of `api_keys_file` (blank lines and # comments skipped)."""
-        keys = list(self.api_keys)
-        if self.api_keys_file is not None:
-            for line in Path(self.api_keys_file).read_text(encoding="utf-8").splitlines():
-                if line.strip() and not line.lstrip().startswith("#"):
-                    keys.append(line.strip())
-        return keys
+        lines = [] if self.api_keys_file is None else Path(self.api_keys_file).read_text(encoding="utf-8").splitlines()
+        from_file = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        return [*self.api_keys, *from_file]
 
     @classmethod
     def settings_customise_sources(
