@@ -202,11 +202,8 @@ class Tokenizer:
         ids = np.concatenate([np.asarray(part, dtype=np.int32) for part in parts])
         if not self.uses_token_types:
             return Encoded(ids, None, truncated)
-        kinds = (0, 1, 2, 3, 4) if second is not None else (0, 1, 2, 4)
-        types = [
-            np.full(len(part), template.type_ids[kind], dtype=np.int32) for part, kind in zip(parts, kinds, strict=True)
-        ]
-        type_ids = np.concatenate(types)
+        kinds = [0, 1, 2, 3, 4] if second is not None else [0, 1, 2, 4]
+        type_ids = np.repeat(np.asarray(template.type_ids, dtype=np.int32)[kinds], [len(part) for part in parts])
         return Encoded(ids, type_ids, truncated)
 
     def collate(self, items: Sequence[Encoded]) -> Batch:
