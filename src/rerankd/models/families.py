@@ -18,12 +18,6 @@ class Family:
     model_type: str
     architecture: str
     example: str  # a public reranker of this family
-    backends: tuple[str, ...] = ("torch", "onnx")  # backends whose scores the golden suite checks
-
-    @property
-    def causal(self) -> bool:
-        """An LLM scored by its yes/no next-token logits (`*ForCausalLM`), not a classification head."""
-        return self.architecture.endswith("ForCausalLM")
 
 
 VERIFIED: dict[str, Family] = {
@@ -52,10 +46,6 @@ class UnsupportedArchitecture(ModelNotFound):
     """The model's architecture is not one whose scores this version of rerankd has verified."""
 
 
-def supported() -> str:
-    return ", ".join(family.architecture for family in (*VERIFIED.values(), *VERIFIED_CAUSAL.values()))
-
-
 def require_verified(name: str, config: dict[str, Any], *, causal: bool = False) -> Family:
     """The family of a cross-encoder's (or, `causal`, an LLM reranker's) config; raises `UnsupportedArchitecture`
     for any other.
@@ -72,9 +62,10 @@ def require_verified(name: str, config: dict[str, Any], *, causal: bool = False)
     if family is not None and all(arch == family.architecture for arch in foreign):
         return family
     shown = ", ".join(architectures) or "no architectures listed"
+    supported = ", ".join(known.architecture for known in (*VERIFIED.values(), *VERIFIED_CAUSAL.values()))
     raise UnsupportedArchitecture(
         f"model {name!r}: architecture {shown} (model_type {model_type!r}) is not verified for "
-        f"{'LLM (yes/no)' if causal else 'cross-encoder'} scoring; supported: {supported()}. Its scores have not "
+        f"{'LLM (yes/no)' if causal else 'cross-encoder'} scoring; supported: {supported}. Its scores have not "
         "been checked against sentence-transformers, so it is refused rather than served (see README, "
         "'Supported architectures')"
     )
