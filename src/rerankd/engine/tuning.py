@@ -164,18 +164,17 @@ def tune(
     items: Sequence[SizedInput],
     *,
     max_batch_size: int,
-    cache: Path | None,
+    cache: Path,
     key: TuningKey,
     seconds: float = SWEEP_SECONDS,
     clock: Callable[[], float] = time.perf_counter,
 ) -> Tuning:
     """Measure the best budget (the sweep) and cache it under `cache`; the cached choice when there is one."""
-    if cache is not None and (found := load_cached(cache, key)) is not None:
+    if (found := load_cached(cache, key)) is not None:
         return found
     rates = sweep(run, items, max_batch_size=max_batch_size, seconds=seconds, clock=clock)
     tuning = Tuning(pick(rates), "measured", rates)
-    if cache is not None:
-        save(cache, key, tuning)
+    save(cache, key, tuning)
     return tuning
 
 
