@@ -8,7 +8,7 @@ import asyncio
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,15 +40,6 @@ class EvalConfig:
     rrf_k: int = 60
     seed: int = 0
     progress: bool = True
-
-
-@dataclass
-class DepthReport:
-    depth: int
-    fit_queries: list[str]
-    test_queries: list[str]
-    fitted: dict[str, float]
-    rows: list[dict[str, Any]] = field(default_factory=list)
 
 
 def sample_queries(dataset: BeirDataset, limit: int | None, seed: int) -> list[str]:
@@ -104,26 +95,25 @@ class Evaluation:
             "dataset_documents": len(self.texts),
             "first_stage_index_seconds": round(index_seconds, 2),
             "config": {key: value for key, value in config.__dict__.items() if key != "progress"},
-            "depths": [report.__dict__ for report in reports],
+            "depths": reports,
         }
 
-    def _depth(self, index: Bm25, queries: list[str], depth: int) -> DepthReport:
+    def _depth(self, index: Bm25, queries: list[str], depth: int) -> dict[str, Any]:
+        """One depth's record: its query split, the fitted fusion weights and a row per strategy."""
         started = time.perf_counter()
         positions, first = index.top([self.dataset.queries[q] for q in queries], depth)
         first_ms = 1000 * (time.perf_counter() - started) / len(queries)
         scores = asyncio.run(self._score_all(queries, positions, first, depth))
         fit, test = split_queries(queries, self.config.fit_fraction)
         fitted = {method: self._fit(method, scores, fit) for method in ("zscore", "rrf")} if fit else {}
-        report = DepthReport(depth, fit, test, fitted)
+        report = {"depth": depth, "fit_queries": fit, "test_queries": test, "fitted": fitted, "rows": []}
         variants = standard_variants(depth, self.config.hybrid_ks, self.config.fusion_weights, fitted)  # type: ignore[arg-type]
         timings = asyncio.run(self._time(variants, scores, test, depth))
         for variant in variants:
             metrics = measure(self.dataset.qrels, self._rankings(variant, scores, test))
-            latencies = timings.get(variant.timing_key, [])
-            if variant.kind == "first-stage":
-                latencies = [first_ms]
+            latencies = [first_ms] if variant.kind == "first-stage" else timings.get(variant.timing_key, [])
             p50 = percentile(latencies, 50)
-            report.rows.append(
+            report["rows"].append(
                 {
                     "strategy": variant.name,
                     **metrics,
@@ -166,11 +156,8 @@ class Evaluation:
         return scores
 
     def _rankings(self, variant: Variant, scores: dict[str, QueryScores], queries: list[str]) -> dict[str, list[str]]:
-        rankings = {}
-        for qid in queries:
-            candidates = scores[qid]
-            rankings[qid] = [candidates.doc_ids[i] for i in variant.rank(candidates, self.config.rrf_k)]
-        return rankings
+        rrf_k = self.config.rrf_k
+        return {qid: [scores[qid].doc_ids[i] for i in variant.rank(scores[qid], rrf_k)] for qid in queries}
 
     def _fit(self, method: FusionMethod, scores: dict[str, QueryScores], queries: list[str]) -> float:
         """The fusion weight with the best NDCG@10 on `queries` (ties: the smaller weight)."""
