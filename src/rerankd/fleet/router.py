@@ -224,13 +224,12 @@ class WorkLedger:
 
     def reported(self, replica: str, stats: Mapping[str, Any] | None) -> None:
         """Take a replica's routing stats: `{"origins": {origin: [tokens, requests]}, "tokens_per_second": x}`."""
-        speed = float((stats or {}).get("tokens_per_second") or 0.0)
+        stats = stats or {}
+        speed = float(stats.get("tokens_per_second") or 0.0)
         if speed > 0:
             self._speed[replica] = speed
-        origins = (stats or {}).get("origins") or {}
-        tokens = sum(float(v[0]) for origin, v in origins.items() if origin != self.origin)
-        requests = sum(int(v[1]) for origin, v in origins.items() if origin != self.origin)
-        self._foreign[replica] = (tokens, requests)
+        foreign = [v for origin, v in (stats.get("origins") or {}).items() if origin != self.origin]
+        self._foreign[replica] = (sum(float(v[0]) for v in foreign), sum(int(v[1]) for v in foreign))
 
     def forget(self, replica: str) -> None:
         """A replica is gone: drop its bookings."""
