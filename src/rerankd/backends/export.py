@@ -88,6 +88,7 @@ def ensure_onnx(spec: ModelSpec, precision: str, cache_dir: Path) -> Path:
 def export_fp32(spec: ModelSpec, target: Path, recipe: LmRecipe = LM_RECIPE) -> dict:
     """Trace the model to `target`, then check it against torch; returns the check's facts. `recipe` applies to
     LLM rerankers only; their check compares with the padding-masked scorer whatever the recipe."""
+    import onnxruntime
     import torch
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -133,7 +134,10 @@ def export_fp32(spec: ModelSpec, target: Path, recipe: LmRecipe = LM_RECIPE) -> 
     probe = sample(["a longer document about packages and databases " * 3, "two words", "one", "sqlite"])
     with torch.no_grad():
         expected = (reference or graph)(*(probe[name] for name in names)).numpy()  # the padding-masked scorer
-    got = _run_cpu(target, {name: value.numpy() for name, value in probe.items()})
+    session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    # The tracer drops inputs the graph never reads (DeBERTa-v2 with `type_vocab_size: 0` ignores token types).
+    declared = {item.name for item in session.get_inputs()}
+    got = session.run(None, {name: value.numpy() for name, value in probe.items() if name in declared})[0]
     diff = float(np.abs(got - expected).max())
     if not diff <= VERIFY_ATOL:
         raise ExportError(f"ONNX export of {spec.name} differs from torch by {diff:.2e} (limit {VERIFY_ATOL:.0e})")
@@ -152,15 +156,6 @@ def fuse_decoder(model: Path, spec: ModelSpec) -> None:
         opt_level=0,
     )  # fmt: skip
     optimized.save_model_to_file(str(model), use_external_data_format=model.stat().st_size > 1_800_000_000)
-
-
-def _run_cpu(model: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    # The tracer drops inputs the graph never reads (DeBERTa-v2 with `type_vocab_size: 0` ignores token types).
-    declared = {item.name for item in session.get_inputs()}
-    return session.run(None, {name: value for name, value in feeds.items() if name in declared})[0]
 
 
 def _named_output(model, names: list[str], output: str):
