@@ -179,12 +179,8 @@ class _Sent:
 
 
 class WorkLedger:
-    """Outstanding work per replica as one router sees it.
-
-    Own work is booked when a request is routed and released when it completes. Other routers' work comes from
-    the replicas' reports, which break outstanding work down by origin; this router's own share of a report is
-    ignored, since its own book is fresher.
-    """
+    """Outstanding work per replica as one router sees it: its own bookings, from routing to completion, plus the
+    other routers' work from the replicas' reports (its own share of those is ignored: its book is fresher)."""
 
     # A booking never released (a request cancelled between choice and dispatch) is forgotten after this long.
     STALE_SECONDS = 600.0
@@ -296,12 +292,8 @@ def work_of(pending_request: PendingRequest | None) -> Work | None:
 
 
 class WorkAwareRouter(RequestRouter):
-    """Ray Serve request router running `rank_replicas` over a `WorkLedger`.
-
-    It returns every candidate, ranked, so Ray falls through to the next one when the best is at its
-    `max_ongoing_requests`. Calls without a `Work` estimate (the `models` lookup) use power-of-two-choices:
-    two random candidates, of which Ray takes the one with the shorter queue.
-    """
+    """Ray Serve request router running `rank_replicas` over a `WorkLedger`; it returns every candidate, ranked, so
+    Ray falls through to the next when the best is at its `max_ongoing_requests` (docs/fleet.md, Routing)."""
 
     def initialize_state(self, policy: Policy = "tokens", **_: Any) -> None:
         if policy not in POLICIES:
@@ -316,7 +308,7 @@ class WorkAwareRouter(RequestRouter):
         if pending_request is not None:
             pending_request.routing_context.should_backoff = True  # once every rank was tried, back off
         work = work_of(pending_request)
-        if work is None or not candidate_replicas:
+        if work is None or not candidate_replicas:  # e.g. the `models` lookup: power-of-two-choices
             return [random.sample(candidate_replicas, min(2, len(candidate_replicas)))]
         names = [replica.replica_id.unique_id for replica in candidate_replicas]
         for name, replica in zip(names, candidate_replicas, strict=True):
