@@ -57,7 +57,7 @@ class Variant:
             scores.query,
             scores.texts,
             model,
-            strategy="direct" if self.kind == "direct" else self.kind,  # type: ignore[arg-type]
+            strategy=self.kind,  # type: ignore[arg-type]
             candidates=self.candidates,
             fusion=self.fusion,
             fusion_weight=self.weight,
