@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 from tokenizers import Encoding
 
+from rerankd.engine.prefix import by_growing_prefix
+
 # Markers for where the template puts each part: private-use characters no real text or template contains.
 QUERY_MARK = "\ue000query\ue000"
 DOCUMENT_MARK = "\ue000document\ue000"
 INSTRUCTION_MARK = "\ue000instruction\ue000"
 _PROBE = "  Probe\n text, spaces kept.  "  # the template must place documents verbatim (no trim, no escaping)
-# The first prefix of a long document tried holds this many characters per window token (then 4x, 16x...).
-_PREFIX_CHARS_PER_TOKEN = 6
 _SUFFIX_CACHE = 256  # instructions whose template tail is remembered
 
 Encode = Callable[[Sequence[str]], list[Encoding]]
@@ -73,20 +73,17 @@ class PromptTemplate:
     def encode(self, query: str, documents: Sequence[str], instruction: str | None) -> list[tuple[np.ndarray, bool]]:
         """Each document's model input ids (int32) and whether the window cut it."""
         head, tail = self.split(query, instruction)
-        results: list[tuple[np.ndarray, bool] | None] = [None] * len(documents)
-        chars = max(64, _PREFIX_CHARS_PER_TOKEN * self.max_length)
-        pending = list(range(len(documents)))
-        while pending:
-            parts = [documents[i][:chars] for i in pending]
-            still = []
-            for i, part, encoding in zip(pending, parts, self._encode([head + p + tail for p in parts]), strict=True):
+
+        def attempt(indices: list[int], parts: list[str]) -> list[tuple[np.ndarray, bool] | None]:
+            encodings = self._encode([head + part + tail for part in parts])
+            answers: list[tuple[np.ndarray, bool] | None] = []
+            for i, part, encoding in zip(indices, parts, encodings, strict=True):
                 whole = len(part) == len(documents[i])
-                if whole or _tokens_before(encoding, len(head) + len(part)) >= self.max_length:
-                    results[i] = self._fit(encoding.ids, instruction, cut=not whole)
-                else:
-                    still.append(i)
-            pending, chars = still, chars * 4
-        return [result for result in results if result is not None]
+                decided = whole or _tokens_before(encoding, len(head) + len(part)) >= self.max_length
+                answers.append(self._fit(encoding.ids, instruction, cut=not whole) if decided else None)
+            return answers
+
+        return by_growing_prefix(documents, self.max_length, attempt)
 
     def _fit(self, ids: list[int], instruction: str | None, *, cut: bool) -> tuple[np.ndarray, bool]:
         """Right-truncate to the window and write the template's tail back (sentence-transformers' rule)."""

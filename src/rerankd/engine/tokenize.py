@@ -17,12 +17,11 @@ from tokenizers import Tokenizer as RustTokenizer
 from transformers import AutoTokenizer
 
 from rerankd.backends import Batch
+from rerankd.engine.prefix import by_growing_prefix
 from rerankd.engine.prompt import PromptTemplate, TemplateError
 from rerankd.errors import ModelNotFound
 from rerankd.models import ModelSpec
 
-# The first prefix tried holds this many characters per token asked for: English WordPiece / BPE averages ~4.
-PREFIX_CHARS_PER_TOKEN = 6
 # Without word boundaries (a tokenizer with no pre-tokenizer, a very long "word"), tokens ending this many
 # characters before a prefix's end are taken as unaffected by the cut.
 CUT_MARGIN_CHARS = 256
@@ -134,23 +133,21 @@ class Tokenizer:
         """Each text's first `max_tokens` tokens (all of them if fewer), tokenizing only as much text as needed.
 
         A result is `complete` when it holds the whole text; otherwise the text has more than `max_tokens`."""
-        results: list[Tokens | None] = [None] * len(texts)
-        chars = max(64, PREFIX_CHARS_PER_TOKEN * max_tokens)
-        pending = list(range(len(texts)))
-        while pending:
-            prefixes = [texts[i][:chars] for i in pending]
-            still: list[int] = []
-            for i, prefix, encoding in zip(pending, prefixes, self._encode_batch(prefixes), strict=True):
+
+        def attempt(indices: list[int], prefixes: list[str]) -> list[Tokens | None]:
+            answers: list[Tokens | None] = []
+            for i, prefix, encoding in zip(indices, prefixes, self._encode_batch(prefixes), strict=True):
                 whole = len(prefix) == len(texts[i])
                 stable = len(encoding.ids) if whole else _stable_tokens(encoding, len(prefix))
                 if whole and stable <= max_tokens:
-                    results[i] = _tokens(encoding, complete=True, spans=spans)
+                    answers.append(_tokens(encoding, complete=True, spans=spans))
                 elif stable > max_tokens:  # enough tokens that no later text can change
-                    results[i] = _tokens(encoding, complete=False, keep=max_tokens, spans=spans)
+                    answers.append(_tokens(encoding, complete=False, keep=max_tokens, spans=spans))
                 else:
-                    still.append(i)
-            pending, chars = still, chars * 4
-        return [result for result in results if result is not None]
+                    answers.append(None)
+            return answers
+
+        return by_growing_prefix(texts, max_tokens, attempt)
 
     def clip(self, text: str, max_tokens: int) -> str:
         """The longest prefix of `text` that holds at most `max_tokens` tokens (Cohere's `max_tokens_per_doc`)."""
