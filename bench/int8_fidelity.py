@@ -418,9 +418,10 @@ def evaluate_model(label: str, spec: ModelSpec, args: argparse.Namespace, data: 
             row["speed_source"] = "served, interleaved with served fp32 and int8"
     for row in results:
         if "top10_overlap" in row:
-            row["met"] = (
-                row["top10_overlap"] >= TARGETS["top10_overlap"] and abs(row["ndcg_delta"]) <= TARGETS["ndcg_delta"]
-            )
+            # Rounded to 1e-9 first: a delta of exactly the limit (one query's -0.5 over 100) sums to a float a
+            # hair past it, and the printed limit is met.
+            ndcg_delta = round(abs(row["ndcg_delta"]), 9)
+            row["met"] = row["top10_overlap"] >= TARGETS["top10_overlap"] and ndcg_delta <= TARGETS["ndcg_delta"]
     return results
 
 
