@@ -68,6 +68,11 @@ def rows(evaluation: dict) -> dict[str, dict]:
     return {row["strategy"]: row for row in evaluation["record"]["depths"][0]["rows"]}
 
 
+def test_timings_are_of_real_scoring(evaluation: dict) -> None:
+    # The timed sample replays queries the accuracy pass scored: a score cache would answer them for free.
+    assert evaluation["record"]["score_cache"] is False
+
+
 def test_first_stage_metrics_by_hand(evaluation: dict) -> None:
     bm25 = rows(evaluation)["bm25 (first stage)"]
     # q1: relevant at rank 2 -> 1/log2(3); q2: gains 2 at rank 1 and 1 at rank 3 -> (2 + 1/2) / (2 + 1/log2(3)).

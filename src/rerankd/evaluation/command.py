@@ -60,7 +60,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     dataset = load_beir(args.dataset, args.split)
     final = settings.model[0]
     served = [final] if final == settings.embedding_model else [final, settings.embedding_model]
-    service = LocalService(settings.model_copy(update={"model": served}))
+    # No score cache: the timed sample replays queries the accuracy pass scored, whose pairs it would answer.
+    service = LocalService(settings.model_copy(update={"model": served, "score_cache_mb": 0}))
     print(f"rerankd eval: loading {', '.join(served)}", file=sys.stderr)
     service.load()
     try:
@@ -80,9 +81,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             progress=not args.no_progress,
         )
         result = harness.Evaluation(dataset, service, config).run()
+        score_cache = any(engine.cache is not None for engine in engines)
     finally:
         service.close()
-    result = {"dataset": str(Path(args.dataset).resolve()), "model": config.model, **result}
+    result = {"dataset": str(Path(args.dataset).resolve()), "model": config.model, "score_cache": score_cache, **result}
     print(output.tables(result))
     name = args.name or f"eval-{Path(args.dataset).resolve().name}"
     for path in output.write(result, Path(args.out), name):
