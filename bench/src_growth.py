@@ -49,7 +49,7 @@ BY_COMMIT = {
             # session 7: libraries and merges, no feature
             "7127894", "62e3d31", "3ab0333", "e828ab2", "19a83a6", "1d17893", "8f999c6", "7850c1b", "f325d63",
             "4e6e62d", "b0f2878", "ec9fa51", "22f92c4", "6dd8b6b", "8c3f495", "a7324eb", "1e9dde1", "187e0e4",
-            "ffe218d",
+            "ffe218d", "692d740",
         ],
         "10",
     ),
