@@ -1,23 +1,28 @@
 """Fault test: kill one model replica's process (SIGKILL) in the middle of a bounded load run.
 
-Counts requests lost (anything but 200; target 0), requests the ingress retried, and how long Ray took to notice
-the death and to have a replacement replica serving. Runs Ray in a loopback-only network namespace when it can.
+Counts requests lost (anything but 200), requests the ingress retried, and how long Ray took to notice the death
+and to have a replacement replica serving. Runs Ray in a loopback-only network namespace when it can.
+
+Checks (each applies the limit it prints; a kill that never happened leaves NaN or inf, which fails): every request
+sent and none lost; the death noticed within DETECT_SECONDS and a replacement serving within REPLACE_SECONDS.
 
     python bench/fleet_fault.py                 # ce-fixture replicas (real engine)
     python bench/fleet_fault.py --cost-model    # cost-model replicas (sleep per token)
+    python bench/fleet_fault.py --recheck       # re-apply the checks to both saved runs
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import threading
 import time
 
 import numpy as np
-from common import format_table, plot_path, save
+from common import RESULTS, check, format_table, machine, plot_path, save
 from fleet_workload import Outcome, closed_loop, make_requests, metric, wait_ready
 
 from rerankd.config import Settings
@@ -26,6 +31,31 @@ from testing.costmodel import SimulatedReplica
 from testing.netns import loopback_only
 from testing.processes import replica_pids
 from testing.simfleet import simulated_app
+
+DETECT_SECONDS = 30.0  # Ray's controller notices a dead actor within seconds; 30 s means it did not
+REPLACE_SECONDS = 90.0  # notice + a replica's cold start (model load and warm-up) on a busy machine
+
+
+def checks(row: dict, requests: int) -> list[dict]:
+    """The run's checks; `requests` is how many were meant to be sent (a run cut short fails)."""
+    return [
+        check("requests answered or failed", row["requests"], ">=", requests),
+        check("requests lost (anything but 200)", row["lost"], "<=", 0),
+        check("Ray noticed the death after (s)", row["detect_s"], "<=", DETECT_SECONDS),
+        check("replacement serving after (s)", row["replace_s"], "<=", REPLACE_SECONDS),
+    ]
+
+
+def recheck() -> None:
+    """Re-applies `checks` to the saved runs, so a changed check needs no Ray re-run."""
+    for name in ("fleet_fault", "fleet_fault_cost"):
+        path = RESULTS / f"{name}.json"
+        record = json.loads(path.read_text())
+        record["checks"] = checks(record["result"], record["args"]["requests"])
+        record["checks_recomputed"] = machine()["time"]
+        path.write_text(json.dumps(record, indent=2))
+        print(name)
+        print(format_table(record["checks"], ["check", "measured", "limit", "ok"]))
 
 
 def watch_replicas(fleet: Fleet, stop: threading.Event, timeline: list[tuple[float, int]], t0: float) -> None:
@@ -44,7 +74,10 @@ def main() -> None:
     parser.add_argument("--kill-after", type=int, default=60, help="kill a replica after this many answers")
     parser.add_argument("--port", type=int, default=8431)
     parser.add_argument("--max-seconds", type=float, default=300)
+    parser.add_argument("--recheck", action="store_true", help="re-apply the checks to the saved runs and exit")
     args = parser.parse_args()
+    if args.recheck:
+        return recheck()
 
     cost = SimulatedReplica(tokens_per_second=4000, cold_start_seconds=5) if args.cost_model else None
     app = simulated_app(cost) if cost else None
@@ -97,13 +130,18 @@ def main() -> None:
         "detect_s": detected - kill.get("at", float("nan")),
         "replace_s": replaced - kill.get("at", float("nan")),
     }
+    rows = checks(row, args.requests)
     print(format_table([row], list(row)))
+    print(format_table(rows, ["check", "measured", "limit", "ok"]))
     print(
         f"killed pid {kill.get('pid')} at {kill.get('at', float('nan')):.1f}s; replicas before {before}, after {after}"
     )
     print(f"network namespace: {'loopback-only' if isolated else 'host (not isolated)'}")
     name = "fleet_fault_cost" if cost else "fleet_fault"
-    save(name, {"args": vars(args), "result": row, "kill": kill, "timeline": timeline, "isolated": isolated})
+    save(
+        name,
+        {"args": vars(args), "result": row, "checks": rows, "kill": kill, "timeline": timeline, "isolated": isolated},
+    )
     plot(name, result.outcomes, timeline, kill)
 
 

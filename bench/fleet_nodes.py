@@ -164,7 +164,8 @@ def main() -> None:
         "p99_before_s": phases["before"]["p99_s"],
         "p99_during_s": phases["during"]["p99_s"],
         "p99_after_s": phases["after"]["p99_s"],
-        "router_avoids_s": 0.0 if last_retry is None else last_retry - killed_at,
+        # No retry seen means the kill never reached the router: NaN, so the check below fails, not passes.
+        "router_avoids_s": math.nan if last_retry is None else last_retry - killed_at,
         "noticed_s": (noticed - killed_at) if noticed is not None else math.nan,
         "capacity_back_s": back_at - killed_at,
     }

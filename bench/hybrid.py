@@ -15,7 +15,9 @@ Two rates per strategy, because a pre-filter answers with every document but sco
 documents the cross-encoder scored per second (the median request's scored count / p50; counted from the answer:
 every result not marked `cut_by_prefilter`). `speedup` is p50 latency against direct's.
 
-Targets: hybrid >= 8x faster than direct, bi-encoder (warm) >= 5x, auto within budget for >= 95% of requests.
+Targets: hybrid >= 8x faster than direct, bi-encoder (warm) >= 5x, auto within budget for >= 95% of requests. The
+last counts every request asked for (`--auto-requests`): one not sent before `--auto-limit-s` ran out counts as
+not within the budget.
 
     python bench/hybrid.py                      # 3 direct rounds, 60 auto requests
     python bench/hybrid.py --rounds 2 --auto-requests 30 --name hybrid-quick   # quicker, saved apart
@@ -187,8 +189,11 @@ def main() -> int:
 
     direct = percentile([run["ms"] for run in runs["direct"]], 50)
     rows = [summarise(name, values, direct) for name, values in runs.items()]
-    within = sum(o["ms"] <= BUDGET_MS for o in auto) / max(len(auto), 1)
+    # Over every request asked for: those the time limit kept from being sent did not answer within the budget.
+    within = sum(o["ms"] <= BUDGET_MS for o in auto) / max(args.auto_requests, 1)
     rows.append({**summarise(f"auto, budget {BUDGET_MS:.0f} ms", auto, direct), "within_budget": within})
+    if len(auto) < args.auto_requests:
+        print(f"auto: {len(auto)} of {args.auto_requests} requests sent before --auto-limit-s", file=sys.stderr)
     columns = ["strategy", "p50_ms", "p99_ms", "returned_docs_per_s", "scored_docs_per_s", "median_scored"]
     print(format_table(rows, [*columns, "speedup", "requests", "within_budget"]))
     targets = {
@@ -198,7 +203,14 @@ def main() -> int:
     }
     for name, met in targets.items():
         print(f"{'met ' if met else 'MISSED'}  {name}")
-    record = {"documents": DOCUMENTS, "rows": rows, "requests": runs, "auto": auto, "targets": targets}
+    record = {
+        "args": vars(args),
+        "documents": DOCUMENTS,
+        "rows": rows,
+        "requests": runs,
+        "auto": auto,
+        "targets": targets,
+    }
     path = save(args.name, {**record, "load_average": {"before": load_before, "after": os.getloadavg()}})
     plot(rows, auto, plot_path(args.name))
     print(f"wrote {path} and {plot_path(args.name)}", file=sys.stderr)

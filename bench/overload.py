@@ -9,7 +9,7 @@
    latency p50/p99; the server's RSS before and after.
 3. Sizes: a 1 MB query, a 16 MB body and a 10 MB document, each timed, with the RSS growth.
 
-Targets (from the issue; a check applies the limit it prints): zero 5xx; zero client time-outs; every rejection
+Targets (a check applies the limit it prints): zero 5xx, 504 included; zero client time-outs; every rejection
 a 429 with Retry-After within 50 ms; accepted p99 <= max_queue_seconds + one request's own scoring time; each
 2-document request answered within 2 s; each size case answered or refused within 2 s, RSS growth < 300 MB.
 
@@ -177,13 +177,21 @@ def main() -> None:
     print(format_table(size_rows, ["case", "status", "seconds", "rss_growth_mb", "body_mb", "answer"]))
     p99_limit = args.max_queue_seconds + own_seconds
     checks = {
-        "zero 5xx": row["5xx_other"] == 0 and all(r["status"] < 500 for r in size_rows),
+        # 504 is a 5xx too: a request that waited past its deadline was accepted and then lost.
+        "zero 5xx (504 included)": row["504"] == 0
+        and row["5xx_other"] == 0
+        and all(isinstance(o["status"], int) and o["status"] < 500 for o in smalls)
+        and all(r["status"] < 500 for r in size_rows),
         "zero client time-outs": row["client_timeouts"] == 0,
+        # At 3x capacity admission must turn requests away; without any 429 the rejection checks test nothing.
+        "overload reached (some 429s)": row["429"] > 0,
         "every rejection a 429 with Retry-After": row["429_with_retry_after"] == row["429"],
         f"429 p99 <= {REJECT_MS:g} ms": not rejected or row["429_p99_ms"] <= REJECT_MS,
         f"accepted p99 <= {p99_limit:.1f} s (max_queue_seconds + own {own_seconds:.1f} s)": row["accepted_p99_s"]
         <= p99_limit,
-        f"2-document requests within {SMALL_SECONDS:g} s": row["small_max_s"] <= SMALL_SECONDS,
+        f"2-document requests answered within {SMALL_SECONDS:g} s": bool(smalls)
+        and all(o["status"] == 200 for o in smalls)
+        and row["small_max_s"] <= SMALL_SECONDS,
         f"size cases within {SIZE_SECONDS:g} s": all(r["seconds"] <= SIZE_SECONDS for r in size_rows),
         f"size cases RSS growth < {RSS_MB:g} MB": all(r["rss_growth_mb"] < RSS_MB for r in size_rows),
         "healthy after": healthy,

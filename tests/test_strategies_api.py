@@ -163,7 +163,17 @@ def test_bad_strategy_fields_are_clear_4xx(server: str, path: str, extra: dict, 
     assert response.status_code == status, response.text
     message = response.json()["error"]["message"]
     assert all(word in message for word in words), message
-    assert SERVER_MAX_DOCUMENTS  # the shared server's limits still apply
+
+
+@pytest.mark.parametrize("strategy", ["hybrid", "bi-encoder", "auto"])
+def test_document_limit_applies_before_a_prefilter(server: str, strategy: str) -> None:
+    """A pre-filter would cut the documents to a few candidates; the server's limit still counts them all."""
+    documents = ["SQLite is a database."] * (SERVER_MAX_DOCUMENTS + 1)
+    body = {"model": "ce-fixture", "query": "database", "documents": documents, "strategy": strategy, "candidates": 2}
+    response = httpx.post(f"{server}/v2/rerank", json=body, timeout=30)
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]["message"]
+    assert "max_documents" in message and str(SERVER_MAX_DOCUMENTS) in message, message
 
 
 def test_non_finite_first_stage_score_is_rejected(server: str) -> None:
