@@ -254,6 +254,42 @@ def test_a_body_trickled_byte_by_byte_gets_408(hostile_server) -> None:
     assert_healthy(url)
 
 
+def test_a_413_on_a_chunked_body_closes_the_connection_promptly(hostile_server) -> None:
+    url, _ = hostile_server
+    port = int(url.rsplit(":", 1)[1])
+    head = b"POST /v2/rerank HTTP/1.1\r\nHost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+    chunk = b"%x\r\n%s\r\n" % (2**20, b"x" * 2**20)
+    answer = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(head)
+        for _ in range(40):  # up to 40 MB: the limit is 16 MB
+            sock.sendall(chunk)
+            sock.settimeout(0.01)
+            with contextlib.suppress(TimeoutError):
+                answer += sock.recv(65536)
+            if b"\r\n\r\n" in answer:
+                break
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        assert b"connection: close" in answer.lower()
+        # The server stops reading and closes: the client soon sees the end of the stream (or a reset).
+        sock.settimeout(0.5)
+        closed_after = None
+        started = time.monotonic()
+        while time.monotonic() - started < 5:
+            try:
+                sock.sendall(chunk)
+                if sock.recv(65536) == b"":
+                    closed_after = time.monotonic() - started
+                    break
+            except TimeoutError:
+                continue
+            except OSError:  # reset or broken pipe: closed
+                closed_after = time.monotonic() - started
+                break
+    assert closed_after is not None and closed_after < BODY_TIMEOUT, "the server kept the connection open"
+    assert_healthy(url)
+
+
 # -- auth and keys --------------------------------------------------------------------------------------------------
 
 

@@ -94,4 +94,8 @@ class BodyLimit:
     def _reject(self, size: int, at_least: bool = False) -> JSONResponse:
         got = f"at least {size}" if at_least else str(size)
         message = f"request body: at most {self.max_bytes} bytes (max_request_bytes), got {got}"
-        return error_response(413, "payload_too_large", message)
+        response = error_response(413, "payload_too_large", message)
+        # The rest of the body is still on its way: uvicorn closes the connection after this answer instead of
+        # reading (and discarding) it until the client stops.
+        response.headers["connection"] = "close"
+        return response
