@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: install serve test test-fast lint bench clean
+.PHONY: install install-gpu serve test test-fast test-gpu lint bench clean
 
 install: $(VENV)/.installed
 
@@ -16,6 +16,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
+
+# A machine with an NVIDIA GPU: the gpu extra (onnxruntime-gpu) in place of the CPU onnxruntime, which owns the same
+# module files (so it goes first, and the GPU wheel is reinstalled over whatever it removed). torch must be a CUDA
+# build: on Linux x86-64, PyPI's torch==2.13.0 is.
+install-gpu: install
+	$(BIN)/pip install -q -e '.[dev,gpu]'
+	$(BIN)/pip uninstall -y -q onnxruntime
+	$(BIN)/pip install -q --force-reinstall --no-deps 'onnxruntime-gpu>=1.20'
 
 serve: install
 	$(BIN)/rerankd serve --host $(HOST) --port $(PORT)
@@ -31,6 +39,10 @@ test: lint
 # The edit loop: no Ray, no subprocess servers (tests marked slow).
 test-fast: install
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -m "not slow"
+
+# The CUDA checks (tests marked gpu); each skips, naming what is missing, without a GPU or the gpu extra.
+test-gpu: install
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -m gpu -rs
 
 clean:
 	rm -rf $(VENV) build *.egg-info
