@@ -36,7 +36,7 @@ from simulate_fleet import Replica, Scenario, Simulation, Trace, make_trace
 from rerankd.config import Settings
 from rerankd.engine.score_cache import ENTRY_OVERHEAD_BYTES
 from rerankd.fleet.autoscale import AutoscaleConfig
-from rerankd.fleet.router import AFFINITY_SLACK, WorkLedger, affinity_key, pick_replica
+from rerankd.fleet.routing import AFFINITY_SLACK, WorkLedger, affinity_key, pick_replica
 from testing.costmodel import SimulatedReplica
 
 SCORE_BYTES = 4  # one float32 score per pair (a cross-encoder's row)

@@ -1,7 +1,7 @@
 """Discrete-event simulation of a large fleet, with the product's own routing and autoscaling code.
 
 This machine cannot host 10-100 replicas at 1,000+ requests/s, so this script simulates them: every routing
-decision is `rerankd.fleet.router.pick_replica` over a `WorkLedger`, every second the autoscaler is
+decision is `rerankd.fleet.routing.pick_replica` over a `WorkLedger`, every second the autoscaler is
 `rerankd.fleet.autoscale.decide`, replica speed is `testing.costmodel.SimulatedReplica` (one request at a
 time per replica, in arrival order), and replicas take 30-60 s to start. Request sizes are heavy-tailed (5-1,000
 documents of 20-300 tokens); the router only sees an estimate of each request's tokens (+-20% noise), as in production.
@@ -30,7 +30,7 @@ from fleet_workload import pareto_counts
 from rerankd.config import Settings
 from rerankd.fleet.autoscale import AutoscaleConfig, PolicyState, Signals, decide
 from rerankd.fleet.replica import MIN_BUSY_FOR_SPEED_SECONDS
-from rerankd.fleet.router import Policy, WorkLedger, pick_replica
+from rerankd.fleet.routing import Policy, WorkLedger, pick_replica
 from testing.costmodel import SimulatedReplica
 
 TICK = 1.0  # the autoscaler runs once a simulated second, as Ray's control loop would (it runs every 0.1 s)

@@ -16,7 +16,7 @@ from rerankd.engine.scheduler import QueueStats, Scheduler
 from rerankd.errors import BY_TYPE, InvalidRequest, Overloaded, RerankdError
 from rerankd.fleet.ray_app import check_settings, ingress_options, replica_plan
 from rerankd.fleet.replica import RemoteError, ReplicaCore, health_problem
-from rerankd.fleet.router import Work
+from rerankd.fleet.routing import Work
 from rerankd.pipeline.types import RerankRequest
 from testing.costmodel import SimulatedReplica, SimulatedService
 

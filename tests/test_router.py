@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rerankd.fleet.router import ReplicaLoad, WorkLedger, estimate_tokens, pick_replica, rank_replicas
+from rerankd.fleet.routing import ReplicaLoad, WorkLedger, estimate_tokens, pick_replica, rank_replicas
 
 
 def loads(*pairs: tuple[float, int]) -> list[ReplicaLoad]:

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rerankd.config import Settings
-from rerankd.fleet.router import ReplicaLoad, WorkLedger, affine_index, affinity_key, pick_replica, rank_replicas
+from rerankd.fleet.routing import ReplicaLoad, WorkLedger, affine_index, affinity_key, pick_replica, rank_replicas
 from rerankd.fleet.service import request_affinity
 from rerankd.pipeline.types import RerankRequest
 
@@ -102,8 +102,7 @@ def test_the_ledger_remembers_where_each_query_went_last() -> None:
 
 
 def test_the_ledger_s_memory_of_queries_is_bounded_oldest_first_out() -> None:
-    ledger = WorkLedger("me")
-    ledger.AFFINITY_QUERIES = 3
+    ledger = WorkLedger("me", affinity_queries=3)
     for n in range(5):
         ledger.routed(str(n), f"r{n}", 10, affinity=f"q{n}")
     ledger.routed("again", "r2", 10, affinity="q2")  # q2 used again: now the newest

@@ -16,7 +16,7 @@ from ray import serve
 from rerankd.config import Settings
 from rerankd.engine.scheduler import QueueStats
 from rerankd.fleet.replica import ReplicaCore, ReplicaReply
-from rerankd.fleet.router import Work
+from rerankd.fleet.routing import Work
 from rerankd.metrics import Metrics
 from rerankd.pipeline.service import LocalService
 from rerankd.pipeline.types import ModelInfo, RerankRequest, RerankService

@@ -16,7 +16,7 @@ import numpy as np
 
 from rerankd.engine.scheduler import QueueStats, stall_problem
 from rerankd.errors import BY_TYPE, RerankdError
-from rerankd.fleet.router import Work
+from rerankd.fleet.routing import Work
 from rerankd.pipeline.types import RerankRequest, RerankResult, RerankService
 
 # Latencies kept for the p99 the autoscaler reads: the last LATENCY_WINDOW_SECONDS, at most LATENCY_SAMPLES.

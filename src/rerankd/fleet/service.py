@@ -18,7 +18,7 @@ from ray.exceptions import RayActorError
 from rerankd.config import Settings
 from rerankd.errors import EngineFailure, NotReady
 from rerankd.fleet.metrics import FleetMetrics
-from rerankd.fleet.router import Work, affinity_key, estimate_tokens, origin_id
+from rerankd.fleet.routing import Work, affinity_key, estimate_tokens, origin_id
 from rerankd.pipeline.types import ModelInfo, RerankRequest, RerankResult, State, check_limits
 
 log = logging.getLogger(__name__)
