@@ -1,23 +1,31 @@
-"""Log set-up: plain text for people, one JSON object per line for log pipelines."""
+"""Log set-up: plain text for people, one JSON object per line for log pipelines (python-json-logger)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+from typing import Any
+
+from pythonjsonlogger.json import JsonFormatter as _LibraryJsonFormatter
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+class JsonFormatter(_LibraryJsonFormatter):
+    """`{"time": "...Z", "level": "info", "logger": ..., "message": ..., "exception"?: ...}`, in UTC; extra fields
+    passed to a log call (`extra={...}`) are added as keys."""
+
+    converter = time.gmtime
+    default_time_format = "%Y-%m-%dT%H:%M:%S"
+    default_msec_format = "%s.%03dZ"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "%(asctime)s %(levelname)s %(name)s %(message)s",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger", "exc_info": "exception"},
+        )
+
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        log_data["level"] = log_data["level"].lower()
+        return log_data
 
 
 def configure_logging(level: str = "info", fmt: str = "text") -> None:
