@@ -200,11 +200,10 @@ def _window(path: Path, config: dict[str, Any]) -> int:
 
 
 def _num_labels(config: dict[str, Any]) -> int:
-    """transformers' rule: the `id2label` map's length, else `num_labels`, else its default of two. Its configs
-    leave the default two-label map out of config.json, so a missing map means two labels, not one."""
-    if labels := config.get("id2label"):
-        return len(labels)
-    return int(config.get("num_labels") or 2)
+    """transformers' own reading: the `id2label` map's length, else `num_labels`, else its default of two."""
+    from transformers import PretrainedConfig  # here, not at the top: it loads torch, which resolving must not
+
+    return PretrainedConfig.from_dict(config).num_labels
 
 
 def _activation(path: Path, config: dict[str, Any], num_labels: int) -> Activation:
