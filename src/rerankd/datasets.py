@@ -19,15 +19,18 @@ def _read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in lines if line.strip()]
 
 
+def beir_document_text(doc: dict) -> str:
+    """A BEIR corpus entry as one text: its title and text joined."""
+    title, text = doc.get("title") or "", doc.get("text") or ""
+    return f"{title}\n{text}" if title else text
+
+
 def load_beir(folder: str | Path, split: str = "dev") -> BeirDataset:
     """Load a BEIR folder. `split` picks `queries-{split}.jsonl` (else `queries.jsonl`) and `qrels/{split}.tsv`."""
     folder = Path(folder)
     if not (folder / "corpus.jsonl").is_file():
         raise FileNotFoundError(f"{folder}: no corpus.jsonl, so not a BEIR-format folder")
-    corpus = {}
-    for doc in _read_jsonl(folder / "corpus.jsonl"):
-        title, text = doc.get("title") or "", doc.get("text") or ""
-        corpus[str(doc["_id"])] = f"{title}\n{text}" if title else text
+    corpus = {str(doc["_id"]): beir_document_text(doc) for doc in _read_jsonl(folder / "corpus.jsonl")}
     queries_file = folder / f"queries-{split}.jsonl"
     if not queries_file.is_file():
         queries_file = folder / "queries.jsonl"
