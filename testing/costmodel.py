@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rerankd.engine.scheduler import QueueStats
+from rerankd.engine.queue_stats import QueueStats
 from rerankd.errors import ModelNotFound
 from rerankd.pipeline.types import ModelInfo, RerankRequest, RerankResult, State, check_limits, rank
 

@@ -8,7 +8,7 @@ from functools import partial
 from typing import Any
 
 from rerankd.config import Settings
-from rerankd.engine.scheduler import QueueStats
+from rerankd.engine.queue_stats import QueueStats
 from rerankd.fleet.launch import AppBuilder, Fleet
 from rerankd.fleet.model_replica import ModelReplica
 from rerankd.fleet.ray_app import build_app

@@ -12,7 +12,8 @@ import pytest
 from conftest import wait_until
 
 from rerankd.config import Settings
-from rerankd.engine.scheduler import QueueStats, Scheduler
+from rerankd.engine.queue_stats import QueueStats
+from rerankd.engine.scheduler import Scheduler
 from rerankd.errors import BY_TYPE, InvalidRequest, Overloaded, RerankdError
 from rerankd.fleet.ray_app import check_settings, ingress_options, replica_plan
 from rerankd.fleet.replica import RemoteError, ReplicaCore, health_problem

@@ -19,7 +19,8 @@ import numpy as np
 
 from rerankd.backends import Backend, load_backend
 from rerankd.config import Settings
-from rerankd.engine.scheduler import QueueStats, Scheduler
+from rerankd.engine.queue_stats import QueueStats
+from rerankd.engine.scheduler import Scheduler
 from rerankd.engine.score_cache import ScoreCache, input_key
 from rerankd.engine.tokenize import Encoded, Tokenizer, Tokens
 from rerankd.engine.tuning import BatchTuner, sample_documents

@@ -25,11 +25,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import numpy as np
 
+from rerankd.engine.queue_stats import QueueStats
 from rerankd.errors import EngineFailure, NotReady, Overloaded
 
 log = logging.getLogger(__name__)
@@ -60,38 +61,6 @@ def plan_batches(items: Sequence[T], max_batch_tokens: int, max_batch_size: int)
     if current:
         batches.append(current)
     return batches
-
-
-@dataclass(frozen=True)
-class QueueStats:
-    """What a queue holds now: the signals for routing, autoscaling and health. One engine's, or a fleet replica's
-    summed over its models (`merged`)."""
-
-    queued_pairs: int = 0
-    queued_tokens: int = 0
-    inflight_pairs: int = 0
-    inflight_tokens: int = 0
-    batches_done: int = 0
-    stalled_seconds: float = 0.0  # since the last finished batch while work is waiting (the worst); 0 when idle
-    tokens_per_second: float = 0.0  # recent padded tokens per second of inference (moving average); 0 before any
-    busy_seconds: float = 0.0  # inference time so far, all batches together
-
-    @classmethod
-    def merged(cls, stats: Sequence[QueueStats]) -> QueueStats:
-        """Several queues as one: sums, and the worst stall."""
-        sums = {field.name: sum(getattr(s, field.name) for s in stats) for field in fields(cls)}
-        return cls(**sums | {"stalled_seconds": max((s.stalled_seconds for s in stats), default=0.0)})
-
-
-def stall_problem(queued_pairs: int, stalled_seconds: float, limit_seconds: float) -> str | None:
-    """Why an engine should be restarted, or None: stuck when work waits and no batch finished for too long.
-    The one rule for single-process /health and for fleet replicas' health checks."""
-    if stalled_seconds <= limit_seconds:
-        return None
-    return (
-        f"engine stuck: {queued_pairs} pairs queued and no batch finished for "
-        f"{stalled_seconds:.0f}s (replica_stall_seconds={limit_seconds:g})"
-    )
 
 
 BatchObserver = Callable[[int, int, float], None]  # (inputs, padded tokens, seconds)

@@ -14,7 +14,7 @@ from typing import Any
 from ray import serve
 
 from rerankd.config import Settings
-from rerankd.engine.scheduler import QueueStats
+from rerankd.engine.queue_stats import QueueStats
 from rerankd.fleet.replica import ReplicaCore, ReplicaReply
 from rerankd.fleet.routing import Work
 from rerankd.metrics import Metrics

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rerankd.engine.scheduler import QueueStats, stall_problem
+from rerankd.engine.queue_stats import QueueStats, stall_problem
 from rerankd.errors import BY_TYPE, RerankdError
 from rerankd.fleet.routing import Work
 from rerankd.pipeline.types import RerankRequest, RerankResult, RerankService

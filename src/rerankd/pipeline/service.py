@@ -18,8 +18,8 @@ import numpy as np
 
 from rerankd.config import Settings
 from rerankd.engine.engine import Engine
+from rerankd.engine.queue_stats import stall_problem
 from rerankd.engine.registry import ModelRegistry
-from rerankd.engine.scheduler import stall_problem
 from rerankd.errors import DeadlineExceeded, InvalidRequest, ModelNotFound, NotReady, PayloadTooLarge, RerankdError
 from rerankd.metrics import Metrics
 from rerankd.models import ModelSpec, resolve_model
