@@ -30,7 +30,8 @@ from fleet_workload import pareto_counts
 from rerankd.config import Settings
 from rerankd.fleet.autoscale import AutoscaleConfig, PolicyState, Signals, decide
 from rerankd.fleet.replica import MIN_BUSY_FOR_SPEED_SECONDS
-from rerankd.fleet.routing import Policy, WorkLedger, pick_replica
+from rerankd.fleet.routing import WorkLedger, pick_replica
+from rerankd.vocabulary import WorkAwarePolicy
 from testing.costmodel import SimulatedReplica
 
 TICK = 1.0  # the autoscaler runs once a simulated second, as Ray's control loop would (it runs every 0.1 s)
@@ -55,7 +56,7 @@ class Replica:
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    policy: Policy
+    policy: WorkAwarePolicy
     autoscale: bool
     weighted: bool = True  # replicas report their measured speed to the router, as `ReplicaCore` does
     replicas: int | None = None  # a fixed fleet's size; None: the base load's (`args.initial`)

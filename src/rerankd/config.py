@@ -22,6 +22,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from rerankd.vocabulary import AUTOSCALE, FusionMethod, RoutingPolicy, Strategy
+
 ENV_PREFIX = "RERANKD_"
 
 
@@ -145,7 +147,7 @@ class Settings(BaseSettings):
     )
 
     # Strategies: hybrid pre-filter, fusion, chunking (pipeline/, prefilter/)
-    strategy: Literal["auto", "direct", "hybrid", "bi-encoder"] = Field(
+    strategy: Strategy = Field(
         default="auto",
         description="Default strategy: auto (direct unless the latency budget calls for a pre-filter), direct, "
         "hybrid (BM25 pre-filter) or bi-encoder (embedding pre-filter).",
@@ -173,7 +175,7 @@ class Settings(BaseSettings):
     embedding_cache_entries: int = Field(
         default=50_000, ge=0, description="Document embeddings kept in memory (~1.5 KiB each at 384 dims); 0 = off."
     )
-    fusion: Literal["none", "zscore", "rrf"] = Field(
+    fusion: FusionMethod = Field(
         default="none", description="Default score fusion of the model's and the first stage's scores."
     )
     fusion_weight: float = Field(
@@ -201,7 +203,7 @@ class Settings(BaseSettings):
     ray_address: str = Field(
         default="", description="Ray cluster to join (auto, host:6379, ray://host:10001); empty = a local Ray."
     )
-    routing: Literal["tokens", "queue", "round-robin", "power-of-two"] = Field(
+    routing: RoutingPolicy = Field(
         default="tokens",
         description="Replica choice: least outstanding tokens, fewest outstanding requests, round-robin, or Ray's "
         "power-of-two-choices.",
@@ -230,25 +232,41 @@ class Settings(BaseSettings):
         "and a lost node takes only requests that entered through it, which a load balancer retries.",
     )
     autoscale_target_utilisation: float = Field(
-        default=0.65, gt=0, le=1, description="Busy fraction per replica to aim for (the rest is headroom)."
+        default=AUTOSCALE.target_utilisation,
+        gt=0,
+        le=1,
+        description="Busy fraction per replica to aim for (the rest is headroom).",
     )
     autoscale_downscale_utilisation: float = Field(
-        default=0.5, gt=0, lt=1, description="Remove a replica only if the rest stay at or below this busy fraction."
+        default=AUTOSCALE.downscale_utilisation,
+        gt=0,
+        lt=1,
+        description="Remove a replica only if the rest stay at or below this busy fraction.",
     )
     autoscale_target_queued_tokens: int = Field(
-        default=32768, ge=1, description="Add replicas when queued tokens per replica exceed this."
+        default=AUTOSCALE.target_queued_tokens,
+        ge=1,
+        description="Add replicas when queued tokens per replica exceed this.",
     )
     autoscale_target_p99_ms: float = Field(
-        default=2000, gt=0, description="Add a replica when a busy fleet's p99 latency (ms) exceeds this."
+        default=AUTOSCALE.target_p99_ms,
+        gt=0,
+        description="Add a replica when a busy fleet's p99 latency (ms) exceeds this.",
     )
     autoscale_upscale_seconds: float = Field(
-        default=10, ge=0, description="A need for more replicas must last this long before they are added."
+        default=AUTOSCALE.upscale_seconds,
+        ge=0,
+        description="A need for more replicas must last this long before they are added.",
     )
     autoscale_downscale_seconds: float = Field(
-        default=300, ge=0, description="Quiet period before removing replicas, and after any scale-up."
+        default=AUTOSCALE.downscale_seconds,
+        ge=0,
+        description="Quiet period before removing replicas, and after any scale-up.",
     )
     autoscale_downscale_step_seconds: float = Field(
-        default=60, ge=0, description="Between removals (one replica each) while the fleet stays quiet."
+        default=AUTOSCALE.downscale_step_seconds,
+        ge=0,
+        description="Between removals (one replica each) while the fleet stays quiet.",
     )
 
     @field_validator("max_batch_tokens")

@@ -6,15 +6,16 @@ unaffected. See docs/strategies.md.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 from rerankd.pipeline.types import MAX_CHUNKS_PER_DOC, Ranked, RerankResult
+from rerankd.vocabulary import FusionMethod, Strategy
 
 
 class StrategyFields(BaseModel):
-    strategy: Literal["auto", "direct", "hybrid", "bi-encoder"] | None = Field(
+    strategy: Strategy | None = Field(
         default=None,
         description="`direct` scores every document with the model; `hybrid` keeps the best `candidates` by BM25 "
         "over the request's documents (or by `first_stage_scores` when sent) and scores those; `bi-encoder` "
@@ -31,7 +32,7 @@ class StrategyFields(BaseModel):
         description="At most this many documents (>= 1) pass the pre-filter to the model. Documents cut by the "
         "pre-filter still come back after the scored ones, in pre-filter order, marked `cut_by_prefilter`.",
     )
-    fusion: Literal["none", "zscore", "rrf"] | None = Field(
+    fusion: FusionMethod | None = Field(
         default=None,
         description="Combine the model's score with a first-stage score (`first_stage_scores`, else BM25 over the "
         "request's documents): `zscore` = (1-w)*z(model) + w*z(first); `rrf` = (1-w)/(k+rank(model)) + "

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
+from rerankd.vocabulary import AUTOSCALE
+
 if TYPE_CHECKING:
     from ray.serve.config import AutoscalingContext
 
@@ -25,17 +27,18 @@ log = logging.getLogger("ray.serve")  # runs in the Serve controller: log where 
 
 @dataclass(frozen=True)
 class AutoscaleConfig:
-    """Every knob, with its default; each is also a setting (`autoscale_*`, see docs/fleet.md)."""
+    """Every knob; the defaults are `vocabulary.AutoscaleDefaults` (what each means), and each is also a setting
+    (`autoscale_<name>`, see docs/fleet.md)."""
 
     min_replicas: int = 1
     max_replicas: int = 4
-    target_utilisation: float = 0.65  # busy fraction per replica to aim for: 35% headroom for failures and bursts
-    downscale_utilisation: float = 0.5  # remove a replica only if the rest stay at or below this busy fraction
-    target_queued_tokens: float = 32768  # queued tokens per replica above which replicas are added
-    target_p99_ms: float = 2000  # p99 latency (ms) above which a busy fleet gets one more replica
-    upscale_seconds: float = 10  # how long a need must last before replicas are added
-    downscale_seconds: float = 300  # quiet period before removing replicas (and after any scale-up)
-    downscale_step_seconds: float = 60  # between removals, one replica each, while the fleet stays quiet
+    target_utilisation: float = AUTOSCALE.target_utilisation
+    downscale_utilisation: float = AUTOSCALE.downscale_utilisation
+    target_queued_tokens: float = AUTOSCALE.target_queued_tokens
+    target_p99_ms: float = AUTOSCALE.target_p99_ms
+    upscale_seconds: float = AUTOSCALE.upscale_seconds
+    downscale_seconds: float = AUTOSCALE.downscale_seconds
+    downscale_step_seconds: float = AUTOSCALE.downscale_step_seconds
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_replicas <= self.max_replicas:

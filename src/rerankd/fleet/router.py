@@ -8,7 +8,8 @@ from typing import Any
 
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
-from rerankd.fleet.routing import POLICIES, Policy, Work, WorkLedger, origin_id, rank_replicas
+from rerankd.fleet.routing import Work, WorkLedger, origin_id, rank_replicas
+from rerankd.vocabulary import WORK_AWARE_POLICIES, WorkAwarePolicy
 
 
 def work_of(pending_request: PendingRequest | None) -> Work | None:
@@ -22,10 +23,10 @@ class WorkAwareRouter(RequestRouter):
     """Ray Serve request router running `rank_replicas` over a `WorkLedger`; it returns every candidate, ranked, so
     Ray falls through to the next when the best is at its `max_ongoing_requests` (docs/fleet.md, Routing)."""
 
-    def initialize_state(self, policy: Policy = "tokens", **_: Any) -> None:
-        if policy not in POLICIES:
-            raise ValueError(f"routing: expected one of {', '.join(POLICIES)}, got {policy!r}")
-        self.policy: Policy = policy
+    def initialize_state(self, policy: WorkAwarePolicy = "tokens", **_: Any) -> None:
+        if policy not in WORK_AWARE_POLICIES:
+            raise ValueError(f"routing: expected one of {', '.join(WORK_AWARE_POLICIES)}, got {policy!r}")
+        self.policy: WorkAwarePolicy = policy
         self.ledger = WorkLedger(origin_id())
         self._turn = 0
 

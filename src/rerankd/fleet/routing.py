@@ -15,17 +15,11 @@ import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 from cachetools import LRUCache
 
-Policy = Literal["tokens", "queue", "round-robin"]
-POLICIES: tuple[Policy, ...] = ("tokens", "queue", "round-robin")
-
-# Characters per token of English text under WordPiece/BPE tokenizers: good enough to weigh requests against each
-# other, and free (the ingress has no tokenizer).
-CHARS_PER_TOKEN = 4
-PAIR_SPECIAL_TOKENS = 3  # [CLS] query [SEP] document [SEP]
+from rerankd.vocabulary import CHARS_PER_TOKEN, PAIR_SPECIAL_TOKENS, WorkAwarePolicy
 
 # How much later than on the least loaded replica a request may finish on the replica that served its query
 # before, beyond its own work (a fraction of the least loaded replica's finish time); see `affine_index`.
@@ -84,7 +78,7 @@ class ReplicaLoad(NamedTuple):  # a tuple: the simulator builds millions of thes
 
 
 def _order_key(
-    policy: Policy, loads: Sequence[ReplicaLoad], avoid: str | None, tokens: float
+    policy: WorkAwarePolicy, loads: Sequence[ReplicaLoad], avoid: str | None, tokens: float
 ) -> Callable[[int], tuple]:
     """Sort key over indices into `loads`: a replica to avoid goes last (unless it is the only one); then the policy's
     measure, ties going to the replica with fewer requests (or fewer tokens) so an idle fleet spreads. For `tokens`
@@ -108,7 +102,7 @@ def _rotation(turn: int, count: int) -> list[int]:
 
 
 def affine_index(
-    policy: Policy,
+    policy: WorkAwarePolicy,
     loads: Sequence[ReplicaLoad],
     best: int,
     *,
@@ -134,7 +128,7 @@ def affine_index(
 
 
 def rank_replicas(
-    policy: Policy,
+    policy: WorkAwarePolicy,
     loads: Sequence[ReplicaLoad],
     *,
     turn: int = 0,
@@ -152,7 +146,7 @@ def rank_replicas(
 
 
 def pick_replica(
-    policy: Policy,
+    policy: WorkAwarePolicy,
     loads: Sequence[ReplicaLoad],
     *,
     turn: int = 0,

@@ -20,6 +20,7 @@ from rerankd.errors import EngineFailure, NotReady
 from rerankd.fleet.metrics import FleetMetrics
 from rerankd.fleet.routing import Work, affinity_key, estimate_tokens, origin_id
 from rerankd.pipeline.types import ModelInfo, RerankRequest, RerankResult, State, check_limits
+from rerankd.vocabulary import CHARS_PER_TOKEN, PAIR_SPECIAL_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,8 @@ class FleetService:
         check_limits(request, self.settings.max_documents, self.settings.max_query_chars)
         max_length = models[0].max_length
         if request.max_tokens_per_doc is not None:
-            max_length = min(max_length, request.max_tokens_per_doc + len(request.query) // 4 + 3)
+            query_tokens = len(request.query) // CHARS_PER_TOKEN
+            max_length = min(max_length, request.max_tokens_per_doc + query_tokens + PAIR_SPECIAL_TOKENS)
         tokens = estimate_tokens(request.query, request.documents, max_length)
         work = Work(tokens, self.origin, uuid.uuid4().hex, affinity=request_affinity(self.settings, request))
         self._track(+1, work.tokens)

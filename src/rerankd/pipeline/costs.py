@@ -19,9 +19,9 @@ import numpy as np
 from rerankd.engine.engine import Engine
 from rerankd.pipeline.chunking import ChunkRule
 from rerankd.pipeline.planner import Costs
+from rerankd.vocabulary import CHARS_PER_TOKEN
 
 _SMOOTHING = 0.3  # weight of the newest measurement in the moving averages
-_INITIAL_CHARS_PER_TOKEN = 4.0  # English text with WordPiece / BPE vocabularies
 _INITIAL_BM25_SECONDS_PER_DOC = 60e-6  # bm25s indexing + scoring, measured on ~400-character documents
 _FALLBACK_TOKENS_PER_SECOND = 1000.0  # an engine that was never warmed up
 
@@ -36,7 +36,7 @@ class ExactHead:
 
 @dataclass
 class _EngineStats:
-    chars_per_token: float = _INITIAL_CHARS_PER_TOKEN
+    chars_per_token: float = CHARS_PER_TOKEN  # until this engine has measured its own
     correction: float = 1.0  # measured / estimated model time
 
 

@@ -4,11 +4,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 
-FusionMethod = Literal["none", "zscore", "rrf"]
+from rerankd.vocabulary import FusionMethod
 
 
 def zscore(scores: np.ndarray) -> np.ndarray:

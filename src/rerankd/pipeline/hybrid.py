@@ -21,10 +21,10 @@ from rerankd.errors import PayloadTooLarge
 from rerankd.pipeline import chunking
 from rerankd.pipeline.admission import Stage
 from rerankd.pipeline.costs import CostModel, ExactHead
-from rerankd.pipeline.fusion import FusionMethod
-from rerankd.pipeline.planner import Costs, Plan, Strategy, plan
+from rerankd.pipeline.planner import Costs, Plan, plan
 from rerankd.pipeline.ranking import rank_candidates, select
 from rerankd.prefilter import EmbeddingPrefilter, bm25_scores
+from rerankd.vocabulary import FusionMethod, Strategy
 
 # With a latency budget, a pre-filtered request scores its candidates best-first in slices of this many documents
 # and starts no slice that would end after this share of the budget (the rest is for the answer itself).

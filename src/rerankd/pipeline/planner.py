@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
-Strategy = Literal["auto", "direct", "hybrid", "bi-encoder"]
-Executed = Literal["direct", "hybrid", "bi-encoder"]
-STRATEGIES: tuple[Strategy, ...] = ("auto", "direct", "hybrid", "bi-encoder")
+from rerankd.vocabulary import ExecutedStrategy, Strategy
 
 HEADROOM = 0.85
 MIN_CANDIDATES = 10  # below this a reranker has too little to reorder; a smaller budget is reported as missed
@@ -63,7 +60,7 @@ class Costs:
 
 @dataclass(frozen=True)
 class Plan:
-    strategy: Executed
+    strategy: ExecutedStrategy
     candidates: int  # documents the model scores
     documents: int
     estimate_ms: float
@@ -90,7 +87,7 @@ def plan(
     usable_ms = None if budget_ms is None else budget_ms * headroom - costs.fixed_ms - spent_ms
     prefilter_ms = 0.0 if spent_ms else costs.prefilter_ms  # once it ran, `spent_ms` holds its measured time
 
-    def make(strategy: Executed, k: int, reason: str) -> Plan:
+    def make(strategy: ExecutedStrategy, k: int, reason: str) -> Plan:
         before = prefilter_ms if strategy != "direct" else 0.0
         estimate = costs.fixed_ms + spent_ms + before + costs.model_ms(k)
         return Plan(strategy, k, documents, round(estimate, 1), budget_ms, reason)
@@ -101,7 +98,7 @@ def plan(
     if requested == "auto":
         if cap >= documents and (usable_ms is None or costs.model_ms(documents) <= usable_ms):
             return make("direct", documents, "no budget" if budget_ms is None else "direct fits the budget")
-        strategy: Executed = "hybrid"
+        strategy: ExecutedStrategy = "hybrid"
     else:
         strategy = requested
         if candidates is None and budget_ms is None:

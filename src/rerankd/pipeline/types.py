@@ -15,8 +15,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from rerankd.errors import InvalidRequest, PayloadTooLarge
-from rerankd.pipeline.fusion import FusionMethod, best_first
-from rerankd.pipeline.planner import STRATEGIES, Strategy
+from rerankd.pipeline.fusion import best_first
+from rerankd.vocabulary import STRATEGIES, FusionMethod, Strategy
 
 State = Literal["loading", "ready", "failed"]
 
