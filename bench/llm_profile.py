@@ -2,7 +2,7 @@
 
 The model is bench/llm_throughput.py's Qwen3-Reranker-0.6B shape (random weights) cut to `--layers` layers (same
 width, heads and MLP), exported by rerankd's own export path under several recipes (`rerankd.backends.export.
-LmRecipe`); inputs are the batches rerankd's scheduler forms (`plan_batches`, default token budget) from 100
+LmRecipe`); inputs are the batches rerankd's scheduler forms (`pack_batches`, default token budget) from 100
 Debian descriptions cut to Qwen's token rate (by default the median one; `--batches` picks others).
 
 For each variant:
@@ -38,7 +38,7 @@ from rerankd.backends.onnx import session_options
 from rerankd.cachedir import build_once
 from rerankd.config import Settings, default_cache_dir
 from rerankd.cores import available_cores
-from rerankd.engine.scheduler import plan_batches
+from rerankd.engine.scheduler import pack_batches
 from rerankd.engine.tokenize import Encoded, Tokenizer
 from rerankd.models import ModelSpec, resolve_model
 
@@ -194,7 +194,7 @@ def pick_batches(spec: ModelSpec, count: int, quantiles: list[float]) -> tuple[l
     tokenizer = Tokenizer(spec)
     encoded: list[Encoded] = tokenizer.encode_prompts(QUERY, documents(spec, count), None)
     settings = Settings()
-    planned = plan_batches(encoded, settings.max_batch_tokens, settings.max_batch_size)
+    planned = pack_batches(encoded, settings.max_batch_tokens, settings.max_batch_size)
     chosen = [planned[int(q * (len(planned) - 1))] for q in quantiles]
     return [tokenizer.collate(items) for items in chosen], [len(item) for items in chosen for item in items]
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rerankd.engine.scheduler import Scheduler, plan_batches
+from rerankd.engine.scheduler import Scheduler, pack_batches
 from rerankd.errors import EngineFailure, Overloaded
 
 
@@ -114,7 +114,7 @@ def test_batches_mix_requests_and_are_length_sorted() -> None:
 
 def test_plan_respects_the_token_budget() -> None:
     items = [Item(i, length) for i, length in enumerate([300, 5, 90, 90, 12, 200, 64, 64, 64, 64])]
-    batches = plan_batches(items, max_batch_tokens=256, max_batch_size=3)
+    batches = pack_batches(items, max_batch_tokens=256, max_batch_size=3)
     assert sorted(i.ident for batch in batches for i in batch) == list(range(10))
     for batch in batches:
         assert len(batch) <= 3

@@ -189,11 +189,11 @@ def test_max_batch_tokens_accepts_zero_for_auto_and_refuses_tiny_budgets() -> No
 
 @pytest.mark.parametrize("count", [300, 1000])
 def test_one_large_request_gets_full_batches_under_fair_scheduling(count: int) -> None:
-    """Fair windows are one batch each: one request's inputs are batched as `plan_batches` would batch them all
+    """Fair windows are one batch each: one request's inputs are batched as `pack_batches` would batch them all
     (the old unpadded window budget overshot it, adding a one-input batch after nearly every full one)."""
     import asyncio
 
-    from rerankd.engine.scheduler import Scheduler, plan_batches
+    from rerankd.engine.scheduler import Scheduler, pack_batches
 
     items = [Item(n + 12) for n in np.random.default_rng(0).integers(20, 301, size=count)]
     batches: list[list[int]] = []
@@ -208,5 +208,5 @@ def test_one_large_request_gets_full_batches_under_fair_scheduling(count: int) -
     finally:
         scheduler.close()
     assert all(len(batch) * max(batch) <= 2048 for batch in batches)
-    assert len(batches) == len(plan_batches(items, 2048, 128))
+    assert len(batches) == len(pack_batches(items, 2048, 128))
     assert sum(len(batch) == 1 for batch in batches) == 0

@@ -19,7 +19,7 @@ import yaml
 
 from rerankd.config import ENV_PREFIX, Settings
 
-Kind = Literal["kuberay", "kubernetes"]
+ManifestKind = Literal["kuberay", "kubernetes"]
 
 DATA_DIR = "/data"  # the images' volume (HF_HOME=/data/hf)
 CACHE_DIR = "/data/rerankd"  # the images' RERANKD_CACHE_DIR
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def render(kind: Kind, settings: Settings, target: Target) -> str:
+def render(kind: ManifestKind, settings: Settings, target: Target) -> str:
     """The manifests as one YAML stream."""
     manifests = kuberay_manifests(settings, target) if kind == "kuberay" else kubernetes_manifests(settings, target)
     header = (
@@ -113,7 +113,7 @@ _Dumper.add_representer(str, _represent_str)
 # Settings ------------------------------------------------------------------------------------------------------
 
 
-def deployed_settings(settings: Settings, target: Target, kind: Kind) -> Settings:
+def deployed_settings(settings: Settings, target: Target, kind: ManifestKind) -> Settings:
     """The settings a pod runs with: `settings` with host 0.0.0.0 (if it was loopback), cache_dir on the /data
     volume, api_keys_file from the mounted Secret, and (plain Kubernetes) no Ray fleet inside the pod."""
     if settings.api_keys:

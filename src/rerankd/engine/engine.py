@@ -199,7 +199,7 @@ class Engine:
         if seconds > 0:  # auto max_batch_tokens: the sweep, once per machine (cached); then calibrate with its choice
             tuned = self.tuner.measure(self._forward, self._warmup_inputs, max_batch_size=self.scheduler.max_batch_size)
             self.scheduler.set_max_batch_tokens(tuned.max_batch_tokens)
-        batches = _median_out(self.scheduler.plan(self._warmup_inputs(sample_documents(_WARMUP_DOCUMENTS))))
+        batches = _median_out(self.scheduler.batches(self._warmup_inputs(sample_documents(_WARMUP_DOCUMENTS))))
         self._forward(batches[0])  # first-call costs (allocations, lazy initialisation) are not the model's speed
         measured = itertools.islice(itertools.cycle(batches), 1, None)
         runs, pair_count, tokens = 0, 0, 0

@@ -48,7 +48,7 @@ class SizedInput(Protocol):
 T = TypeVar("T", bound=SizedInput)
 
 
-def plan_batches(items: Sequence[T], max_batch_tokens: int, max_batch_size: int) -> list[list[T]]:
+def pack_batches(items: Sequence[T], max_batch_tokens: int, max_batch_size: int) -> list[list[T]]:
     """Length-sorted batches whose padded size (inputs x longest input) fits `max_batch_tokens`."""
     batches: list[list[T]] = []
     current: list[T] = []
@@ -234,7 +234,7 @@ class Scheduler:
                     return
                 window = self._take_window()
             try:
-                for batch in self.plan(window):
+                for batch in self.batches(window):
                     self._run(batch)
             except Exception:  # a bug here must neither end the worker nor strand the window's requests
                 log.exception("scheduler %s: unexpected error; failing the window's requests", self.name)
@@ -260,7 +260,7 @@ class Scheduler:
             while waiting.entries and budget > 0 and share > 0:
                 entry = waiting.entries[0]
                 # A fair window is one batch: stop at the first input that would not fit in it padded. (Counting
-                # unpadded tokens overshot the budget, so nearly every window planned into a full batch and a
+                # unpadded tokens overshot the budget, so nearly every window packed into a full batch and a
                 # one-input batch: 72 of 165 batches for one 1,000-document request.)
                 if self.fair and window and not self._fits(len(window) + 1, max(longest, len(entry))):
                     budget = 0
@@ -303,8 +303,9 @@ class Scheduler:
             if not entry.job.cancelled:
                 entry.job.put(entry.index, row, entry.total)
 
-    def plan(self, items: Sequence[T]) -> list[list[T]]:
-        return plan_batches(items, self.max_batch_tokens, self.max_batch_size)
+    def batches(self, items: Sequence[T]) -> list[list[T]]:
+        """How this queue cuts `items` into batches (length-sorted, each within its token and size budget)."""
+        return pack_batches(items, self.max_batch_tokens, self.max_batch_size)
 
     def _run(self, batch: list[_Entry]) -> None:
         with self._cond:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rerankd.cores import available_cores
-from rerankd.engine.scheduler import SizedInput, plan_batches
+from rerankd.engine.scheduler import SizedInput, pack_batches
 from rerankd.reporting import cpu
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ def sweep(
 ) -> dict[int, float]:
     """Real (unpadded) tokens per second of `run` at each candidate budget.
 
-    Each candidate runs the batch that `plan_batches` forms around the median item at that budget (so padding is
+    Each candidate runs the batch that `pack_batches` forms around the median item at that budget (so padding is
     what a length-sorted window of this sample has), in interleaved rounds; the best time counts. Candidates whose
     batch would not fit in what is left of `seconds` (estimated from the speed measured so far) are skipped, so the
     sweep stays bounded on slow machines; the smallest candidate always runs.
@@ -133,7 +133,7 @@ def sweep(
     median = sorted(items, key=len)[len(items) // 2]
     batches: dict[int, list] = {}
     for budget in CANDIDATES:
-        planned = plan_batches(items, budget, max_batch_size)
+        planned = pack_batches(items, budget, max_batch_size)
         batches[budget] = next(batch for batch in planned if any(item is median for item in batch))
     best: dict[int, float] = {}
     deadline = clock() + seconds

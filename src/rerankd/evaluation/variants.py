@@ -17,7 +17,7 @@ from rerankd.pipeline.fusion import FusionMethod, best_first
 from rerankd.pipeline.ranking import rank_candidates, select
 from rerankd.pipeline.types import RerankRequest
 
-Kind = Literal["first-stage", "bi-encoder-only", "direct", "hybrid", "bi-encoder"]
+VariantKind = Literal["first-stage", "bi-encoder-only", "direct", "hybrid", "bi-encoder"]
 FirstStage = Literal["client", "request"]
 
 
@@ -37,7 +37,7 @@ class QueryScores:
 @dataclass(frozen=True)
 class Variant:
     name: str
-    kind: Kind
+    kind: VariantKind
     candidates: int | None = None
     fusion: FusionMethod = "none"
     weight: float = 0.0

@@ -15,7 +15,7 @@ from rerankd.models.fixture import build_ce_fixture
 from rerankd.models.presets import CE_FIXTURE_ID, PACKAGED_DEFAULT_ID, PRESETS, packaged_default_path
 from rerankd.models.templates import TEMPLATES, RerankTemplate
 
-Kind = Literal["cross-encoder", "causal-lm", "bi-encoder"]
+ModelKind = Literal["cross-encoder", "causal-lm", "bi-encoder"]
 Activation = Literal["sigmoid", "identity", "softmax"]
 Pooling = Literal["mean", "cls", "max"]
 
@@ -30,7 +30,7 @@ class ModelSpec:
 
     name: str  # canonical id: hub id, or the folder path as given
     path: Path
-    kind: Kind
+    kind: ModelKind
     max_length: int
     revision: str  # content identity, for caches keyed by model version
     num_labels: int = 1
@@ -53,7 +53,7 @@ class ModelSpec:
         return self.kind != "bi-encoder"
 
 
-def resolve_model(name: str, *, kind: Kind | Literal["auto"] = "auto", cache_dir: Path | None = None) -> ModelSpec:
+def resolve_model(name: str, *, kind: ModelKind | Literal["auto"] = "auto", cache_dir: Path | None = None) -> ModelSpec:
     """Resolve a preset name, a local folder or a hub id to a `ModelSpec`.
 
     Raises `ModelNotFound` with the reason when the model is neither on disk nor downloadable.
@@ -78,7 +78,7 @@ def resolve_model(name: str, *, kind: Kind | Literal["auto"] = "auto", cache_dir
 
 
 def inspect_model(
-    name: str, path: Path, *, kind: Kind | Literal["auto"] = "auto", template: RerankTemplate | None = None
+    name: str, path: Path, *, kind: ModelKind | Literal["auto"] = "auto", template: RerankTemplate | None = None
 ) -> ModelSpec:
     """Read kind, window and score convention from a model folder. `template`: an LLM reranker's prompt for a
     folder that is not in sentence-transformers' CrossEncoder format (the folder's own wins where it is)."""
@@ -108,7 +108,7 @@ def inspect_model(
     return ModelSpec(**base, max_length=_st_window(path, config), pooling=pooling, normalize=normalize)
 
 
-def _detect_kind(name: str, path: Path, config: dict[str, Any]) -> Kind:
+def _detect_kind(name: str, path: Path, config: dict[str, Any]) -> ModelKind:
     """sentence-transformers' reading: a `LogitScore` module or a `*ForCausalLM` config is an LLM reranker; a
     classification head a cross-encoder; other sentence-transformers folders bi-encoders."""
     architectures = config.get("architectures") or []
