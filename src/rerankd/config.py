@@ -45,10 +45,11 @@ class Settings(BaseSettings):
         default=["default"],
         description="Models to serve: hub id, local folder or preset name; the first is the default.",
     )
-    model_kind: Literal["auto", "cross-encoder", "causal-lm", "bi-encoder"] = Field(
+    model_kind: Literal["auto", "cross-encoder", "causal-lm", "bi-encoder", "late-interaction"] = Field(
         default="auto",
         description="Override the kind detected from the model's own files: cross-encoder (a classification "
-        "head), causal-lm (an LLM scoring yes/no tokens through its chat template) or bi-encoder.",
+        "head), causal-lm (an LLM scoring yes/no tokens through its chat template), bi-encoder or late-interaction "
+        "(ColBERT: token vectors scored by MaxSim).",
     )
     cache_dir: Path = Field(
         default_factory=default_cache_dir, description="Where exports and built fixtures are cached."
@@ -108,6 +109,18 @@ class Settings(BaseSettings):
         ge=0,
         description="Memory per model for the outputs of inputs already run (keyed by the exact token ids), so "
         "repeated pairs skip inference; ~0.2 KiB a pair; 0 = off.",
+    )
+    vector_cache_mb: int = Field(
+        default=256,
+        ge=0,
+        description="Memory per late-interaction (ColBERT) model for document token vectors, keyed by model revision "
+        "and document text, so a document seen before costs no encoder time; ~25 KiB a 128-token document at 96 "
+        "dims in fp16; 0 = off.",
+    )
+    vector_cache_precision: Literal["fp16", "fp32"] = Field(
+        default="fp16",
+        description="How the vector cache stores document vectors: fp16 (half the memory; cached documents' scores "
+        "move by ~1e-3) or fp32 (exact).",
     )
     warmup_seconds: float = Field(
         default=1.0, ge=0, description="Time spent warming up and calibrating before /ready turns 200."

@@ -59,6 +59,15 @@ class Metrics:
         self.embedding_cache_entries = add(
             Gauge, "rerankd_embedding_cache_entries", "Document embeddings held in the cache.", _MODEL
         )
+        self.vector_cache_hits = add(
+            Counter, "rerankd_vector_cache_hits", "Late-interaction document vectors found in the cache.", _MODEL
+        )
+        self.vector_cache_misses = add(
+            Counter, "rerankd_vector_cache_misses", "Late-interaction documents encoded (not in the cache).", _MODEL
+        )
+        self.vector_cache_bytes = add(
+            Gauge, "rerankd_vector_cache_bytes", "Bytes held by the late-interaction vector cache.", _MODEL
+        )
 
     def add(
         self, kind: type[Metric], name: str, documentation: str, labels: Sequence[str] = (), **options: Any

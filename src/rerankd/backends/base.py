@@ -35,7 +35,10 @@ class Backend(Protocol):
 
 
 def pool(hidden: np.ndarray, mask: np.ndarray, mode: str, normalize: bool) -> np.ndarray:
-    """sentence-transformers pooling over the token axis, in numpy so every backend shares it."""
+    """sentence-transformers pooling over the token axis, in numpy so every backend shares it. `tokens`: no pooling,
+    every token's state (the sentence-transformers modules after the body run on them: backends/head.py)."""
+    if mode == "tokens":
+        return hidden.astype(np.float32, copy=False)
     if mode == "cls":
         pooled = hidden[:, 0]
     elif mode == "max":

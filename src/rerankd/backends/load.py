@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 from rerankd.backends.base import Backend
 from rerankd.backends.export import ensure_onnx
+from rerankd.backends.head import HeadBackend, needs_head
 from rerankd.backends.onnx import OnnxBackend
 from rerankd.backends.select import choose
 from rerankd.cores import available_cores
@@ -18,6 +20,10 @@ if TYPE_CHECKING:
 def load_backend(spec: ModelSpec, settings: Settings) -> Backend:
     """Build the backend the settings ask for; `auto` choices are resolved by `backends.select.choose`.
     Under int8-rescore this is the int8 session; pipeline/rescore.py loads the fp32 twin."""
+    if needs_head(spec):  # the body's token states from any backend, then its sentence-transformers modules
+        precision = choose(settings, kind=spec.kind).precision
+        body = dataclasses.replace(spec, kind="bi-encoder", pooling="tokens", normalize=False, modules=None, late=None)
+        return HeadBackend(spec, load_backend(body, settings.model_copy(update={"precision": precision})))
     choice = choose(settings, kind=spec.kind)
     if spec.kind == "causal-lm" and choice.precision == "int8":
         # Measured on the golden fixtures (tests/test_golden_llm.py): dynamic int8 moved Qwen3-shaped logits by up

@@ -2,7 +2,8 @@
 
 It turns model outputs into relevance scores with the model's own convention (sentence-transformers'):
 cross-encoders give sigmoid (or raw) logits, LLM rerankers the sigmoid of logit(yes) - logit(no) (the backend
-returns that difference as a one-column output), bi-encoders the cosine of query and document embeddings.
+returns that difference as a one-column output), bi-encoders the cosine (or dot product) of query and document
+embeddings, late-interaction models MaxSim over query and document token vectors (engine/late_interaction.py).
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import numpy as np
 
 from rerankd.backends import Backend, load_backend
 from rerankd.config import Settings
+from rerankd.engine.late_interaction import LateInteraction
 from rerankd.engine.queue_stats import QueueStats
 from rerankd.engine.scheduler import Scheduler
 from rerankd.engine.score_cache import ScoreCache, input_key
 from rerankd.engine.tokenize import Encoded, Tokenizer, Tokens
 from rerankd.engine.tuning import BatchTuner, sample_documents
+from rerankd.engine.vector_cache import VectorCache
 from rerankd.metrics import Metrics
 from rerankd.models import ModelSpec
 
@@ -75,11 +78,21 @@ class Engine:
             on_batch=metrics.batch_observer(spec.name) if metrics else None,
         )
         self.cache = ScoreCache(settings.score_cache_mb * 2**20) if settings.score_cache_mb else None
+        # Late-interaction models score from token vectors, cached per document instead of per pair.
+        self.late: LateInteraction | None = None
+        vectors = None
+        if spec.kind == "late-interaction":
+            if settings.vector_cache_mb:
+                vectors = VectorCache(settings.vector_cache_mb * 2**20, spec.revision, settings.vector_cache_precision)
+            self.late = LateInteraction(spec, tokenizer, vectors, metrics)
+            self.cache = None
         self._metrics = metrics
         if metrics:
             metrics.watch_queue(spec.name, self.scheduler.stats)
             if self.cache is not None:
                 metrics.score_cache_bytes.labels(spec.name).set_function(lambda: self.cache.bytes)
+            if vectors is not None:
+                metrics.vector_cache_bytes.labels(spec.name).set_function(lambda: vectors.bytes)
 
     @classmethod
     def load(cls, spec: ModelSpec, settings: Settings, metrics: Metrics | None = None) -> Engine:
@@ -132,6 +145,8 @@ class Engine:
         if self.spec.kind == "causal-lm":
             assert query.text is not None, "LLM rerankers render the query text: use Engine.query_tokens"
             inputs = self.tokenizer.encode_prompts(query.text, documents, instruction)
+        elif self.late is not None:
+            inputs = [self.late.encode_query(query), *self.late.encode_documents(documents)]
         elif self.spec.pairs:
             inputs = self.tokenizer.encode_pairs(query, documents)
         else:
@@ -155,7 +170,10 @@ class Engine:
 
     async def outputs(self, inputs: Sequence[Encoded]) -> np.ndarray:
         """The model's output row per input: from the score cache where this exact input ran before, the rest
-        through the batching queue."""
+        through the batching queue. Late-interaction: the MaxSim score per document (its vectors are what is
+        cached)."""
+        if self.late is not None:
+            return await self.late.scores(inputs, self.scheduler.submit)  # type: ignore[arg-type]
         if self.cache is None:
             return await self.scheduler.submit(inputs)
         keys = [input_key(item) for item in inputs]
@@ -177,7 +195,11 @@ class Engine:
         return rows
 
     def to_scores(self, outputs: np.ndarray, *, raw: bool = False) -> np.ndarray:
+        if self.spec.kind == "late-interaction":
+            return outputs.astype(np.float32, copy=False)  # MaxSim, as sentence-transformers reports it
         if self.spec.kind == "bi-encoder":
+            if self.spec.similarity == "dot":
+                return (outputs[1:] @ outputs[0]).astype(np.float32)
             return cosine(outputs[1:], outputs[0])
         if self.spec.activation == "softmax":
             # Several labels: the score is the probability of the positive (last) label.
@@ -228,6 +250,8 @@ class Engine:
         return self.prepare_sync(_WARMUP_QUERY, documents).inputs
 
     def _forward(self, items: list[Encoded]) -> np.ndarray:
+        if self.late is not None:
+            return self.late.run_batch(self.backend, items)  # type: ignore[arg-type]
         return self.backend.forward(self.tokenizer.collate(items))
 
 

@@ -1,5 +1,6 @@
-"""The architectures whose scores are verified (a golden fixture of each in tests/test_golden_scores.py or
-tests/test_golden_llm.py), and the refusal of every other one at start-up rather than serving unverified scores.
+"""The architectures whose scores are verified (a golden fixture of each in tests/test_golden_scores.py,
+tests/test_golden_llm.py or tests/test_late_interaction.py), and the refusal of every other one at start-up rather
+than serving unverified scores.
 Bi-encoders are not restricted. README, "Supported architectures"; docs/architecture.md, "Where to add".
 """
 
@@ -42,6 +43,16 @@ VERIFIED_CAUSAL: dict[str, Family] = {
 }
 
 
+# Late-interaction (ColBERT) bodies: the token states of the encoder, projected; the class that runs is AutoModel's.
+VERIFIED_LATE: dict[str, Family] = {
+    family.model_type: family
+    for family in (
+        Family("bert", "BertModel", "answerdotai/answerai-colbert-small-v1"),
+        Family("modernbert", "ModernBertModel", "lightonai/GTE-ModernColBERT-v1"),
+    )
+}
+
+
 class UnsupportedArchitecture(ModelNotFound):
     """The model's architecture is not one whose scores this version of rerankd has verified."""
 
@@ -69,3 +80,21 @@ def require_verified(name: str, config: dict[str, Any], *, causal: bool = False)
         "been checked against sentence-transformers, so it is refused rather than served (see README, "
         "'Supported architectures')"
     )
+
+
+def require_verified_late(name: str, config: dict[str, Any]) -> Family:
+    """The family of a late-interaction model's body; raises `UnsupportedArchitecture` for any other, and for
+    bodies that need remote code (their own modelling files, which rerankd does not run)."""
+    model_type = str(config.get("model_type"))
+    if config.get("auto_map"):
+        raise UnsupportedArchitecture(
+            f"model {name!r}: its body needs remote code ({', '.join(sorted(config['auto_map']))} in config.json), "
+            "which rerankd does not run; late-interaction bodies served: "
+            + ", ".join(f"{f.model_type} ({f.example})" for f in VERIFIED_LATE.values())
+        )
+    if model_type not in VERIFIED_LATE:
+        raise UnsupportedArchitecture(
+            f"model {name!r}: model_type {model_type!r} is not verified for late-interaction (MaxSim) scoring; "
+            "supported: " + ", ".join(f"{f.model_type} ({f.example})" for f in VERIFIED_LATE.values())
+        )
+    return VERIFIED_LATE[model_type]

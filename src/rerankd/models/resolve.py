@@ -5,22 +5,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from rerankd.errors import ModelNotFound
-from rerankd.models.families import require_verified
+from rerankd.models.colbert import LateInteraction, is_stanford, read_colbert
+from rerankd.models.families import require_verified, require_verified_late
 from rerankd.models.fixture import build_ce_fixture
 from rerankd.models.presets import CE_FIXTURE_ID, PACKAGED_DEFAULT_ID, PRESETS, packaged_default_path
+from rerankd.models.sentence_modules import SentenceModules, read_modules
 from rerankd.models.templates import TEMPLATES, RerankTemplate
 
-ModelKind = Literal["cross-encoder", "causal-lm", "bi-encoder"]
+ModelKind = Literal["cross-encoder", "causal-lm", "bi-encoder", "late-interaction"]
 Activation = Literal["sigmoid", "identity", "softmax"]
 Pooling = Literal["mean", "cls", "max"]
 
-# Files a reranker needs from the hub; weights are tried safetensors-first.
-_HUB_FILES = ["*.json", "*.txt", "*.model", "*.jinja", "1_Pooling/*", "2_Normalize/*", "1_LogitScore/*"]
+# Files a reranker needs from the hub (every sentence-transformers module folder, ColBERT's artifact.metadata);
+# weights are tried safetensors-first.
+_HUB_FILES = ["*.json", "*.txt", "*.model", "*.jinja", "artifact.metadata", "[0-9]_*/*"]
 _SANE_MAX_LENGTH = 100_000  # tokenizers without a limit report ~1e30
 
 
@@ -41,6 +44,9 @@ class ModelSpec:
     true_token_id: int | None = None
     false_token_id: int | None = None
     chat_template: str | None = None  # causal-lm: a preset's prompt, for folders without a reranking template
+    # bi-encoders and late-interaction: the sentence-transformers modules after the body (Dense, Pooling, ...)
+    modules: SentenceModules | None = None
+    late: LateInteraction | None = None  # late-interaction: queries, documents and their lengths
     aliases: tuple[str, ...] = field(default=())
 
     @property
@@ -50,7 +56,12 @@ class ModelSpec:
     @property
     def pairs(self) -> bool:
         """Whether the model reads a query and a document together (cross-encoders, LLM rerankers)."""
-        return self.kind != "bi-encoder"
+        return self.kind in ("cross-encoder", "causal-lm")
+
+    @property
+    def similarity(self) -> str:
+        """How a bi-encoder compares embeddings (cosine or dot); late-interaction models score by MaxSim."""
+        return self.modules.similarity if self.modules else "cosine"
 
 
 def resolve_model(name: str, *, kind: ModelKind | Literal["auto"] = "auto", cache_dir: Path | None = None) -> ModelSpec:
@@ -87,8 +98,10 @@ def inspect_model(
         raise ModelNotFound(f"model {name!r}: {path} has no config.json, so it is not a Hugging Face model folder")
     if kind == "auto":
         kind = _detect_kind(name, path, config)
-    if kind != "bi-encoder":  # unverified architectures are refused, not served with unchecked scores
+    if kind in ("cross-encoder", "causal-lm"):  # unverified architectures are refused, not served unchecked
         require_verified(name, config, causal=kind == "causal-lm")
+    elif kind == "late-interaction":
+        require_verified_late(name, config)
     num_labels = _num_labels(config) if kind == "cross-encoder" else 1
     base = dict(name=name, path=path, kind=kind, revision=_revision(path), num_labels=num_labels)
     if kind == "cross-encoder":
@@ -104,14 +117,31 @@ def inspect_model(
             false_token_id=false_id,
             chat_template=template.chat_template if template else None,
         )
-    pooling, normalize = _pooling(path)
-    return ModelSpec(**base, max_length=_st_window(path, config), pooling=pooling, normalize=normalize)
+    if kind == "late-interaction":
+        modules, late = read_colbert(name, path, config)
+        window = _st_window(path, config)
+        late = replace(late, document_length=min(int(late.document_length or window), window))
+        return ModelSpec(**base, max_length=late.document_length, modules=modules, late=late, normalize=False)
+    if not (path / "modules.json").is_file():
+        return ModelSpec(**base, max_length=_st_window(path, config), normalize=False)  # a bare body: mean pooling
+    modules = read_modules(name, path)
+    if modules.multi_vector:
+        raise ModelNotFound(f"model {name!r}: a multi-vector (MaxSim) model; serve it as late-interaction")
+    return ModelSpec(
+        **base,
+        max_length=_st_window(path, config),
+        pooling=modules.pooling or "mean",  # type: ignore[arg-type]
+        normalize=modules.normalized,
+        modules=modules,
+    )
 
 
 def _detect_kind(name: str, path: Path, config: dict[str, Any]) -> ModelKind:
     """sentence-transformers' reading: a `LogitScore` module or a `*ForCausalLM` config is an LLM reranker; a
     classification head a cross-encoder; other sentence-transformers folders bi-encoders."""
     architectures = config.get("architectures") or []
+    if is_stanford(config) or ((path / "modules.json").is_file() and read_modules(name, path).multi_vector):
+        return "late-interaction"
     if _module_config(path, "LogitScore") is not None or any(arch.endswith("ForCausalLM") for arch in architectures):
         return "causal-lm"
     if any(arch.endswith("ForSequenceClassification") for arch in architectures):
@@ -119,8 +149,8 @@ def _detect_kind(name: str, path: Path, config: dict[str, Any]) -> ModelKind:
     if (path / "modules.json").is_file():
         return "bi-encoder"
     raise ModelNotFound(
-        f"model {name!r}: neither a sequence-classification head, a causal LM nor sentence-transformers modules "
-        "found; pass --model-kind cross-encoder|causal-lm|bi-encoder"
+        f"model {name!r}: neither a sequence-classification head, a causal LM, a ColBERT nor sentence-transformers "
+        "modules found; pass --model-kind cross-encoder|causal-lm|bi-encoder|late-interaction"
     )
 
 
@@ -221,23 +251,13 @@ def _activation(path: Path, config: dict[str, Any], num_labels: int) -> Activati
     return "sigmoid" if num_labels == 1 else "softmax"
 
 
-def _pooling(path: Path) -> tuple[Pooling, bool]:
-    config = _module_config(path, "Pooling") or {}
-    pooling: Pooling = "mean"
-    if config.get("pooling_mode_cls_token"):
-        pooling = "cls"
-    elif config.get("pooling_mode_max_tokens"):
-        pooling = "max"
-    return pooling, _module_config(path, "Normalize") is not None
-
-
 def _revision(path: Path) -> str:
     """A hub snapshot's commit hash, else a hash of the config and the weights' sizes and times."""
     if path.parent.name == "snapshots":
         return path.name[:12]
     digest = hashlib.sha1()
-    for item in sorted(path.glob("*")):
+    for item in sorted([*path.glob("*"), *path.glob("[0-9]_*/*")]):  # module folders hold weights too (Dense)
         if item.is_file() and (item.suffix in {".json", ".safetensors", ".bin"}):
             stat = item.stat()
-            digest.update(f"{item.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            digest.update(f"{item.relative_to(path)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:12]
