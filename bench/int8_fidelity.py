@@ -13,6 +13,10 @@ by the trained cross-encoder (../shared/models/debian-minilm-ce; `--bi` adds the
                 from the two measured speeds (int8 over all pairs' tokens + fp32 over the head's tokens)
   int8-rescore  the same, built: `precision: int8-rescore` served by a real LocalService (pipeline/rescore.py),
                 its ranking as served (no top_n: the head is rescore_head_min = 20, as for top_n = 10)
+  ov-fp32, ov-bf16, ov-int8   the OpenVINO backend (backends/openvino.py) at fp32, bf16 (CPUs with bf16 only) and
+                static int8 calibrated by NNCF on the packaged generic texts (not on this data)
+  ov-int8-rescore-bf16, ov-int8-rescore-fp32   OpenVINO int8 for every document, the head again in bf16 / fp32,
+                served as int8-rescore is
 
 The served engines (fp32, int8, int8-rescore; `--served`, on by default) are also timed as a service answers
 requests (top_n = 10, strategy direct), interleaved round by round in one run: the `served_*` rows.
@@ -44,6 +48,7 @@ from common import DEBIAN_DATA, TRAINED_CE, format_table, machine, plot_path, sa
 
 from rerankd.backends.export import ensure_onnx
 from rerankd.backends.onnx import OnnxBackend
+from rerankd.backends.openvino import INT8_RECIPE
 from rerankd.config import Settings
 from rerankd.cores import available_cores
 from rerankd.engine.engine import Engine
@@ -66,8 +71,16 @@ KEEP = {
     "dynamic-keep-first-last": [HEAD_PATTERN, r"layer\.(0|{last})/"],
     "dynamic-keep-ffn": [HEAD_PATTERN, r"layer\.\d+/(intermediate|output)/dense"],
 }
+# OpenVINO engines scored through a real Engine: option -> precision.
+OPENVINO = {"ov-fp32": "fp32", "ov-bf16": "bf16", "ov-int8": "int8"}
+# Served int8-rescore variants: option -> (backend, head precision).
+RESCORED = {
+    "int8-rescore": ("onnx", "fp32"),
+    "ov-int8-rescore-bf16": ("openvino", "bf16"),
+    "ov-int8-rescore-fp32": ("openvino", "fp32"),
+}
 DEFAULT_OPTIONS = ["fp32", "dynamic", "static", "dynamic-keep-head-lastffn", "dynamic-keep-ffn-out", "int8-rescore"]
-SERVED = ["fp32", "int8", "int8-rescore"]  # precisions timed through LocalService
+SERVED = ["fp32", "int8", "int8-rescore"]  # precisions timed through LocalService (--served-options adds more)
 Rows = list[tuple[str, str, list[str]]]
 
 
@@ -77,7 +90,7 @@ Rows = list[tuple[str, str, list[str]]]
 def build(option: str, spec: ModelSpec, cache_dir: Path, calibration: Sequence[tuple[str, str]]) -> Path:
     """The ONNX file of `option`, built once into the cache."""
     fp32 = ensure_onnx(spec, "fp32", cache_dir)
-    if option == "fp32":
+    if option == "fp32" or option in OPENVINO:  # OpenVINO reads the fp32 export (its int8 is built at load)
         return fp32
     if option == "dynamic":
         return ensure_onnx(spec, "int8", cache_dir)
@@ -192,10 +205,23 @@ def load_data(queries: int, depth: int, calibration: int = 256) -> tuple[Rows, d
 # -- scoring ------------------------------------------------------------------------------------------------------
 
 
-def engine_for(spec: ModelSpec, model: Path, precision: str) -> Engine:
+def engine_for(spec: ModelSpec, model: Path, option: str) -> Engine:
     settings = Settings(backend="onnx", precision="fp32", device="cpu", warmup_seconds=0, score_cache_mb=0)
+    if option in OPENVINO:
+        return Engine.load(spec, settings.model_copy(update={"backend": "openvino", "precision": OPENVINO[option]}))
+    precision = "fp32" if option == "fp32" else "int8"
     backend = OnnxBackend(spec, model, device="cpu", precision=precision, threads=available_cores())
     return Engine(spec, Tokenizer(spec), backend, settings)
+
+
+def option_digest(option: str, model: Path) -> str:
+    """What an option's scores depend on: its model file, and for OpenVINO its version and int8 recipe."""
+    digest = hashlib.sha256(model.read_bytes())
+    if option in OPENVINO or option in RESCORED:
+        import openvino
+
+        digest.update(f"{openvino.__version__}-{INT8_RECIPE}".encode())
+    return digest.hexdigest()[:12]
 
 
 def score_rows(engine: Engine, rows: Rows, corpus: dict[str, str]) -> list[np.ndarray]:
@@ -211,13 +237,13 @@ def score_rows(engine: Engine, rows: Rows, corpus: dict[str, str]) -> list[np.nd
 
 
 def cached_scores(option: str, spec: ModelSpec, model: Path, rows: Rows, corpus: dict, cache_dir: Path) -> list:
-    digest = hashlib.sha256(model.read_bytes()).hexdigest()[:12]
+    digest = option_digest(option, model)
     ids = hashlib.sha256(json.dumps([(q, d) for q, _, d in rows]).encode()).hexdigest()[:12]
     path = cache_dir / "bench-int8" / f"scores-{spec.short_name}-{option}-{digest}-{ids}.npz"
     if path.is_file():
         saved = np.load(path)
         return np.split(saved["scores"], np.cumsum(saved["lengths"])[:-1])
-    engine = engine_for(spec, model, "fp32" if option == "fp32" else "int8")
+    engine = engine_for(spec, model, option)
     started = time.perf_counter()
     try:
         scores = score_rows(engine, rows, corpus)
@@ -232,7 +258,7 @@ def cached_scores(option: str, spec: ModelSpec, model: Path, rows: Rows, corpus:
 
 def speeds(spec: ModelSpec, models: dict[str, Path], requests: list[list[str]], rounds: int) -> dict[str, dict]:
     """docs/s and real tokens/s of each option on the same requests, interleaved round by round; best round."""
-    engines = {name: engine_for(spec, path, "fp32" if name == "fp32" else "int8") for name, path in models.items()}
+    engines = {name: engine_for(spec, path, name) for name, path in models.items()}
     tokenizer = Tokenizer(spec)
     try:
         prepared = [[engine.prepare_sync(q, docs) for q, docs in requests] for engine in engines.values()]
@@ -256,12 +282,17 @@ def speeds(spec: ModelSpec, models: dict[str, Path], requests: list[list[str]], 
     return {name: {"docs_per_s": docs / t, "tokens_per_s": tokens / t} for name, t in best.items()}
 
 
-def service_for(spec: ModelSpec, precision: str) -> LocalService:
-    """A real in-process service at `precision`, with nothing that would blur the timing (no cache, no admission
-    limit, no embedding pre-filter)."""
+def service_for(spec: ModelSpec, option: str) -> LocalService:
+    """A real in-process service for `option` (a precision, or a RESCORED variant), with nothing that would blur
+    the timing (no cache, no admission limit, no embedding pre-filter)."""
+    backend, precision, head = "onnx", option, "auto"
+    if option in RESCORED:
+        (backend, head), precision = RESCORED[option], "int8-rescore"
+    elif option in OPENVINO:
+        backend, precision = "openvino", OPENVINO[option]
     settings = Settings(
-        model=[str(spec.path)], backend="onnx", device="cpu", precision=precision, warmup_seconds=0,
-        score_cache_mb=0, max_queue_seconds=0, request_timeout_seconds=0, embedding_model="",
+        model=[str(spec.path)], backend=backend, device="cpu", precision=precision, rescore_head_precision=head,
+        warmup_seconds=0, score_cache_mb=0, max_queue_seconds=0, request_timeout_seconds=0, embedding_model="",
     )  # fmt: skip
     service = LocalService(settings, specs=[spec])
     service.load()
@@ -272,6 +303,7 @@ def served_rankings(spec: ModelSpec, precision: str, rows: Rows, corpus: dict, c
     """Per query, a score per document whose order is the served ranking (every document, no top_n), cached."""
     digest = hashlib.sha256(
         b"".join(ensure_onnx(spec, p, cache_dir).read_bytes() for p in ("fp32", "int8"))
+        + option_digest(precision, ensure_onnx(spec, "fp32", cache_dir)).encode()
     ).hexdigest()[:12]
     ids = hashlib.sha256(json.dumps([(q, d) for q, _, d in rows]).encode()).hexdigest()[:12]
     path = cache_dir / "bench-int8" / f"served-{spec.short_name}-{precision}-{HEAD}-{digest}-{ids}.npz"
@@ -298,10 +330,12 @@ def served_rankings(spec: ModelSpec, precision: str, rows: Rows, corpus: dict, c
     return scores
 
 
-def served_speeds(spec: ModelSpec, requests: list[tuple[str, list[str]]], rounds: int) -> dict[str, dict]:
-    """docs/s of each served precision answering the same requests (top_n = TOP_N), interleaved round by round;
-    best round per precision."""
-    services = {precision: service_for(spec, precision) for precision in SERVED}
+def served_speeds(
+    spec: ModelSpec, requests: list[tuple[str, list[str]]], rounds: int, extra: Sequence[str] = ()
+) -> dict[str, dict]:
+    """docs/s of each served precision (and `extra` options) answering the same requests (top_n = TOP_N),
+    interleaved round by round; best round per precision."""
+    services = {option: service_for(spec, option) for option in dict.fromkeys([*SERVED, *extra])}
     docs = sum(len(d) for _, d in requests)
     best = dict.fromkeys(services, float("inf"))
     try:
@@ -380,7 +414,7 @@ def evaluate_model(label: str, spec: ModelSpec, args: argparse.Namespace, data: 
     rows, corpus, qrels, calibration = data
     cache_dir = Settings().cache_dir
     options = list(dict.fromkeys(["fp32", "dynamic", *args.options]))
-    built = [option for option in options if option != "int8-rescore"]
+    built = [option for option in options if option not in RESCORED]
     models = {option: build(option, spec, cache_dir, calibration) for option in built}
     scores = {option: cached_scores(option, spec, path, rows, corpus, cache_dir) for option, path in models.items()}
     exact = scores["fp32"]
@@ -402,14 +436,15 @@ def evaluate_model(label: str, spec: ModelSpec, args: argparse.Namespace, data: 
     results.append(row)
     for row in results:
         row["vs_fp32_speed"] = row["docs_per_s"] / speed["fp32"]["docs_per_s"]
-    if "int8-rescore" in options:  # the built mode: served rankings (cross-encoder and bi-encoder alike)
-        ranked = served_rankings(spec, "int8-rescore", rows, corpus, cache_dir)
-        results.append({"model": label, **fidelity("int8-rescore (served)", rows, exact, ranked, qrels)})
-    if args.served:  # fp32, int8 and int8-rescore answering requests, one interleaved run
-        served = served_speeds(spec, requests, rounds=args.speed_rounds)
+    rescored = [option for option in options if option in RESCORED]
+    for option in rescored:  # the built modes: served rankings (cross-encoder and bi-encoder alike)
+        ranked = served_rankings(spec, option, rows, corpus, cache_dir)
+        results.append({"model": label, **fidelity(f"{option} (served)", rows, exact, ranked, qrels)})
+    if args.served:  # fp32, int8 and the int8-rescore variants answering requests, one interleaved run
+        served = served_speeds(spec, requests, rounds=args.speed_rounds, extra=rescored)
         for precision, measured in served.items():
-            row = next((r for r in results if r["option"] == "int8-rescore (served)"), None)
-            if precision != "int8-rescore" or row is None:
+            row = next((r for r in results if r["option"] == f"{precision} (served)"), None)
+            if row is None:
                 row = {"model": label, "option": f"served {precision}"}
                 results.append(row)
             row["docs_per_s"] = measured["docs_per_s"]
@@ -457,7 +492,10 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--depth", type=int, default=100, help="BM25 candidates per query")
     parser.add_argument(
-        "--options", nargs="+", default=DEFAULT_OPTIONS, choices=["fp32", "dynamic", "static", *KEEP, "int8-rescore"]
+        "--options",
+        nargs="+",
+        default=DEFAULT_OPTIONS,
+        choices=["fp32", "dynamic", "static", *KEEP, *OPENVINO, *RESCORED],
     )
     parser.add_argument("--search", action="store_true", help="every keep-in-fp32 pattern, on the first 20 queries")
     parser.add_argument("--bi", action="store_true", help="also the all-MiniLM-L6-v2 bi-encoder")

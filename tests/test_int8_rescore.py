@@ -20,9 +20,10 @@ from conftest import DEBIAN_DATA, TRAINED_CE, ThreadServer, is_ready, wait_until
 from rerankd.api import create_app
 from rerankd.backends.select import choose
 from rerankd.config import Settings
+from rerankd.cpu import Cpu
 from rerankd.pipeline import hybrid
 from rerankd.pipeline.planner import MIN_CANDIDATES, Costs, plan
-from rerankd.pipeline.rescore import head_size, prefilter_settings
+from rerankd.pipeline.rescore import embedding_model_settings, head_size, onto_head_scale
 from rerankd.pipeline.service import LocalService
 from rerankd.pipeline.types import RerankRequest, RerankResult
 
@@ -101,7 +102,9 @@ def test_the_head_is_fp32s_order_and_scores_where_int8_alone_reorders_it(referen
     np.testing.assert_allclose([item["relevance_score"] for item in answer], [s for _, s in fp32[:TOP_N]], atol=1e-4)
 
 
-def test_without_top_n_the_head_is_fp32_and_the_tail_keeps_int8s_order_and_scores(references, rescore_url) -> None:
+def test_without_top_n_the_head_is_fp32_and_the_tail_keeps_int8s_order_on_the_heads_scale(
+    references, rescore_url
+) -> None:
     fp32_scores = dict(ranked(references["fp32"]))
     int8 = ranked(references["int8"])
     body = rerank(rescore_url)
@@ -112,9 +115,39 @@ def test_without_top_n_the_head_is_fp32_and_the_tail_keeps_int8s_order_and_score
     assert {i for i, _ in head} == {i for i, _ in int8[:size]}  # the head is int8's top
     assert [i for i, _ in head] == sorted((i for i, _ in head), key=lambda i: -fp32_scores[i])  # in fp32's order
     np.testing.assert_allclose([s for _, s in head], [fp32_scores[i] for i, _ in head], atol=1e-4)
-    assert [i for i, _ in tail] == [i for i, _ in int8[size:]]  # below it, int8's order and scores
-    np.testing.assert_allclose([s for _, s in tail], [s for _, s in int8[size:]], atol=1e-6)
+    assert [i for i, _ in tail] == [i for i, _ in int8[size:]]  # below it, int8's order
+    scores = [s for _, s in answer]
+    assert np.all(np.diff(scores) < 0), "every score agrees with the returned order"
+    # On the head's scale: the tail's int8 logits moved by the head's own median (fp32 - int8) difference.
+    int8_scores = dict(int8)
+    shift = np.median([logit(fp32_scores[i]) - logit(int8_scores[i]) for i, _ in head])
+    expected = [min(sigmoid(logit(int8_scores[i]) + shift), head[-1][1]) for i, _ in tail]
+    np.testing.assert_allclose([s for _, s in tail], expected, atol=1e-5)
     assert body["meta"]["rerankd"]["rescored"]["documents"] == size
+
+
+def logit(p: float) -> float:
+    return float(np.log(p) - np.log1p(-p))
+
+
+def sigmoid(x: float) -> float:
+    return float(1 / (1 + np.exp(-x)))
+
+
+@pytest.mark.parametrize("probabilities", [True, False])
+def test_the_tail_is_shifted_onto_the_heads_scale_and_kept_below_it(probabilities: bool) -> None:
+    """The probe's case: the head's last re-scored score (0.0772) under an int8 tail score (0.0777)."""
+    head_int8, head_exact = np.array([0.30, 0.20, 0.0790]), np.array([0.31, 0.19, 0.0772])
+    tail = np.array([0.0777, 0.0777, 0.05, 0.01])
+    mapped = onto_head_scale(head_int8, head_exact, tail, floor=0.0772, probabilities=probabilities)
+    assert np.all(mapped < 0.0772) and np.all(np.diff(mapped) < 0)  # below the head, strictly in order
+    assert mapped[-1] == pytest.approx(
+        sigmoid(logit(0.01) + np.median([logit(e) - logit(i) for e, i in zip(head_exact, head_int8, strict=True)]))
+        if probabilities
+        else 0.01 + np.median(head_exact - head_int8)
+    )
+    if probabilities:
+        assert np.all((mapped > 0) & (mapped < 1))
 
 
 def test_a_larger_top_n_re_scores_twice_as_many_and_repeats_come_from_the_score_cache(references, rescore_url) -> None:
@@ -250,14 +283,14 @@ def test_the_plan_counts_the_fp32_head(ce_service: LocalService, monkeypatch: py
     monkeypatch.setattr(hybrid, "plan", planned)
     answer = ask(ce_service, top_n=TOP_N, strategy="direct")
     costs = seen[0]
-    assert (costs.head, costs.head_pairs_per_second > 0) == (head_size(TOP_N, HEAD_MIN), True)
+    assert (costs.rescored_head, costs.rescored_pairs_per_second > 0) == (head_size(TOP_N, HEAD_MIN), True)
     expected = costs.fixed_ms + costs.model_ms(len(DOCUMENTS))
-    assert expected > costs.fixed_ms + dataclasses.replace(costs, head=0).model_ms(len(DOCUMENTS))
+    assert expected > costs.fixed_ms + dataclasses.replace(costs, rescored_head=0).model_ms(len(DOCUMENTS))
     assert answer.meta["rerankd"]["estimate_ms"] == pytest.approx(expected, abs=0.1)
 
 
 def test_the_planner_fits_k_with_the_head_and_the_twin_alone_within_it() -> None:
-    costs = Costs(pairs_per_second=100.0, head=20, head_pairs_per_second=50.0)  # int8 10 ms a document, fp32 20 ms
+    costs = Costs(pairs_per_second=100.0, rescored_head=20, rescored_pairs_per_second=50.0)  # int8 10 ms, fp32 20 ms
     assert costs.model_ms(100) == pytest.approx(1000 + 20 * 20)
     assert costs.model_ms(15) == pytest.approx(15 * 20)  # the twin alone
     direct = plan("auto", 100, costs)
@@ -339,11 +372,11 @@ def test_the_embedding_pre_filter_embeds_in_fp32_where_int8_rescore_would_be_cho
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """It has no head to re-score: as before bi-encoders could run int8-rescore, fp32 (configured int8 stays)."""
-    monkeypatch.setattr("rerankd.backends.select.cpu_flags", lambda: VNNI)
+    monkeypatch.setattr("rerankd.backends.select.this_cpu", lambda: Cpu("vnni", VNNI))
     for precision in ("auto", "int8-rescore"):
-        prefilter = prefilter_settings(Settings(device="cpu", precision=precision))
+        prefilter = embedding_model_settings(Settings(device="cpu", precision=precision))
         assert choose(prefilter, kind="bi-encoder").precision == "fp32"
-    assert prefilter_settings(Settings(device="cpu", precision="int8")).precision == "int8"
+    assert embedding_model_settings(Settings(device="cpu", precision="int8")).precision == "int8"
 
 
 def test_the_embedding_pre_filter_loads_beside_an_int8_rescore_cross_encoder(ce_fixture_path) -> None:

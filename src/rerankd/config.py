@@ -56,12 +56,22 @@ class Settings(BaseSettings):
     )
 
     # Engine
-    backend: Literal["auto", "torch", "onnx"] = Field(default="auto", description="Inference backend.")
-    precision: Literal["auto", "fp32", "fp16", "int8", "int8-rescore"] = Field(
+    backend: Literal["auto", "torch", "onnx", "openvino"] = Field(
         default="auto",
-        description="Numeric precision of the backend. int8-rescore (encoder cross- and bi-encoders on the CPU): "
-        "int8 for every document, then fp32 for the head (the top max(2 x top_n, rescore_head_min) by int8), so "
-        "the head's order and scores are fp32's; loads the model twice.",
+        description="Inference backend: onnx (ONNX Runtime, CPU or CUDA), openvino (CPU: fp32, bf16, static int8), "
+        "torch (the reference; LLM rerankers on the CPU). auto: the fastest engine measured faithful on this CPU.",
+    )
+    precision: Literal["auto", "fp32", "fp16", "bf16", "int8", "int8-rescore"] = Field(
+        default="auto",
+        description="Numeric precision of the backend. bf16 needs a CPU with bf16 arithmetic (avx512_bf16, "
+        "amx_bf16) or CUDA. int8-rescore (cross- and bi-encoders on the CPU): int8 for every document, then the head "
+        "(the top max(2 x top_n, rescore_head_min) by int8) again at rescore_head_precision, so the head's order and "
+        "scores are that precision's; loads the model twice.",
+    )
+    rescore_head_precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto",
+        description="int8-rescore: the precision the head is scored again at. auto: bf16 with the openvino backend "
+        "on a CPU with bf16 arithmetic, else fp32.",
     )
     rescore_head_min: int = Field(
         default=20,

@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import platform
 import subprocess
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rerankd.cores import available_cores
-
-# CPU features that decide which kernels run fast (int8 dot products, bf16, wide vectors).
-_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+from rerankd.cpu import this_cpu
 
 
 def cpu() -> dict[str, Any]:
     """The CPU model and its relevant flags (Linux); the architecture elsewhere."""
-    info: dict[str, str] = {}
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip(), value.strip())
-    flags = set(info.get("flags", "").split())
-    return {"model": info.get("model name", platform.processor() or platform.machine()),
-            "flags": [flag for flag in _CPU_FLAGS if flag in flags]}  # fmt: skip
+    probe = this_cpu()
+    return {"model": probe.model, "flags": probe.recorded_flags}
 
 
 def commit() -> str:

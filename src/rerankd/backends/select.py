@@ -1,21 +1,26 @@
-"""Resolve `auto` settings into one concrete engine: backend, device and precision, with the reason why."""
+"""Resolve `auto` settings into one concrete engine: backend, device and precision (and, under int8-rescore, the
+precision of the re-scored head), with the reason why."""
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
+
+from rerankd.backends.fidelity import RESCORABLE_KINDS, fastest_faithful
+from rerankd.cpu import Cpu, this_cpu
 
 if TYPE_CHECKING:
     from rerankd.config import Settings
 
-# CPU flags that mean int8 dot products in hardware: x86 VNNI (AVX-512 or AVX) and Arm's dot-product extension.
-INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
-
-# int8 for every document, then fp32 for the head of the ranking (pipeline/rescore.py): two ONNX sessions.
+# int8 for every document, then the head of the ranking again at a faithful precision (pipeline/rescore.py).
 INT8_RESCORE = "int8-rescore"
-# The encoders it serves; an LLM reranker's int8 is refused outright (backends/load.py).
-RESCORABLE_KINDS = frozenset({"cross-encoder", "bi-encoder"})
+# What each backend runs; the CPU and the model kind narrow it further below.
+BACKEND_PRECISIONS = {
+    "onnx": ("fp32", "int8", INT8_RESCORE, "fp16"),
+    "openvino": ("fp32", "bf16", "int8", INT8_RESCORE),
+    "torch": ("fp32", "bf16", "fp16"),
+}
 
 
 @dataclass(frozen=True)
@@ -26,27 +31,27 @@ class Choice:
     device: str
     precision: str
     reason: str
+    head_precision: str | None = None  # int8-rescore: what the head is scored again at (fp32 or bf16)
 
     def __str__(self) -> str:
-        return f"{self.backend}/{self.device}/{self.precision} ({self.reason})"
+        return f"{self.backend}/{self.device}/{self.label} ({self.reason})"
+
+    @property
+    def label(self) -> str:
+        """The precision as /v1/models and the logs show it: int8-rescore names its head's precision."""
+        return f"int8+{self.head_precision}-head" if self.head_precision else self.precision
 
     @property
     def scoring_precision(self) -> str:
-        """The precision every document is scored at (int8-rescore's fp32 twin is loaded beside it)."""
+        """The precision every document is scored at (int8-rescore's head engine is loaded beside it)."""
         return "int8" if self.precision == INT8_RESCORE else self.precision
 
-
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """The first CPU's feature flags (Linux); empty where /proc/cpuinfo is missing."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in {"flags", "Features"}:
-            return frozenset(value.split())
-    return frozenset()
+    @property
+    def head(self) -> Choice | None:
+        """The engine that scores int8-rescore's head again: the same backend at the head's precision."""
+        if self.head_precision is None:
+            return None
+        return Choice(self.backend, self.device, self.head_precision, "the re-scored head")
 
 
 def cuda_available(backend: str) -> bool:
@@ -55,53 +60,100 @@ def cuda_available(backend: str) -> bool:
         import onnxruntime
 
         return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    if backend == "openvino":
+        return False  # OpenVINO runs on the CPU here (its GPU plugin is Intel's, not CUDA)
     import torch
 
     return bool(torch.cuda.is_available())
 
 
 def choose(settings: Settings, flags: frozenset[str] | None = None, *, kind: str = "cross-encoder") -> Choice:
-    """Concrete backend/device/precision for `settings` and a model of `kind`; raises ValueError for combinations
-    that cannot run."""
-    backend = "onnx" if settings.backend == "auto" else settings.backend
-    if settings.device == "auto":
-        device = "cuda" if cuda_available(backend) else "cpu"
+    """Concrete engine for `settings` and a model of `kind` on this CPU (`flags`: another CPU's, for tests);
+    raises ValueError, naming the setting, for combinations that cannot run or would run emulated."""
+    cpu = this_cpu() if flags is None else Cpu("given", flags)
+    device = _device(settings)
+    if device == "cpu" and settings.backend == "auto" and settings.precision == "auto":
+        measured = fastest_faithful(cpu, kind, x86=flags is not None or platform.machine() in ("x86_64", "AMD64"))
+        choice = Choice(measured.backend, "cpu", measured.precision, f"auto: {measured.reason}", measured.head)
     else:
-        device = settings.device
-        if device == "cuda" and not cuda_available(backend):
+        choice = _configured(settings, device, kind, cpu)
+    _check(choice, kind, cpu)
+    return choice
+
+
+def _device(settings: Settings) -> str:
+    if settings.device != "auto":
+        if settings.device == "cuda" and not cuda_available(_backend_for_cuda(settings)):
+            backend = _backend_for_cuda(settings)
             raise ValueError(f"device: cuda was asked for, but the {backend} backend sees no usable NVIDIA GPU")
+        return settings.device
+    return "cuda" if settings.backend != "openvino" and cuda_available(_backend_for_cuda(settings)) else "cpu"
 
-    if settings.precision != "auto":
-        precision, reason = settings.precision, "as configured"
-    elif device == "cuda":
-        precision, reason = "fp16", "auto: GPU"
-    elif backend == "onnx" and kind in RESCORABLE_KINDS and INT8_DOT_FLAGS & (cpu_flags() if flags is None else flags):
-        # Pure int8 is not faithful (bench/results/int8_fidelity_100.json: top-10 overlap 0.881 vs fp32 on
-        # debian-minilm-ce; static and keep-layers-in-fp32 recipes no better); int8 for all + fp32 for the head is
-        # (top-10 0.995, NDCG@10 delta 0.000), and with int8 dot products int8 is ~2.1x fp32 (issue 12's Zen 4
-        # table), so the pair wins there.
-        # Bi-encoders too: the same encoder, quantized the same way, and their head is re-scored the same way.
-        precision, reason = INT8_RESCORE, "auto: int8 dot products here; int8 for every document, fp32 for the head"
-    else:
-        # Without int8 dot products (AVX2) int8 is only ~1.45x fp32, and int8-rescore 1.23x (one quiet run,
-        # bench/results/throughput-peers.json): not worth, by default, a second model in memory, a second warm-up
-        # and int8 scores below the head. It stays the opt-in there (README, Speed and fidelity).
-        # LLM rerankers have no faithful int8 path.
-        precision, reason = "fp32", "auto: exact scores on the CPU"
 
-    if settings.backend == "auto" and kind == "causal-lm" and device == "cpu" and precision == "fp32":
-        # torch runs a batch's shared prompt prefix (template + instruction + query) once, the ONNX graph every prompt
-        # in full: 1.39x onnx at 100 documents (bench/results/llm_prefix.json, Qwen3-0.6B width at 4 layers).
-        backend, reason = "torch", f"{reason}; torch for LLM rerankers on the CPU: it reuses the shared prompt prefix"
-    if precision in ("int8", INT8_RESCORE) and backend != "onnx":
-        raise ValueError(f"precision: {precision} needs --backend onnx (the torch backend runs fp32 or fp16)")
-    if precision in ("int8", INT8_RESCORE) and device == "cuda":
+def _backend_for_cuda(settings: Settings) -> str:
+    return "onnx" if settings.backend == "auto" else settings.backend
+
+
+def _configured(settings: Settings, device: str, kind: str, cpu: Cpu) -> Choice:
+    """A choice with at least one of backend and precision configured (or on a GPU)."""
+    precision, reason = settings.precision, "as configured"
+    if precision == "auto":
+        if device == "cuda":
+            precision, reason = "fp16", "auto: GPU"
+        elif settings.backend == "auto" or settings.backend == "onnx" or kind not in RESCORABLE_KINDS:
+            precision, reason = "fp32", "auto: exact scores on the CPU"
+        else:  # a backend was named: its fastest faithful precision on this CPU
+            measured = fastest_faithful(cpu, kind, x86=True, backend=settings.backend)
+            precision, reason = measured.precision, f"auto: {measured.reason}"
+    backend = settings.backend
+    if backend == "auto":
+        backend = "onnx"
+        if kind == "causal-lm" and device == "cpu" and precision in ("fp32", "bf16"):
+            # torch runs a batch's shared prompt prefix (template + instruction + query) once, the ONNX graph every
+            # prompt in full: 1.39x onnx at 100 documents (bench/results/llm_prefix.json, Qwen3-0.6B width, 4 layers).
+            backend, reason = (
+                "torch",
+                f"{reason}; torch for LLM rerankers on the CPU: it reuses the shared prompt prefix",
+            )
+        elif precision == "bf16":
+            backend = "openvino" if kind in RESCORABLE_KINDS else "torch"
+    head = None
+    if precision == INT8_RESCORE:
+        head = settings.rescore_head_precision
+        if head == "auto":
+            head = "bf16" if backend == "openvino" and cpu.bf16 else "fp32"
+    return Choice(backend, device, precision, reason, head)
+
+
+def _check(choice: Choice, kind: str, cpu: Cpu) -> None:
+    backend, device, precision = choice.backend, choice.device, choice.precision
+    if precision not in BACKEND_PRECISIONS[backend]:
+        runs = ", ".join(BACKEND_PRECISIONS[backend])
+        if precision in ("int8", INT8_RESCORE):
+            raise ValueError(
+                f"precision: {precision} needs --backend onnx or openvino (the {backend} backend runs {runs})"
+            )
+        raise ValueError(f"precision: the {backend} backend runs {runs}, not {precision}")
+    if precision in ("int8", INT8_RESCORE, "bf16") and device == "cuda":
         raise ValueError(f"precision: {precision} runs on the CPU only; use fp16 on cuda")
+    if precision == "fp16" and device != "cuda":
+        raise ValueError("precision: fp16 needs --device cuda (CPUs run fp32, bf16 or int8)")
+    if backend == "openvino" and kind not in RESCORABLE_KINDS:
+        raise ValueError(
+            f"backend: openvino serves cross-encoders and bi-encoders; this model is a {kind}: use torch (it reuses an "
+            "LLM prompt's shared prefix) or onnx"
+        )
     if precision == INT8_RESCORE and kind not in RESCORABLE_KINDS:
         raise ValueError(
-            f"precision: {INT8_RESCORE} re-scores the head of an encoder's ranking (cross-encoder or bi-encoder) in "
-            f"fp32; this model is a {kind}, whose int8 is not verified: use fp32"
+            f"precision: {INT8_RESCORE} re-scores the head of an encoder's ranking (cross-encoder or bi-encoder); "
+            f"this model is a {kind}, whose int8 is not verified: use fp32"
         )
-    if precision == "fp16" and device != "cuda":
-        raise ValueError("precision: fp16 needs --device cuda (CPUs run fp32 or int8)")
-    return Choice(backend, device, precision, reason)
+    if choice.head_precision not in (None, "fp32", "bf16"):
+        raise ValueError(f"rescore_head_precision: fp32 or bf16, not {choice.head_precision}")
+    if choice.head_precision == "bf16" and backend != "openvino":
+        raise ValueError("rescore_head_precision: bf16 needs --backend openvino (ONNX Runtime re-scores in fp32)")
+    if device == "cpu" and "bf16" in (precision, choice.head_precision) and not cpu.bf16:
+        raise ValueError(
+            "precision: bf16 needs a CPU with bf16 arithmetic (avx512_bf16 or amx_bf16); this one has neither, so "
+            "bf16 would be emulated, slower than fp32: use fp32 or int8-rescore"
+        )

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rerankd.backends import Backend, load_backend
+from rerankd.backends.select import Choice
 from rerankd.config import Settings
 from rerankd.engine.late_interaction import LateInteraction
 from rerankd.engine.queue_stats import QueueStats
@@ -95,8 +96,11 @@ class Engine:
                 metrics.vector_cache_bytes.labels(spec.name).set_function(lambda: vectors.bytes)
 
     @classmethod
-    def load(cls, spec: ModelSpec, settings: Settings, metrics: Metrics | None = None) -> Engine:
-        backend = load_backend(spec, settings)
+    def load(
+        cls, spec: ModelSpec, settings: Settings, metrics: Metrics | None = None, *, choice: Choice | None = None
+    ) -> Engine:
+        """The engine `choice` names (default: what the settings resolve to, backends/select.py)."""
+        backend = load_backend(spec, settings, choice)
         log.info(
             "loaded %s (%s) backend=%s device=%s precision=%s max_length=%d",
             spec.name,
@@ -195,6 +199,11 @@ class Engine:
         return rows
 
     def to_scores(self, outputs: np.ndarray, *, raw: bool = False) -> np.ndarray:
+    @property
+    def reports_probabilities(self) -> bool:
+        """Whether the scores it reports (not raw) are probabilities: a sigmoid or softmax over logits."""
+        return self.spec.kind != "bi-encoder" and self.spec.activation in ("sigmoid", "softmax")
+
         if self.spec.kind == "late-interaction":
             return outputs.astype(np.float32, copy=False)  # MaxSim, as sentence-transformers reports it
         if self.spec.kind == "bi-encoder":

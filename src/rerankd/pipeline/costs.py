@@ -27,11 +27,13 @@ _FALLBACK_TOKENS_PER_SECOND = 1000.0  # an engine that was never warmed up
 
 
 @dataclass(frozen=True)
-class ExactHead:
-    """int8-rescore (pipeline/rescore.py): the fp32 twin that scores a request's top `size` documents again."""
+class RescoredHead:
+    """int8-rescore's head (pipeline/rescore.py): the engine that scores a request's top `size` documents again, at
+    `precision`. The planner, admission and the runner all ask this one object."""
 
     engine: Engine
     size: int
+    precision: str = "fp32"
 
 
 @dataclass
@@ -67,9 +69,9 @@ class CostModel:
         *,
         chunks: ChunkRule | None,
         bm25: bool,
-        head: ExactHead | None = None,
+        head: RescoredHead | None = None,
     ) -> tuple[Costs, float]:
-        """The request's `Costs` (with `head`, its fp32 twin's part too), and the part of them that is queue wait
+        """The request's `Costs` (with `head`, the head engine's part too), and the part of them that is queue wait
         (for `learn_model`)."""
         stats = self._stats(engine)
         pair = engine.spec.pairs
@@ -95,10 +97,10 @@ class CostModel:
         if head is None:
             return costs, wait_ms
         exact, exact_wait_ms = self.costs(head.engine, query_tokens, documents, chunks=chunks, bm25=False)
-        # The twin's queue is waited for too: its head follows the model's pass, or is all the work.
+        # The head engine's queue is waited for too: the head follows the model's pass, or is all the work.
         fixed_ms += exact_wait_ms
         costs = dataclasses.replace(
-            costs, fixed_ms=fixed_ms, head=head.size, head_pairs_per_second=exact.pairs_per_second
+            costs, fixed_ms=fixed_ms, rescored_head=head.size, rescored_pairs_per_second=exact.pairs_per_second
         )
         return costs, wait_ms + exact_wait_ms
 
@@ -110,10 +112,10 @@ class CostModel:
         *,
         chunks: ChunkRule | None,
         scored: int,
-        head: ExactHead | None = None,
+        head: RescoredHead | None = None,
     ) -> float:
         """Model time of a request not yet tokenized (its query's tokens guessed from characters), for admission:
-        `scored` of its documents reach the model (with `head`, its fp32 twin's time too)."""
+        `scored` of its documents reach the model (with `head`, the head engine's time too)."""
         query_tokens = round(len(query) / self._stats(engine).chars_per_token)
         costs, _ = self.costs(engine, query_tokens, documents, chunks=chunks, bm25=False, head=head)
         return costs.model_ms(min(scored, len(documents))) / 1000.0

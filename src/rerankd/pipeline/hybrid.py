@@ -20,7 +20,8 @@ from rerankd.engine.tokenize import Tokens
 from rerankd.errors import PayloadTooLarge
 from rerankd.pipeline import chunking
 from rerankd.pipeline.admission import Stage
-from rerankd.pipeline.costs import CostModel, ExactHead
+from rerankd.pipeline.calibration import Calibration
+from rerankd.pipeline.costs import CostModel, RescoredHead
 from rerankd.pipeline.planner import Costs, Plan, plan
 from rerankd.pipeline.ranking import rank_candidates, select
 from rerankd.prefilter import EmbeddingPrefilter, bm25_scores
@@ -58,13 +59,15 @@ class Options:
     instruction: str | None = None  # an LLM reranker's task description (None: the model's default)
     first_stage_model: Engine | None = None  # the hybrid pre-filter when it is a served model (a cascade)
     first_stage_done: Callable[[], None] | None = None  # told once the cascade's first model answered (admission)
-    exact_head: ExactHead | None = None  # int8-rescore: the fp32 twin and its head (pipeline/rescore.py)
+    rescored_head: RescoredHead | None = None  # int8-rescore: the head's engine, size and precision
+    calibration: Calibration | None = None  # the model's score maps (`finalise`)
+    min_score: float | None = None  # documents whose final score is below it are dropped (`finalise`)
 
     @property
-    def fp32_head(self) -> ExactHead | None:
-        """int8-rescore's fp32 head for this request; none when it fuses scores (fusion keeps int8 only,
+    def rescoring(self) -> RescoredHead | None:
+        """The rescored head this request runs: none when it fuses scores (fusion keeps int8 only,
         pipeline/rescore.py)."""
-        return self.exact_head if self.fusion == "none" else None
+        return self.rescored_head if self.fusion == "none" else None
 
     @property
     def prefiltered(self) -> bool:
@@ -178,7 +181,7 @@ class Reranker:
         first = _FirstStage(self, query, documents, options)
         rule = self._chunk_rule(engine, query_tokens, options)
         fusing = options.fusion != "none"
-        head = options.fp32_head
+        head = options.rescoring
         costs, wait_ms = self.costs.costs(
             engine,
             len(query_tokens),
@@ -205,19 +208,19 @@ class Reranker:
         deadline = None
         if chosen.prefiltered and options.budget_ms is not None:
             deadline = started + DEADLINE_SHARE * options.budget_ms / 1000
-        # int8-rescore with no more candidates than its head: the fp32 twin alone, no int8 pass to score again.
+        # int8-rescore with no more candidates than its head: the head engine alone, no int8 pass to score again.
         scorer = head.engine if head is not None and len(candidates) <= head.size else engine
         alone = scorer is not engine
         model_started = time.perf_counter()
         job = _ScoringJob(scorer, query_tokens, documents, rule, options)
         scored = await self._score_until(job, candidates, deadline)
         if wait_ms == 0:  # with a queue ahead, the time says more about the queue than about the estimate
-            estimate = costs if alone else dataclasses.replace(costs, head=0)  # the pass that ran, without a head
+            estimate = costs if alone else dataclasses.replace(costs, rescored_head=0)  # the pass that ran, no head
             self.costs.learn_model(
                 scorer, estimate.model_ms(len(scored.raw)), 1000 * (time.perf_counter() - model_started)
             )
         if alone:
-            reason = "no more candidates than the head: the fp32 twin alone, no int8 pass"
+            reason = "no more candidates than the head: the head engine alone, no int8 pass"
             meta["rescored"] = {
                 "documents": len(scored.raw),
                 "precision": "fp32",
@@ -254,7 +257,7 @@ class Reranker:
         document (when it will run), then `engine` over at most K of them."""
         scored = min(options.most_scored or len(documents), len(documents))
         rule = _rough_rule(engine, options)
-        head = options.fp32_head  # int8-rescore's fp32 head: more work
+        head = options.rescoring  # int8-rescore's head: more work
         own = Stage(
             engine.spec.name,
             self.costs.work_seconds(engine, query, documents, chunks=rule, scored=scored, head=head),

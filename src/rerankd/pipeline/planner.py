@@ -31,24 +31,26 @@ class Costs:
     pairs_per_document: float = 1.0  # more than 1 when long documents are chunked
     fixed_ms: float = 0.0  # time that does not depend on K: work queued ahead, BM25 for fusion
     prefilter_ms: float = 0.0  # a pre-filter's own time before it ran (a cascade's first model; BM25's is ~0)
-    head: int = 0  # int8-rescore: documents the fp32 twin re-scores (pipeline/rescore.py); 0 = none
-    head_pairs_per_second: float = 0.0  # the fp32 twin's throughput
+    rescored_head: int = 0  # int8-rescore: documents its head engine scores again (pipeline/rescore.py); 0 = none
+    rescored_pairs_per_second: float = 0.0  # the head engine's throughput
 
     def model_ms(self, documents: int) -> float:
-        """The model's time for `documents` candidates. With a head, up to `head` of them are scored by the fp32
-        twin alone; more, by the model and then the top `head` again by the twin."""
-        if not self.head:
+        """The model's time for `documents` candidates. With a rescored head, up to `rescored_head` of them are
+        scored by the head engine alone; more, by the model and then the top `rescored_head` again."""
+        head, head_speed = self.rescored_head, self.rescored_pairs_per_second
+        if not head:
             return self._ms(documents, self.pairs_per_second)
-        if documents <= self.head:
-            return self._ms(documents, self.head_pairs_per_second)
-        return self._ms(documents, self.pairs_per_second) + self._ms(self.head, self.head_pairs_per_second)
+        if documents <= head:
+            return self._ms(documents, head_speed)
+        return self._ms(documents, self.pairs_per_second) + self._ms(head, head_speed)
 
     def most_within(self, ms: float, documents: int) -> int:
         """The most candidates, of `documents`, whose `model_ms` fits in `ms` (it grows with the candidates)."""
-        if not self.head:
+        head, head_speed = self.rescored_head, self.rescored_pairs_per_second
+        if not head:
             return self._fit(ms, self.pairs_per_second, documents)
-        beyond = self._fit(ms - self._ms(self.head, self.head_pairs_per_second), self.pairs_per_second, documents)
-        return beyond if beyond > self.head else self._fit(ms, self.head_pairs_per_second, min(self.head, documents))
+        beyond = self._fit(ms - self._ms(head, head_speed), self.pairs_per_second, documents)
+        return beyond if beyond > head else self._fit(ms, head_speed, min(head, documents))
 
     def _ms(self, documents: int, pairs_per_second: float) -> float:
         return 1000.0 * documents * self.pairs_per_document / pairs_per_second

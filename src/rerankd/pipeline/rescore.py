@@ -1,17 +1,21 @@
-"""int8-rescore: every document is scored in int8, then the head of the ranking again in fp32, in the same request.
+"""int8-rescore: every document is scored in int8, then the head of the ranking again at a faithful precision (fp32,
+or bf16 on CPUs that have it), in the same request.
 
-Pure int8 is ~1.45x (AVX2) to ~2.1x (VNNI) fp32 but reorders the top (bench/int8_fidelity.py: top-10 overlap 0.87
-vs fp32 on debian-minilm-ce); the documents that reach the top are few, so scoring only them again in fp32 gives
-fp32's head for a fraction of fp32's cost. The head is the top max(2 x top_n, rescore_head_min) by int8; without
-top_n (every document returned) it is rescore_head_min. The head is ordered by, and reported with, fp32 scores; the
-rest keep their int8 order and int8 scores below it (an int8 score there may exceed the lowest fp32 score above it).
-Requests that fuse scores keep int8 only: fusion normalises over every candidate, whose fp32 scores are unknown.
-Requests with no more candidates than the head are scored by the fp32 twin alone (`Reranker.run`): an int8 pass
-would be redone in full. Cross-encoders and bi-encoders alike: a bi-encoder's twin embeds the query in fp32 too.
-The planner and admission count the twin's work (`ExactHead` in `Options`, `Costs.head`).
+Pure int8 reorders the top (bench/int8_fidelity.py); the documents that reach the top are few, so scoring only them
+again gives the faithful precision's head for a fraction of its cost. The head is the top max(2 x top_n,
+rescore_head_min) by int8; without top_n (every document returned) it is rescore_head_min. One object,
+`RescoredHead` (pipeline/costs.py), carries the head's engine, size and precision to the planner, admission and the
+runner.
 
-The fp32 twin is a second engine of the same model (its own ONNX session, scheduler and score cache), so memory
-holds both sessions; the score cache budget is split between them.
+Scores stay on one scale and agree with the order: the head is ordered by, and reported with, its re-scored values;
+the rest keep their int8 order, with their int8 scores shifted onto the head's scale by the head's own pairs (the
+median difference, in logits for probabilities) and kept below the head's last score (`merge_head`).
+Requests that fuse scores keep int8 only: fusion normalises over every candidate, whose re-scored values are unknown.
+Requests with no more candidates than the head are scored by the head engine alone (`Reranker.run`): an int8 pass
+would be redone in full. Cross-encoders and bi-encoders alike: a bi-encoder's head engine embeds the query too.
+
+The head engine is a second engine of the same model (its own session, scheduler and score cache), so memory holds
+both; the score cache budget is split between them.
 """
 
 from __future__ import annotations
@@ -27,63 +31,71 @@ from rerankd.engine.engine import Engine
 from rerankd.engine.tokenize import Tokens
 from rerankd.metrics import Metrics
 from rerankd.models import ModelSpec
-from rerankd.pipeline.costs import ExactHead
+from rerankd.pipeline.costs import RescoredHead
+from rerankd.pipeline.fusion import best_first
 from rerankd.pipeline.hybrid import Options, Outcome, Reranker
-from rerankd.pipeline.ranking import assemble
+from rerankd.pipeline.ranking import CUT_SCORE_STEP
+
+_PROBABILITY_EDGE = 1e-7  # probabilities are clipped this far from 0 and 1 before taking logits
 
 
 def head_size(top_n: int | None, minimum: int) -> int:
-    """Documents re-scored in fp32: twice what the client sees, at least `minimum`."""
+    """Documents re-scored: twice what the client sees, at least `minimum`."""
     return minimum if top_n is None else max(2 * top_n, minimum)
 
 
-def prefilter_settings(settings: Settings) -> Settings:
+def embedding_model_settings(settings: Settings) -> Settings:
     """Settings for a bi-encoder loaded only as the embedding pre-filter: it has no head to re-score, so where
-    int8-rescore would be chosen (configured, or `auto` with int8 dot products) it embeds in fp32."""
-    if choose(settings, kind="bi-encoder").precision != INT8_RESCORE:
+    int8-rescore would be chosen (configured, or by `auto`) it embeds at the head's precision."""
+    choice = choose(settings, kind="bi-encoder")
+    if choice.precision != INT8_RESCORE:
         return settings
-    return settings.model_copy(update={"precision": "fp32"})
+    return settings.model_copy(update={"backend": choice.backend, "precision": choice.head_precision})
 
 
 class HeadRescorer:
-    """The fp32 twins of the engines served at int8-rescore, and the step that re-scores a request's head."""
+    """The head engines of the models served at int8-rescore, and the step that re-scores a request's head."""
 
     def __init__(self, minimum: int) -> None:
         self.minimum = minimum
-        self._twins: dict[Engine, Engine] = {}
+        self._heads: dict[Engine, Engine] = {}
 
     def load(self, spec: ModelSpec, settings: Settings, metrics: Metrics | None = None) -> Engine:
-        """The engine serving `spec`: under int8-rescore the int8 one, its fp32 twin kept here."""
-        if choose(settings, kind=spec.kind).precision != INT8_RESCORE:
+        """The engine serving `spec`: under int8-rescore the int8 one, its head engine kept here."""
+        choice = choose(settings, kind=spec.kind)
+        if choice.head is None:
             return Engine.load(spec, settings, metrics)
         # Two caches of half the budget each keep the model's cache memory within score_cache_mb.
         cache_mb = (settings.score_cache_mb + 1) // 2
-        engine = Engine.load(spec, settings.model_copy(update={"score_cache_mb": cache_mb}), metrics)
-        exact = {"precision": "fp32", "backend": "onnx", "device": "cpu", "score_cache_mb": cache_mb}
-        # No metrics for the twin: they are labelled by model name, which the int8 engine's gauges already use.
-        self._twins[engine] = Engine.load(spec, settings.model_copy(update=exact))
+        halved = settings.model_copy(update={"score_cache_mb": cache_mb})
+        engine = Engine.load(spec, halved, metrics, choice=choice)
+        # No metrics for the head engine: they are labelled by model name, which the int8 engine's gauges use.
+        self._heads[engine] = Engine.load(spec, halved, choice=choice.head)
         return engine
 
     def warmup(self, seconds: float) -> None:
-        for twin in self._twins.values():
-            twin.warmup(seconds)
+        for head in self._heads.values():
+            head.warmup(seconds)
 
     def close(self) -> None:
-        for twin in self._twins.values():
-            twin.close()
+        for head in self._heads.values():
+            head.close()
 
     def describe(self, engine: Engine) -> str:
         """The engine line of /v1/models."""
-        return f"{engine.description}+fp32-head" if engine in self._twins else engine.description
+        head = self._heads.get(engine)
+        return engine.description if head is None else f"{engine.description}+{head.backend.precision}-head"
 
     def exact(self, engine: Engine) -> Engine:
-        """`engine`'s fp32 twin where it runs int8-rescore, else `engine` (the embedding pre-filter's engine)."""
-        return self._twins.get(engine, engine)
+        """`engine`'s head engine where it runs int8-rescore, else `engine` (the embedding pre-filter's engine)."""
+        return self._heads.get(engine, engine)
 
-    def head(self, engine: Engine, top_n: int | None) -> ExactHead | None:
-        """A request's fp32 head on `engine` (`Options.exact_head`); None unless it runs int8-rescore."""
-        twin = self._twins.get(engine)
-        return None if twin is None else ExactHead(twin, head_size(top_n, self.minimum))
+    def head(self, engine: Engine, top_n: int | None) -> RescoredHead | None:
+        """A request's re-scored head on `engine` (`Options.rescored_head`); None unless it runs int8-rescore."""
+        head = self._heads.get(engine)
+        if head is None:
+            return None
+        return RescoredHead(head, head_size(top_n, self.minimum), head.backend.precision)
 
     @staticmethod
     async def rescore(
@@ -94,15 +106,16 @@ class HeadRescorer:
         documents: Sequence[str],
         options: Options,
     ) -> Outcome:
-        """`outcome` with its head re-scored in fp32 where the request has an `exact_head`; unchanged otherwise,
-        and where the twin scored every candidate already (`meta.rescored` is set)."""
-        if options.exact_head is None or "rescored" in outcome.meta:
+        """`outcome` with its head re-scored where the request has a `rescored_head`; unchanged otherwise, and where
+        the head engine scored every candidate already (`meta.rescored` is set)."""
+        head_spec = options.rescored_head
+        if head_spec is None or "rescored" in outcome.meta:
             return outcome
         if options.fusion != "none":
             skipped = {"documents": 0, "reason": "fusion normalises over every candidate: int8 scores only"}
             return dataclasses.replace(outcome, meta={**outcome.meta, "rescored": skipped})
         scored = int(np.count_nonzero(~np.isnan(outcome.model_scores)))  # scored documents lead the order
-        head = outcome.order[: min(options.exact_head.size, scored)]
+        head = outcome.order[: min(head_spec.size, scored)]
         if len(head) == 0:
             return outcome
         # The head through the same pipeline (chunking, truncation, instruction, raw scores), directly.
@@ -113,21 +126,66 @@ class HeadRescorer:
             candidates=None,
             first_stage_scores=None,
             first_stage_model=None,
-            exact_head=None,
+            rescored_head=None,
         )
-        twin = options.exact_head.engine
-        exact = await reranker.run(twin, query, query_tokens, [documents[i] for i in head], direct)
-        return merge_head(outcome, head, exact)
+        exact = await reranker.run(head_spec.engine, query, query_tokens, [documents[i] for i in head], direct)
+        probabilities = not options.raw_scores and head_spec.engine.reports_probabilities
+        return merge_head(outcome, head, exact, precision=head_spec.precision, probabilities=probabilities)
 
 
-def merge_head(outcome: Outcome, head: np.ndarray, exact: Outcome) -> Outcome:
+def merge_head(outcome: Outcome, head: np.ndarray, exact: Outcome, *, precision: str, probabilities: bool) -> Outcome:
     """`outcome` (scored without fusion) with `head`, its leading documents, ordered and scored as `exact` (an
-    outcome over just those documents, in that order) has them; the rest stay below in their order."""
+    outcome over just those documents, in that order) has them. The other scored documents keep their order below,
+    their scores moved onto the head's scale and kept under the head's last score; cut documents stay below all."""
+    scored_order = outcome.order[~np.isnan(outcome.model_scores[outcome.order])]
+    tail = scored_order[len(head) :]
+    cut = outcome.order[len(scored_order) :]
+    head_scores = exact.model_scores.astype(np.float64)
+    head_order = best_first(head_scores)
     model_scores = outcome.model_scores.copy()
-    model_scores[head] = exact.model_scores
-    scored = ~np.isnan(model_scores[outcome.order])
-    # Documents the pre-filter cut keep scores below every scored one (assemble's rule) after the head changed.
-    _, scores = assemble(outcome.order[scored], model_scores[outcome.order[scored]], outcome.order[~scored])
-    order = np.concatenate([head[exact.order], outcome.order[len(head) :]])
-    meta = {**outcome.meta, "rescored": {"documents": len(head), "precision": "fp32", "tokens": exact.tokens}}
+    model_scores[head] = head_scores
+    model_scores[tail] = onto_head_scale(
+        outcome.model_scores[head].astype(np.float64),
+        head_scores,
+        outcome.model_scores[tail].astype(np.float64),
+        floor=float(head_scores.min()),
+        probabilities=probabilities,
+    )
+    order = np.concatenate([head[head_order], tail, cut])
+    scores = outcome.scores.copy().astype(np.float64)
+    scores[scored_order] = model_scores[scored_order]
+    if len(cut):  # documents the pre-filter cut keep scores below every scored one (ranking.assemble's rule)
+        lowest = float(model_scores[scored_order].min())
+        scores[cut] = np.minimum(scores[cut], lowest - CUT_SCORE_STEP * np.arange(1, len(cut) + 1))
+    meta = {**outcome.meta, "rescored": {"documents": len(head), "precision": precision, "tokens": exact.tokens}}
     return dataclasses.replace(outcome, order=order, scores=scores, model_scores=model_scores, meta=meta)
+
+
+def onto_head_scale(
+    head_int8: np.ndarray, head_exact: np.ndarray, tail_int8: np.ndarray, *, floor: float, probabilities: bool
+) -> np.ndarray:
+    """The tail's int8 scores (best first) on the head's scale: shifted by the median of the head's own
+    (exact - int8) differences, then each kept strictly below the previous one and below `floor`, so the returned
+    scores never contradict the returned order. Probabilities are shifted as logits and stay probabilities."""
+    if len(tail_int8) == 0:
+        return tail_int8
+    forward, back = (_logit, _sigmoid) if probabilities else (_same, _same)
+    shift = float(np.median(forward(head_exact) - forward(head_int8)))
+    mapped = back(forward(tail_int8) + shift)
+    ceiling = floor
+    for i, value in enumerate(mapped):
+        mapped[i] = ceiling = min(value, np.nextafter(ceiling, -np.inf))
+    return mapped
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, _PROBABILITY_EDGE, 1 - _PROBABILITY_EDGE)
+    return np.log(p) - np.log1p(-p)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _same(x: np.ndarray) -> np.ndarray:
+    return x

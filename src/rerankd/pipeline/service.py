@@ -24,9 +24,10 @@ from rerankd.errors import DeadlineExceeded, InvalidRequest, ModelNotFound, NotR
 from rerankd.metrics import Metrics
 from rerankd.models import ModelSpec, resolve_model
 from rerankd.pipeline.admission import Admission
-from rerankd.pipeline.hybrid import ChunkOptions, Options, Outcome, Reranker
-from rerankd.pipeline.rescore import HeadRescorer, prefilter_settings
-from rerankd.pipeline.types import ModelInfo, Ranked, RerankRequest, RerankResult, State, check_limits
+from rerankd.pipeline.calibration import Calibration
+from rerankd.pipeline.hybrid import ChunkOptions, Options, Outcome, Reranker, finalise
+from rerankd.pipeline.rescore import HeadRescorer, embedding_model_settings
+from rerankd.pipeline.types import ModelInfo, Ranked, RerankRequest, RerankResult, State, check_limits, request_deadline
 from rerankd.prefilter import EmbeddingCache, EmbeddingPrefilter
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class LocalService:
         self._embedding_cache = EmbeddingCache(settings.embedding_cache_entries, metrics)
         self._embeddings: EmbeddingPrefilter | None = None
         self._own_engines: list[Engine] = []  # loaded for the pre-filter, not served
-        self._rescorer = HeadRescorer(settings.rescore_head_min)  # fp32 twins under precision int8-rescore
+        self._rescorer = HeadRescorer(settings.rescore_head_min)  # head engines under precision int8-rescore
         self.admission = Admission(settings.max_queue_seconds, fair=settings.scheduling == "fair")
 
     def start(self) -> None:
@@ -197,7 +198,9 @@ class LocalService:
             documents_field=request.documents_field,
             instruction=request.instruction,
             first_stage_model=first_engine,
-            exact_head=self._rescorer.head(engine, request.top_n),
+            rescored_head=self._rescorer.head(engine, request.top_n),
+            calibration=self._calibrations.get(engine.spec.name),
+            min_score=request.min_score,
         )
 
     async def _embedding_prefilter(self) -> EmbeddingPrefilter:
@@ -208,15 +211,15 @@ class LocalService:
         return self._embeddings
 
     def _load_embeddings(self, served: list[Engine]) -> EmbeddingPrefilter:
-        """The bi-encoder of the embedding pre-filter, at start-up: a served engine of that model (its fp32 twin
-        under int8-rescore, as `prefilter_settings`), else its own."""
+        """The bi-encoder of the embedding pre-filter, at start-up: a served engine of that model (its head engine
+        under int8-rescore, as `embedding_model_settings`), else its own."""
         spec = resolve_model(self.settings.embedding_model, cache_dir=self.settings.cache_dir)
         engine = next((self._rescorer.exact(e) for e in served if e.spec.name == spec.name), None)
         if engine is None:
             if spec.kind != "bi-encoder":
                 raise RerankdError(f"embedding_model: {spec.name} is a {spec.kind}; it must be a bi-encoder")
             log.info("loading %s for the embedding pre-filter", spec.name)
-            engine = Engine.load(spec, prefilter_settings(self.settings), self.metrics)
+            engine = Engine.load(spec, embedding_model_settings(self.settings), self.metrics)
             self._own_engines.append(engine)
         try:
             return EmbeddingPrefilter(engine, self._embedding_cache)
