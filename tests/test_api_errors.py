@@ -47,6 +47,37 @@ def test_bad_input_is_a_clear_4xx(server: str, path: str, body: object, status: 
     assert post(server, "/v2/rerank", GOOD).status_code == 200
 
 
+# Wrong JSON types are a 422 naming the field, never coerced: "100" is not a number, true is not 1, 2.0 not an int.
+WRONG_TYPES = [
+    ("/v2/rerank", "top_n", "3"), ("/v2/rerank", "top_n", True), ("/v2/rerank", "top_n", 2.0),
+    ("/v2/rerank", "max_tokens_per_doc", "8"), ("/v2/rerank", "return_documents", 1),
+    ("/v1/rerank", "return_documents", "true"), ("/v2/rerank", "timeout_ms", "100"), ("/v2/rerank", "timeout_ms", True),
+    ("/v2/rerank", "latency_budget_ms", "50"), ("/v2/rerank", "candidates", True), ("/v2/rerank", "candidates", 1.5),
+    ("/v2/rerank", "fusion_weight", "0.5"), ("/v2/rerank", "first_stage_scores", ["1", "2"]),
+    ("/v2/rerank", "chunking", 1), ("/v2/rerank", "max_chunks_per_doc", "2"), ("/v2/rerank", "instruction", 7),
+    ("/v2/rerank", "first_stage_model", True), ("/v2/rerank", "model", 1),
+    ("/rerank", "raw_scores", 1), ("/rerank", "truncate", "false"), ("/rerank", "return_text", "yes"),
+    ("/rerank", "timeout_ms", False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "field", "value"), WRONG_TYPES)
+def test_wrong_json_types_are_422_not_coerced(server: str, path: str, field: str, value: object) -> None:
+    body = {"query": "q", "texts": ["a", "b"]} if path == "/rerank" else {**GOOD}
+    assert_error(post(server, path, {**body, field: value}), 422, field)
+
+
+@pytest.mark.parametrize("timeout_ms", [5e-324, 1e-3, 0.999, 0, -5])
+def test_a_deadline_under_one_ms_is_a_400_not_no_deadline(server: str, timeout_ms: float) -> None:
+    assert_error(post(server, "/v2/rerank", {**GOOD, "timeout_ms": timeout_ms}), 400, "timeout_ms", "at least 1")
+
+
+def test_json_numbers_of_either_form_pass_where_a_number_is_expected(server: str) -> None:
+    body = {**GOOD, "top_n": 1, "timeout_ms": 30_000, "latency_budget_ms": 5000.5, "fusion_weight": 0, "candidates": 2}
+    body |= {"first_stage_scores": [1, 0.5], "return_documents": True}
+    assert post(server, "/v2/rerank", body).status_code == 200
+
+
 def test_invalid_json_is_422(server: str) -> None:
     response = httpx.post(
         f"{server}/v2/rerank", content=b'{"query": "q", "documents": [', headers={"content-type": "application/json"}

@@ -206,6 +206,23 @@ def test_timeout_ms_gives_504_and_drops_the_work(hostile_server) -> None:
     assert_healthy(url)
 
 
+def test_request_timeout_seconds_bounds_any_timeout_ms(thread_server, ce_fixture_path) -> None:
+    settings = Settings(model=["ce-fixture"], warmup_seconds=0, embedding_model="", request_timeout_seconds=0.05)
+    with thread_server(create_app(settings)) as srv:
+        wait_until(lambda: httpx.get(f"{srv.url}/ready").status_code == 200, timeout=120)
+        documents = [f"document {i} " * 100 for i in range(400)]
+        for timeout_ms in (1e12, 1e300, 60_000):  # a client cannot lift the server's deadline
+            response, seconds = post(
+                srv.url, "/v2/rerank", {"query": "sql", "documents": documents, "timeout_ms": timeout_ms}
+            )
+            assert response.status_code == 504, response.text[:300]
+            assert "request_timeout_seconds" in response.json()["error"]["message"]
+            assert seconds < 2
+        short, _ = post(srv.url, "/v2/rerank", {"query": "sql", "documents": documents, "timeout_ms": 1})
+        assert short.status_code == 504
+        assert "timeout_ms" in short.json()["error"]["message"]  # a shorter deadline of the client's own applies
+
+
 # -- slow clients ---------------------------------------------------------------------------------------------------
 
 

@@ -106,8 +106,8 @@ class Settings(BaseSettings):
     request_timeout_seconds: float = Field(
         default=60,
         ge=0,
-        description="Default deadline of a request (the `timeout_ms` field overrides it): past it, its queued work "
-        "is dropped and it gets 504; 0 = none.",
+        description="Deadline of a request (a request's `timeout_ms` may shorten it, never extend it): past it, its "
+        "queued work is dropped and it gets 504; 0 = none.",
     )
     scheduling: Literal["fair", "fifo"] = Field(
         default="fair",

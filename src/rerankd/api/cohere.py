@@ -22,6 +22,8 @@ router = APIRouter(dependencies=[Depends(require_api_key)], tags=["rerank"], res
 
 
 class TextDocument(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     text: str
 
 

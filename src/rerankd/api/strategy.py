@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from rerankd.pipeline.types import MAX_CHUNKS_PER_DOC, Ranked, RerankResult
+from rerankd.pipeline.types import MAX_CHUNKS_PER_DOC, MIN_TIMEOUT_MS, Ranked, RerankResult
 from rerankd.vocabulary import FusionMethod, Strategy
 
 
 class StrategyFields(BaseModel):
+    # Strict: a wrong JSON type is a 422, never coerced ("100" is not a number, true is not 1, 2.0 is not an int).
+    model_config = ConfigDict(strict=True)
+
     strategy: Strategy | None = Field(
         default=None,
         description="`direct` scores every document with the model; `hybrid` keeps the best `candidates` by BM25 "
@@ -72,8 +75,8 @@ class StrategyFields(BaseModel):
 
     timeout_ms: float | None = Field(
         default=None,
-        description="Deadline in ms (> 0): a request not answered by then gets 504 and its queued work is dropped. "
-        "Default: the server's `request_timeout_seconds`.",
+        description=f"Deadline in ms (at least {MIN_TIMEOUT_MS}): a request not answered by then gets 504 and its "
+        "queued work is dropped. Default and upper bound: the server's `request_timeout_seconds`.",
     )
 
     def strategy_fields(self) -> dict[str, Any]:

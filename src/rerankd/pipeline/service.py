@@ -117,17 +117,16 @@ class LocalService:
         check_limits(request, self.settings.max_documents, self.settings.max_query_chars)
         options = self._options(request, engine)
         stages = self._reranker.admission_stages(engine, request.query, request.documents, options)
-        timeout = request.timeout_ms / 1000 if request.timeout_ms else self.settings.request_timeout_seconds
+        timeout, source = request_deadline(request.timeout_ms, self.settings.request_timeout_seconds)
         with self.admission.admit(*stages) as ticket:
             if len(stages) > 1:  # a cascade: its first model's queue is free once that model has answered
                 options = dataclasses.replace(options, first_stage_done=functools.partial(ticket.stage_done, 0))
             try:
-                async with asyncio.timeout(timeout or None) as deadline:
+                async with asyncio.timeout(timeout) as deadline:
                     return await self._rerank(engine, request, options)
             except TimeoutError:
                 if not deadline.expired():
                     raise
-                source = "timeout_ms" if request.timeout_ms else "request_timeout_seconds"
                 raise DeadlineExceeded(
                     f"request: not answered within {timeout:g} s ({source}); its queued work was dropped"
                 ) from None

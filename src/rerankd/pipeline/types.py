@@ -95,6 +95,7 @@ class RerankService(Protocol):
 
 
 MAX_CHUNKS_PER_DOC = 100  # bounds one request's work: documents x chunks pairs
+MIN_TIMEOUT_MS = 1  # a deadline that rounds to 0 s would read as "no deadline"
 
 
 def check_limits(request: RerankRequest, max_documents: int, max_query_chars: int | None = None) -> None:
@@ -156,8 +157,8 @@ def _check_strategy_fields(request: RerankRequest) -> None:
     if chunks is not None and not (1 <= chunks <= MAX_CHUNKS_PER_DOC):
         raise InvalidRequest(f"max_chunks_per_doc: must be between 1 and {MAX_CHUNKS_PER_DOC}, got {chunks}")
     timeout = request.timeout_ms
-    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
-        raise InvalidRequest(f"timeout_ms: must be a number above 0, got {timeout}")
+    if timeout is not None and not (math.isfinite(timeout) and timeout >= MIN_TIMEOUT_MS):
+        raise InvalidRequest(f"timeout_ms: must be a number of at least {MIN_TIMEOUT_MS}, got {timeout}")
     scores = request.first_stage_scores
     if scores is not None:
         if len(scores) != len(request.documents):
@@ -167,6 +168,14 @@ def _check_strategy_fields(request: RerankRequest) -> None:
         bad = next((i for i, score in enumerate(scores) if not math.isfinite(score)), None)
         if bad is not None:
             raise InvalidRequest(f"first_stage_scores[{bad}]: must be a finite number, got {scores[bad]}")
+
+
+def request_deadline(timeout_ms: float | None, server_seconds: float) -> tuple[float | None, str]:
+    """A request's deadline in seconds (None: none) and the setting it comes from: `timeout_ms` (checked to be at
+    least `MIN_TIMEOUT_MS`), never later than the server's `request_timeout_seconds` (0 = no server deadline)."""
+    if timeout_ms is None or (server_seconds and timeout_ms / 1000 >= server_seconds):
+        return server_seconds or None, "request_timeout_seconds"
+    return timeout_ms / 1000, "timeout_ms"
 
 
 def rank(scores: np.ndarray, top_n: int | None) -> list[Ranked]:
