@@ -94,6 +94,59 @@ def build_pylate_colbert(cache_dir: Path | None = None, *, document_length: int 
     return build_once(target, build, done="modules.json")
 
 
+def build_tiny_modernbert_colbert(cache_dir: Path | None = None) -> Path:
+    """A tiny ModernBERT ColBERT (2 layers, hidden 32, one sliding-window layer) in PyLate's layout, random and
+    seeded, with the packaged model's WordPiece vocabulary: the ModernBERT family's golden fixture."""
+    target = (cache_dir or default_cache_dir()) / "fixtures" / f"colbert-modernbert-tiny-v{FIXTURE_VERSION}"
+
+    def build(folder: Path) -> None:
+        import torch
+        from safetensors.torch import save_file
+        from tokenizers import AddedToken
+        from transformers import AutoTokenizer, ModernBertConfig, ModernBertModel
+
+        tokenizer = AutoTokenizer.from_pretrained(
+            packaged_default_path(), model_max_length=128, model_input_names=["input_ids", "attention_mask"]
+        )
+        tokenizer.add_tokens([AddedToken(token, normalized=True, special=False) for token in ("[Q] ", "[D] ")])
+        config = ModernBertConfig(
+            vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, max_position_embeddings=128, local_attention=16, global_attn_every_n_layers=2,
+            initializer_range=0.2, pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
+            sep_token_id=tokenizer.sep_token_id, bos_token_id=None, eos_token_id=None,
+        )  # fmt: skip
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            ModernBertModel(config).eval().save_pretrained(folder)
+            weight = torch.randn(16, 32) / 32**0.5
+        tokenizer.save_pretrained(folder)
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"},
+        ]
+        (folder / "modules.json").write_text(json.dumps(modules))
+        (folder / "1_Dense").mkdir()
+        dense = {"in_features": 32, "out_features": 16, "bias": False}
+        dense |= {"activation_function": "torch.nn.modules.linear.Identity", "use_residual": False}
+        (folder / "1_Dense" / "config.json").write_text(json.dumps(dense))
+        save_file({"linear.weight": weight.contiguous()}, str(folder / "1_Dense" / "model.safetensors"))
+        settings = {
+            "prompts": {"query": "", "document": ""},
+            "similarity_fn_name": "MaxSim",
+            "query_prefix": "[Q] ",
+            "document_prefix": "[D] ",
+            "query_length": 16,
+            "document_length": 48,
+            "attend_to_expansion_tokens": False,
+            "skiplist_words": list(string.punctuation),
+            "do_query_expansion": True,
+        }
+        (folder / "config_sentence_transformers.json").write_text(json.dumps(settings))
+        (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 128}))
+
+    return build_once(target, build, done="modules.json")
+
+
 def build_stanford_colbert(cache_dir: Path | None = None) -> Path:
     """A Stanford ColBERT checkpoint: `HF_ColBERT`, the body under `bert.` and `linear.weight` in one file, and
     artifact.metadata (queries attend to their [MASK] expansion here, unlike the PyLate fixture)."""

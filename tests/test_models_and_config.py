@@ -54,7 +54,7 @@ def test_nonsense_name_lists_the_presets() -> None:
 
 def test_presets_name_hub_ids() -> None:
     assert PRESETS["minilm-l6"].model_id == "cross-encoder/ms-marco-MiniLM-L6-v2"
-    assert all(p.kind in {"cross-encoder", "causal-lm", "bi-encoder"} for p in PRESETS.values())
+    assert all(p.kind in {"cross-encoder", "causal-lm", "bi-encoder", "late-interaction"} for p in PRESETS.values())
     # An LLM preset names the prompt it falls back to, and that prompt exists.
     assert all((p.template in TEMPLATES) == (p.kind == "causal-lm") for p in PRESETS.values())
 

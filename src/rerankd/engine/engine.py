@@ -118,7 +118,10 @@ class Engine:
 
     @property
     def query_limit(self) -> int:
-        """The most query tokens the model can see: its window less the special tokens."""
+        """The most query tokens the model can see: its window less the special tokens (late-interaction: the
+        body's window; queries are then cut to the model's query_length, as PyLate and sentence-transformers do)."""
+        if self.spec.late is not None:
+            return self.spec.late.window - self.tokenizer.special_tokens(pair=False)
         return self.tokenizer.room(pair=self.spec.pairs)
 
     def stats(self) -> QueueStats:

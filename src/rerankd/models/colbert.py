@@ -42,6 +42,7 @@ class LateInteraction:
     attend_to_expansion: bool  # whether the encoder's attention sees those mask tokens
     skiplist_words: tuple[str, ...]  # document tokens MaxSim skips (punctuation, by default)
     layout: str  # "pylate" or "stanford", for the start-up line
+    window: int = 512  # the body's own limit: longer queries are refused, shorter ones cut to query_length
 
 
 def is_stanford(config: dict[str, Any]) -> bool:

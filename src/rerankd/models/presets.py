@@ -66,6 +66,19 @@ PRESETS: dict[str, Preset] = {
             "LLM reranker (Gemma 2B), multilingual; GPU",
             "bge-reranker-v2-gemma",
         ),
+        Preset(
+            "answerai-colbert-small-v1",
+            "answerdotai/answerai-colbert-small-v1",
+            "late-interaction",
+            "ColBERT, 33M params, 96-dim token vectors; documents cached",
+        ),
+        Preset("colbertv2", "colbert-ir/colbertv2.0", "late-interaction", "Stanford ColBERTv2, 110M params, 128 dims"),
+        Preset(
+            "gte-moderncolbert-v1",
+            "lightonai/GTE-ModernColBERT-v1",
+            "late-interaction",
+            "ColBERT on ModernBERT, 149M params, long documents",
+        ),
         Preset("ce-fixture", CE_FIXTURE_ID, "cross-encoder", "test model: MiniLM-L6 CE shape, seeded head"),
     )
 }

@@ -120,7 +120,7 @@ def inspect_model(
     if kind == "late-interaction":
         modules, late = read_colbert(name, path, config)
         window = _st_window(path, config)
-        late = replace(late, document_length=min(int(late.document_length or window), window))
+        late = replace(late, document_length=min(int(late.document_length or window), window), window=window)
         return ModelSpec(**base, max_length=late.document_length, modules=modules, late=late, normalize=False)
     if not (path / "modules.json").is_file():
         return ModelSpec(**base, max_length=_st_window(path, config), normalize=False)  # a bare body: mean pooling
