@@ -36,9 +36,10 @@ lint: install
 test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/pytest
 
-# The edit loop: no Ray, no subprocess servers (tests marked slow).
+# The edit loop, under 3 minutes on 2 cores: no Ray, no subprocesses, no long real-model runs (tests marked slow).
+# The ten slowest are listed at the end, so a test that grows past the loop shows itself.
 test-fast: install
-	HF_HUB_OFFLINE=1 $(BIN)/pytest -m "not slow"
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -m "not slow" --durations=10
 
 # The CUDA checks (tests marked gpu); each skips, naming what is missing, without a GPU or the gpu extra.
 test-gpu: install

@@ -85,6 +85,7 @@ def test_impossible_combinations_are_refused(overrides: dict, message: str) -> N
         choose(Settings(**overrides))
 
 
+@pytest.mark.slow  # starts `rerankd serve` subprocesses
 def test_serve_prints_the_engine_it_chose_and_refuses_impossible_ones() -> None:
     command = [sys.executable, "-m", "rerankd.cli", "serve", "--model", "ce-fixture", "--device", "cpu"]
     refused = subprocess.run([*command, "--precision", "fp16"], capture_output=True, text=True, timeout=120)
@@ -136,6 +137,7 @@ def debian_candidates() -> list[tuple[str, list[str]]]:
     return [(data.queries[qid], [data.corpus[doc_ids[i]] for i in row]) for qid, row in pairs]
 
 
+@pytest.mark.slow  # real models over real queries, int8 and fp32
 @pytest.mark.parametrize("model", [str(TRAINED_CE), "default"])
 def test_int8_keeps_the_rankings_of_real_models(model: str, debian_candidates: list[tuple[str, list[str]]]) -> None:
     """Looser than the benchmark's targets (Spearman 0.98, top-10 0.9 over 100 queries): 6 queries vary more."""

@@ -73,6 +73,7 @@ def test_a_cascade_is_judged_and_held_on_each_of_its_models_queues() -> None:
     assert admission.queued_seconds("fast") == admission.queued_seconds("slow") == 0.0
 
 
+@pytest.mark.slow  # a load burst: long on a busy machine
 def test_a_burst_past_max_queue_seconds_gets_fast_429s_and_every_accepted_answer(thread_server) -> None:
     settings = Settings(model=["ce-fixture"], warmup_seconds=0.5, max_queue_seconds=1.0, embedding_model="")
     with thread_server(create_app(settings)) as srv:
@@ -109,6 +110,7 @@ def test_a_burst_past_max_queue_seconds_gets_fast_429s_and_every_accepted_answer
         wait_until(lambda: httpx.get(f"{srv.url}/ready").status_code == 200, timeout=60)
 
 
+@pytest.mark.slow  # waits out a stall on purpose
 def test_health_reports_a_stuck_engine_then_recovers(thread_server) -> None:
     # A stall limit shorter than one batch: while a large request runs, the engine counts as stuck.
     # No request deadline: on a loaded machine the request must still end in 200, however long it takes.

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from sentence_transformers import CrossEncoder
 
+pytestmark = pytest.mark.slow  # every test reads one `rerankd eval` run in a subprocess (minutes on 2 cores)
+
 CORPUS = {
     "d1": "solar panel battery charger for camping",
     "d2": "solar panel mounting kit",

@@ -303,6 +303,7 @@ def test_the_planner_fits_k_with_the_head_and_the_twin_alone_within_it() -> None
 
 
 @pytest.mark.skipif(not TRAINED_CE.is_dir(), reason="needs ../shared/models/debian-minilm-ce (the trained model)")
+@pytest.mark.slow  # the trained model over real queries, twice
 def test_the_trained_models_top_ten_is_fp32s() -> None:
     """The trained cross-encoder on a query whose int8 top 10 differs from fp32's."""
     from rerankd.datasets import load_beir

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 from conftest import serve_once, wait_until
 
 from rerankd.api import create_app
@@ -76,6 +77,7 @@ def test_overload_answers_429_with_retry_after_and_loses_nothing_accepted(thread
                 assert sorted(r["index"] for r in response.json()["results"]) == list(range(50))
 
 
+@pytest.mark.slow  # `rerankd serve` in a subprocess
 def test_unknown_model_fails_at_start_with_a_clear_message(tmp_path) -> None:
     result = serve_once(["--model", "no-org/no-such-model"], tmp_path)
     assert result.returncode == 2
@@ -83,6 +85,7 @@ def test_unknown_model_fails_at_start_with_a_clear_message(tmp_path) -> None:
     assert "hub" in result.stderr
 
 
+@pytest.mark.slow  # `rerankd serve` in a subprocess
 def test_folder_without_a_model_is_rejected(tmp_path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "rerankd.cli", "rerank", "q", "-", "--model", str(tmp_path)],

@@ -133,6 +133,7 @@ def test_every_setting_is_a_serve_flag() -> None:
     assert {"--" + name.replace("_", "-") for name in Settings.model_fields} <= flags
 
 
+@pytest.mark.slow  # `rerankd rerank` in a subprocess
 def test_rerank_command_prints_a_ranked_table(tmp_path: Path) -> None:
     documents = tmp_path / "docs.txt"
     documents.write_text("A game about ancient warfare\nSQLite storage backend for Akonadi\n\nhello world\n")
@@ -147,6 +148,7 @@ def test_rerank_command_prints_a_ranked_table(tmp_path: Path) -> None:
     assert len(lines) == 4  # blank lines are not documents
 
 
+@pytest.mark.slow  # `rerankd rerank` in a subprocess
 def test_rerank_command_reads_stdin_as_json() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "rerankd.cli", "rerank", "menu editor", "-", "--json", "--top-n", "1"],
