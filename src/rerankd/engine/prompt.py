@@ -1,17 +1,22 @@
 """LLM rerankers' prompts: the model's chat template places the instruction, the query and the document, and the
-ids are built exactly as sentence-transformers builds them.
+ids are built as sentence-transformers builds them.
 
 sentence-transformers (6.x) turns a pair into the messages `[system: instruction]?, query: q, document: d`, renders
 them with the model's chat template, tokenizes the whole text without adding special tokens (the template writes
 them), cuts it to the window from the right, and writes the template's tail back over the last tokens of a cut
-input, so that the model still answers at the place it was trained to. This module does the same, with two savings:
-the template is rendered once per request (the document's place found with a marker, checked at load time to be
-verbatim), and only as much of a document is tokenized as can reach the window.
+input, so that the model still answers at the place it was trained to. This module does the same, with savings: the
+template is rendered only at load time, and only as much of a document is tokenized as can reach the window.
+
+User text is never rendered and never searched. At load time the template is rendered with private markers in place
+of the parts (checked to be placed verbatim), which gives its literal pieces; a request's prompt is those pieces with
+the parts put between them, so no text a client sends can be taken for a part's place.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -20,11 +25,12 @@ from tokenizers import Encoding
 
 from rerankd.engine.prefix import by_growing_prefix
 
-# Markers for where the template puts each part: private-use characters no real text or template contains.
-QUERY_MARK = "\ue000query\ue000"
-DOCUMENT_MARK = "\ue000document\ue000"
-INSTRUCTION_MARK = "\ue000instruction\ue000"
-_PROBE = "  Probe\n text, spaces kept.  "  # the template must place documents verbatim (no trim, no escaping)
+PARTS = ("instruction", "query", "document")
+# Markers for where the template puts each part: private-use characters, rendered only at load time (never beside
+# user text), and checked to occur once each.
+MARKS = {part: f"\ue000{part}\ue000" for part in PARTS}
+_MARK = re.compile("|".join(re.escape(mark) for mark in MARKS.values()))
+_PROBE = '  {} probe\n text & <kept> "verbatim".  '  # each part must be placed verbatim (no trim, no escaping)
 _SUFFIX_CACHE = 256  # instructions whose template tail is remembered
 
 Encode = Callable[[Sequence[str]], list[Encoding]]
@@ -34,56 +40,127 @@ class TemplateError(ValueError):
     """The chat template cannot serve as a reranking prompt (it does not place the query and the document)."""
 
 
-class PromptTemplate:
-    """Renders (instruction, query, document) with the model's chat template and builds the model input ids."""
+@dataclass(frozen=True)
+class _Slot:
+    """Where a part goes in a layout."""
 
-    def __init__(self, tokenizer: Any, encode: Encode, max_length: int, template_kwargs: dict[str, Any]) -> None:
+    part: str
+
+
+Item = str | int | _Slot  # literal text, a control token's id, or a part's place
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One request's prompt around its documents: `before` ids, the text `left + document + right` (tokenized as one:
+    a document's first and last words join the template's text around it), then `after` ids."""
+
+    before: list[int]
+    left: str
+    right: str
+    after: list[int]
+
+
+class PromptTemplate:
+    """Places (instruction, query, document) in the model's chat template and builds the model input ids."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        encode: Encode,
+        max_length: int,
+        template_kwargs: dict[str, Any],
+    ) -> None:
         """`tokenizer`: the Hugging Face tokenizer carrying the chat template (used only to render text);
         `encode`: tokenizes texts without special tokens (thread-safe)."""
         if not getattr(tokenizer, "chat_template", None):
             raise TemplateError("it has no chat template (chat_template.jinja or tokenizer_config.json)")
         self._tokenizer = tokenizer
-        self._encode = encode
         self._kwargs = template_kwargs
         self.max_length = max_length
-        rendered = self.render(QUERY_MARK, DOCUMENT_MARK, None)
-        if rendered.count(QUERY_MARK) != 1 or rendered.count(DOCUMENT_MARK) != 1:
-            raise TemplateError(
-                "its chat template does not place one 'query' and one 'document' message (sentence-transformers' "
-                "reranking roles); use a model folder in sentence-transformers' CrossEncoder format"
-            )
-        head, tail = self.split(QUERY_MARK, None)
-        if self.render(QUERY_MARK, _PROBE, None) != head + _PROBE + tail:
-            raise TemplateError("its chat template changes the document text (trims or escapes it)")
-        self.takes_instruction = INSTRUCTION_MARK in self.render(QUERY_MARK, DOCUMENT_MARK, INSTRUCTION_MARK)
-        self.overhead = len(self._encode([self.render("", "", None)])[0].ids)  # template tokens around the texts
+        self._encode = encode
+        self._layouts: dict[bool, list[Item]] = {given: list(self._layout(given)) for given in (False, True)}
+        self.takes_instruction = any(item == _Slot("instruction") for item in self._layouts[True])
+        self.overhead = len(self._ids("", "", None))  # template tokens around the texts
         self.suffix = lru_cache(maxsize=_SUFFIX_CACHE)(self._suffix)
 
     def render(self, query: str, document: str, instruction: str | None) -> str:
+        """The template's text for these parts (load time only: requests are built from the layout)."""
         messages = [{"role": "query", "content": query}, {"role": "document", "content": document}]
         if instruction is not None:
             messages.insert(0, {"role": "system", "content": instruction})
         return self._tokenizer.apply_chat_template(messages, tokenize=False, **self._kwargs)
 
-    def split(self, query: str, instruction: str | None) -> tuple[str, str]:
-        """The text before and after the document, for this query and instruction."""
-        head, tail = self.render(query, DOCUMENT_MARK, instruction).split(DOCUMENT_MARK)
-        return head, tail
+    def frame(self, query: str, instruction: str | None) -> Frame:
+        """The prompt around this request's documents."""
+        values = {"query": query, "instruction": instruction or ""}
+        items = [
+            values.get(item.part, item) if isinstance(item, _Slot) else item for item in self._layout_for(instruction)
+        ]
+        cut = items.index(_Slot("document"))
+        before, after = _merge(items[:cut]), _merge(items[cut + 1 :])
+        left = before.pop() if before and isinstance(before[-1], str) else ""
+        right = after.pop(0) if after and isinstance(after[0], str) else ""
+        return Frame(self._tokens(before), left, right, self._tokens(after))
 
     def encode(self, query: str, documents: Sequence[str], instruction: str | None) -> list[tuple[np.ndarray, bool]]:
         """Each document's model input ids (int32) and whether the window cut it."""
-        head, tail = self.split(query, instruction)
+        frame = self.frame(query, instruction)
+        skipped = len(frame.before)
 
         def attempt(indices: list[int], parts: list[str]) -> list[tuple[np.ndarray, bool] | None]:
-            encodings = self._encode([head + part + tail for part in parts])
+            encodings = self._encode([frame.left + part + frame.right for part in parts])
             answers: list[tuple[np.ndarray, bool] | None] = []
             for i, part, encoding in zip(indices, parts, encodings, strict=True):
                 whole = len(part) == len(documents[i])
-                decided = whole or _tokens_before(encoding, len(head) + len(part)) >= self.max_length
-                answers.append(self._fit(encoding.ids, instruction, cut=not whole) if decided else None)
+                decided = whole or skipped + _tokens_before(encoding, len(frame.left) + len(part)) >= self.max_length
+                ids = frame.before + encoding.ids + frame.after
+                answers.append(self._fit(ids, instruction, cut=not whole) if decided else None)
             return answers
 
         return by_growing_prefix(documents, self.max_length, attempt)
+
+    def _tokens(self, items: list[Item]) -> list[int]:
+        """The ids of texts and control tokens in a row (a frame's items hold no slot)."""
+        encoded = iter(self._encode([item for item in items if isinstance(item, str)]))
+        ids: list[int] = []
+        for item in items:
+            if isinstance(item, str):
+                ids += next(encoded).ids
+            elif isinstance(item, int):
+                ids.append(item)
+        return ids
+
+    def _ids(self, query: str, document: str, instruction: str | None) -> list[int]:
+        frame = self.frame(query, instruction)
+        return frame.before + self._encode([frame.left + document + frame.right])[0].ids + frame.after
+
+    def _layout_for(self, instruction: str | None) -> list[Item]:
+        # An empty instruction is none, as in sentence-transformers (its `prompt=""` adds no system message).
+        return self._layouts[bool(instruction)]
+
+    def _layout(self, instruction: bool) -> list[str | _Slot]:
+        """The template's literal text and the parts' places, from one render with markers; checked against a render
+        with probe texts, so that each part is known to be placed verbatim."""
+        rendered = self.render(MARKS["query"], MARKS["document"], MARKS["instruction"] if instruction else None)
+        found = _MARK.findall(rendered)
+        if found.count(MARKS["query"]) != 1 or found.count(MARKS["document"]) != 1:
+            raise TemplateError(
+                "its chat template does not place one 'query' and one 'document' message (sentence-transformers' "
+                "reranking roles); use a model folder in sentence-transformers' CrossEncoder format"
+            )
+        if found.count(MARKS["instruction"]) > 1:
+            raise TemplateError("its chat template places the instruction more than once")
+        texts = _MARK.split(rendered)
+        slots = [_Slot(next(part for part, mark in MARKS.items() if mark == found_mark)) for found_mark in found]
+        layout: list[str | _Slot] = [texts[0]]
+        for slot, text in zip(slots, texts[1:], strict=True):
+            layout += [slot, text]
+        probes = {part: _PROBE.format(part) for part in PARTS}
+        expected = self.render(probes["query"], probes["document"], probes["instruction"] if instruction else None)
+        if "".join(probes[item.part] if isinstance(item, _Slot) else item for item in layout) != expected:
+            raise TemplateError("its chat template changes the query, document or instruction text (trims or escapes)")
+        return layout
 
     def _fit(self, ids: list[int], instruction: str | None, *, cut: bool) -> tuple[np.ndarray, bool]:
         """Right-truncate to the window and write the template's tail back (sentence-transformers' rule)."""
@@ -97,9 +174,9 @@ class PromptTemplate:
         return kept, True
 
     def _suffix(self, instruction: str | None) -> np.ndarray:
-        """The template's tail: the common end of two renders with different fillers for query and document (the
+        """The template's tail: the common end of two prompts with different fillers for query and document (the
         instruction kept, as a template may place it after the document)."""
-        first, second = (self._encode([self.render(filler, filler, instruction)])[0].ids for filler in ("0", "1 2 3 4"))
+        first, second = (self._ids(filler, filler, instruction) for filler in ("0", "1 2 3 4"))
         count = 0
         for left, right in zip(reversed(first), reversed(second), strict=False):
             if left != right:
@@ -108,6 +185,17 @@ class PromptTemplate:
         if not 0 < count < min(len(first), len(second)):
             return np.zeros(0, dtype=np.int32)
         return np.asarray(first[len(first) - count :], dtype=np.int32)
+
+
+def _merge(items: list[Item]) -> list[Item]:
+    """Adjacent texts joined (they are tokenized together, as in the whole prompt); empty ones dropped."""
+    merged: list[Item] = []
+    for item in items:
+        if isinstance(item, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += item
+        elif item != "":
+            merged.append(item)
+    return merged
 
 
 def _tokens_before(encoding: Encoding, cut: int) -> int:
