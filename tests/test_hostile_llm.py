@@ -1,14 +1,17 @@
-"""Hostile input to LLM rerankers: strings in user text never break the prompt.
+"""Hostile input to LLM rerankers: strings in user text never break the prompt, and no prompt loses its document.
 
 Over HTTP on the golden fixtures of every verified causal family (tests/test_golden_llm.py, torch fp32):
 
 - markers: the private-use strings the prompt code once split on, in any field, are text like any other (200 and
-  sentence-transformers' scores).
+  sentence-transformers' scores);
+- window: an instruction is bounded in tokens (413 naming `max_instruction_tokens`), and a query and instruction
+  that leave a document fewer than MIN_DOCUMENT_TOKENS of the window are refused (413), never scored.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,12 +21,15 @@ import pytest
 import torch
 from conftest import DOCUMENTS, QUERY, ThreadServer, wait_until
 from sentence_transformers import CrossEncoder
-from test_golden_llm import INSTRUCTION, RECIPES, build_tiny_llm
+from test_golden_llm import INSTRUCTION, LONG_QUERY, RECIPES, build_tiny_llm
 from test_golden_scores import TOLERANCE, _by_index
 
 from rerankd.api import create_app
 from rerankd.config import Settings
-from rerankd.engine.prompt import MARKS
+from rerankd.engine.prompt import MARKS, MIN_DOCUMENT_TOKENS
+from rerankd.engine.tokenize import Tokenizer
+from rerankd.errors import PayloadTooLarge
+from rerankd.models import resolve_model
 
 ATOL = TOLERANCE["torch", "fp32"]
 MARKED = (  # the markers in each field, alone and twice
@@ -80,3 +86,71 @@ def test_marker_strings_in_any_field_are_text(text_server: str, families: dict[s
     raw = _raw_scores(text_server, families[family], query, documents, instruction)
     reference = _reference(families[family], query, documents, instruction)
     np.testing.assert_allclose(raw, reference, rtol=0, atol=ATOL)
+
+
+# -- the window ---------------------------------------------------------------------------------------------------
+
+
+def test_a_long_instruction_is_refused_by_its_tokens(text_server: str, families: dict[str, Path]) -> None:
+    """32,767 characters is within max_query_chars, but pushed the query and every document out of the window (all
+    documents scored the same): the instruction has a token limit, the model's window by default."""
+    instruction = ("find packages that do what is asked " * 1000)[:32_767]
+    for folder in families.values():
+        body = {"model": str(folder), "query": QUERY, "documents": DOCUMENTS[:3], "instruction": instruction}
+        response = httpx.post(f"{text_server}/v2/rerank", json=body, timeout=60)
+        assert response.status_code == 413, response.text
+        message = response.json()["error"]["message"]
+        assert message.startswith("instruction: at most ") and "(max_instruction_tokens: the model's window)" in message
+
+
+def test_max_instruction_tokens_bounds_the_instruction(families: dict[str, Path]) -> None:
+    folder = families["qwen3"]
+    with _serving([str(folder)], max_instruction_tokens=8) as url:
+        body = {"model": str(folder), "query": QUERY, "documents": DOCUMENTS[:2]}
+        short = httpx.post(f"{url}/v2/rerank", json={**body, "instruction": "find packages"}, timeout=60)
+        assert short.status_code == 200, short.text
+        long = httpx.post(f"{url}/v2/rerank", json={**body, "instruction": INSTRUCTION}, timeout=60)
+        assert long.status_code == 413
+        assert re.fullmatch(
+            r"instruction: at most 8 tokens \(max_instruction_tokens\), got \d+", long.json()["error"]["message"]
+        )
+
+
+def test_a_prompt_that_leaves_no_room_for_the_document_is_refused(text_server: str, families: dict[str, Path]) -> None:
+    """Each text within its own limit, together too long for Qwen2's 160-token window beside its template: refused,
+    never scored on a prompt that lost its document. Engine callers (cascades, rescoring) get the same refusal."""
+    folder = families["qwen2"]
+    body = {"model": str(folder), "query": LONG_QUERY, "documents": DOCUMENTS[:2]}
+    fits = httpx.post(f"{text_server}/v2/rerank", json=body, timeout=60)
+    assert fits.status_code == 200, fits.text  # the long query alone leaves the document its room
+    both = httpx.post(f"{text_server}/v2/rerank", json={**body, "instruction": INSTRUCTION}, timeout=60)
+    assert both.status_code == 413, both.text
+    assert both.json()["error"]["message"].startswith("query and instruction: with the model's prompt template")
+    tokenizer = Tokenizer(resolve_model(str(folder)))
+    longest = " ".join([LONG_QUERY, "data"])
+    while len(tokenizer.tokens([longest])[0]) < tokenizer.room(pair=True):  # within max_query_tokens' default
+        longest += " data"
+    alone = httpx.post(f"{text_server}/v2/rerank", json={**body, "query": longest}, timeout=60)
+    assert alone.status_code == 413 and alone.json()["error"]["message"].startswith("query: with the model's")
+    assert f"(at least {MIN_DOCUMENT_TOKENS} needed)" in alone.json()["error"]["message"]
+    with pytest.raises(PayloadTooLarge, match=r"^query and instruction: "):
+        tokenizer.encode_prompts(LONG_QUERY, DOCUMENTS[:2], INSTRUCTION)
+
+
+def test_an_accepted_prompt_keeps_its_document(families: dict[str, Path]) -> None:
+    """A query that leaves a document exactly the minimum: a long document is cut to the window with at least
+    MIN_DOCUMENT_TOKENS of its own tokens between the template's head and its tail (written back after the cut)."""
+    tokenizer = Tokenizer(resolve_model(str(families["qwen2"])))
+    assert tokenizer.prompt is not None
+    query = LONG_QUERY
+    while (room := tokenizer.max_length - len(tokenizer.encode_prompts(query, [""], None)[0])) > MIN_DOCUMENT_TOKENS:
+        query += " data"
+    assert room == MIN_DOCUMENT_TOKENS
+    empty = tokenizer.encode_prompts(query, [""], None)[0].ids.tolist()
+    tail = tokenizer.prompt.suffix(None).tolist()
+    head = empty[: len(empty) - len(tail) - 1]  # less the last token, which a document's first word may join
+    assert tail and empty[len(empty) - len(tail) :] == tail
+    for document in (DOCUMENTS[4], DOCUMENTS[0] * 10):
+        ids = tokenizer.encode_prompts(query, [document], None)[0].ids.tolist()
+        assert len(ids) == tokenizer.max_length and ids[: len(head)] == head and ids[len(ids) - len(tail) :] == tail
+        assert len(ids) - len(head) - len(tail) >= MIN_DOCUMENT_TOKENS

@@ -32,8 +32,8 @@ PAIRS = {
     "one request": [(QUERY, d, None) for d in [*DOCUMENTS, "Network file system server and tools."]],
     "mixed requests": [
         (QUERY, DOCUMENTS[0], None),
-        (LONG_QUERY, DOCUMENTS[1], INSTRUCTION),
-        (QUERY, DOCUMENTS[2], None),
+        (LONG_QUERY, DOCUMENTS[1], None),  # with the instruction too, Qwen2's window would leave no document room
+        (QUERY, DOCUMENTS[2], INSTRUCTION),
         *[("sqlite", d, None) for d in DOCUMENTS[:2]],
     ],
 }

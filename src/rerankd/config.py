@@ -168,6 +168,9 @@ class Settings(BaseSettings):
     max_query_tokens: int = Field(
         default=0, ge=0, description="Longest query in tokens (413 past it); 0 = the model's window."
     )
+    max_instruction_tokens: int = Field(
+        default=0, ge=0, description="Longest LLM instruction in tokens (413 past it); 0 = the model's window."
+    )
 
     # Strategies: hybrid pre-filter, fusion, chunking (pipeline/, prefilter/)
     strategy: Strategy = Field(

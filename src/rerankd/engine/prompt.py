@@ -24,6 +24,7 @@ import numpy as np
 from tokenizers import Encoding
 
 from rerankd.engine.prefix import by_growing_prefix
+from rerankd.errors import PayloadTooLarge
 
 PARTS = ("instruction", "query", "document")
 # Markers for where the template puts each part: private-use characters, rendered only at load time (never beside
@@ -32,6 +33,9 @@ MARKS = {part: f"\ue000{part}\ue000" for part in PARTS}
 _MARK = re.compile("|".join(re.escape(mark) for mark in MARKS.values()))
 _PROBE = '  {} probe\n text & <kept> "verbatim".  '  # each part must be placed verbatim (no trim, no escaping)
 _SUFFIX_CACHE = 256  # instructions whose template tail is remembered
+# Fewest document tokens a prompt must leave room for: a query and instruction that leave less are refused (413),
+# never scored on a prompt that lost its document.
+MIN_DOCUMENT_TOKENS = 8
 
 Encode = Callable[[Sequence[str]], list[Encoding]]
 
@@ -103,9 +107,23 @@ class PromptTemplate:
         right = after.pop(0) if after and isinstance(after[0], str) else ""
         return Frame(self._tokens(before), left, right, self._tokens(after))
 
+    def check(self, query: str, instruction: str | None) -> Frame:
+        """This request's frame, once it is known to leave a document at least MIN_DOCUMENT_TOKENS of the window
+        (413 naming the fields otherwise)."""
+        frame = self.frame(query, instruction)
+        used = len(frame.before) + len(self._encode([frame.left + frame.right])[0].ids) + len(frame.after)
+        room = self.max_length - used
+        if room < MIN_DOCUMENT_TOKENS:
+            fields = "query and instruction" if instruction else "query"
+            raise PayloadTooLarge(
+                f"{fields}: with the model's prompt template they take {used} of its {self.max_length}-token window, "
+                f"leaving {max(room, 0)} for a document (at least {MIN_DOCUMENT_TOKENS} needed)"
+            )
+        return frame
+
     def encode(self, query: str, documents: Sequence[str], instruction: str | None) -> list[tuple[np.ndarray, bool]]:
         """Each document's model input ids (int32) and whether the window cut it."""
-        frame = self.frame(query, instruction)
+        frame = self.check(query, instruction)
         skipped = len(frame.before)
 
         def attempt(indices: list[int], parts: list[str]) -> list[tuple[np.ndarray, bool] | None]:

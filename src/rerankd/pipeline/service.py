@@ -134,10 +134,13 @@ class LocalService:
     async def _rerank(self, engine: Engine, request: RerankRequest, options: Options) -> RerankResult:
         started = time.perf_counter()
         query = await asyncio.to_thread(engine.query_tokens, request.query)
-        limit = self.settings.max_query_tokens or engine.query_limit
-        if len(query) > limit:
-            source = "max_query_tokens" if self.settings.max_query_tokens else "max_query_tokens: the model's window"
-            raise PayloadTooLarge(f"query: at most {limit} tokens ({source}), got {len(query)}")
+        _check_tokens("query", len(query), self.settings.max_query_tokens, "max_query_tokens", engine.query_limit)
+        if request.instruction:
+            instruction = await asyncio.to_thread(engine.query_tokens, request.instruction)
+            limit, setting = self.settings.max_instruction_tokens, "max_instruction_tokens"
+            _check_tokens("instruction", len(instruction), limit, setting, engine.query_limit)
+        if engine.tokenizer.prompt is not None:  # before any work: the prompt must leave its document room
+            await asyncio.to_thread(engine.tokenizer.prompt.check, request.query, request.instruction)
         documents = request.documents
         if request.max_tokens_per_doc is not None and request.max_tokens_per_doc < engine.spec.max_length:
             documents = await asyncio.to_thread(_clip_all, engine, documents, request.max_tokens_per_doc)
@@ -262,6 +265,13 @@ def _describe(options: Options, outcome: Outcome, *, elapsed_ms: float) -> dict[
         "reason": plan.reason,
         **outcome.meta,
     }
+
+
+def _check_tokens(field: str, count: int, limit: int, setting: str, window: int) -> None:
+    """413 for a text over its token limit: the setting, or when it is 0 the model's `window`."""
+    if count > (limit or window):
+        source = setting if limit else f"{setting}: the model's window"
+        raise PayloadTooLarge(f"{field}: at most {limit or window} tokens ({source}), got {count}")
 
 
 def _clip_all(engine: Engine, documents: Sequence[str], max_tokens: int) -> list[str]:
