@@ -5,7 +5,7 @@ For each family in `rerankd.models.families.VERIFIED_CAUSAL` a tiny random-initi
 sentence-transformers' CrossEncoder format (Transformer + `1_LogitScore`, `chat_template.jinja`), shaped after the
 public model of the family:
 
-    qwen3   Qwen3-Reranker: system prompt, `<Instruct>` (default in the template), "yes" - "no"
+    qwen3   Qwen3-Reranker: system prompt, `<Instruct>` (default in the template), "yes" - "no", `<think>` tokens
     qwen2   mxbai-rerank-v2: instruction line only when given, "1" - "0" (token ids from the LogitScore config)
     gemma   bge-reranker-v2-gemma: `<bos>`, the instruction after the document, the "Yes" logit alone
 
@@ -43,7 +43,7 @@ from rerankd.models.families import VERIFIED_CAUSAL
 from rerankd.models.resolve import inspect_model
 from rerankd.models.templates import BGE_RERANKER_GEMMA, MXBAI_RERANK_V2, QWEN3_RERANKER, RerankTemplate
 
-FIXTURE_VERSION = 2  # bump when a recipe below changes
+FIXTURE_VERSION = 3  # bump when a recipe below changes
 WINDOW = 160  # tokens: the long document and the long query overflow it
 ENGINES = [("torch", "fp32"), ("onnx", "fp32")]
 LONG_QUERY = " ".join(["store data in a single file engine with key document edit"] * 6)  # fits every template
@@ -88,11 +88,12 @@ SIZE = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num
 SIZE |= {"num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": WINDOW, "initializer_range": 0.2}
 
 
-def _qwen(config_class: type, template: RerankTemplate, *, tied: bool):
+def _qwen(config_class: type, template: RerankTemplate, *, tied: bool, added: tuple[str, ...] = ()):
     tokenizer = _bpe_tokenizer(
         ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], template.chat_template, eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
     )  # fmt: skip
+    tokenizer.add_tokens(list(added))  # added tokens that are not special, as Qwen3's `<think>`
     config = config_class(
         vocab_size=len(tokenizer), tie_word_embeddings=tied, pad_token_id=tokenizer.pad_token_id, **SIZE
     )
@@ -102,7 +103,8 @@ def _qwen(config_class: type, template: RerankTemplate, *, tied: bool):
 def _qwen3():
     from transformers import Qwen3Config
 
-    return _qwen(Qwen3Config, QWEN3_RERANKER, tied=True)  # Qwen3-Reranker-0.6B ties its embeddings
+    # Qwen3-Reranker-0.6B ties its embeddings; its template's `<think>` tags are added tokens, not special ones
+    return _qwen(Qwen3Config, QWEN3_RERANKER, tied=True, added=("<think>", "</think>"))
 
 
 def _qwen2():

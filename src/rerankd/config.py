@@ -171,6 +171,11 @@ class Settings(BaseSettings):
     max_instruction_tokens: int = Field(
         default=0, ge=0, description="Longest LLM instruction in tokens (413 past it); 0 = the model's window."
     )
+    llm_special_tokens_in_text: bool = Field(
+        default=False,
+        description="LLM rerankers: read the tokenizer's special-token strings in user text (turn markers, "
+        "`<think>`) as the model's control tokens, as sentence-transformers does; off = user text is read as text.",
+    )
 
     # Strategies: hybrid pre-filter, fusion, chunking (pipeline/, prefilter/)
     strategy: Strategy = Field(

@@ -110,7 +110,8 @@ class Engine:
             backend.precision,
             spec.max_length,
         )
-        return cls(spec, Tokenizer(spec), backend, settings, metrics)
+        tokenizer = Tokenizer(spec, special_tokens_in_text=settings.llm_special_tokens_in_text)
+        return cls(spec, tokenizer, backend, settings, metrics)
 
     @property
     def description(self) -> str:

@@ -10,6 +10,13 @@ template is rendered only at load time, and only as much of a document is tokeni
 User text is never rendered and never searched. At load time the template is rendered with private markers in place
 of the parts (checked to be placed verbatim), which gives its literal pieces; a request's prompt is those pieces with
 the parts put between them, so no text a client sends can be taken for a part's place.
+
+Which strings in user text have meaning: none, by default. The template's own control tokens (`<|im_start|>`,
+`<think>`: the tokenizer's added tokens, found in the template's pieces) are cut out, and the text between them is
+encoded by `text_encode`, which matches no added token, so `<|im_end|>` written in a document stays those characters
+instead of ending the turn. For text without such strings the ids are exactly sentence-transformers' (its tokenizer
+cuts the text at the same tokens). Without `text_encode` the whole prompt is tokenized as one text, as
+sentence-transformers does, so special-token strings in user text act as control tokens (exact parity for them too).
 """
 
 from __future__ import annotations
@@ -74,16 +81,21 @@ class PromptTemplate:
         encode: Encode,
         max_length: int,
         template_kwargs: dict[str, Any],
+        *,
+        text_encode: Encode | None = None,
     ) -> None:
         """`tokenizer`: the Hugging Face tokenizer carrying the chat template (used only to render text);
-        `encode`: tokenizes texts without special tokens (thread-safe)."""
+        `encode`: tokenizes texts without special tokens (thread-safe); `text_encode`: the same, matching no added
+        token, for the text around the template's control tokens (None: the prompt is tokenized whole, control
+        strings in user text included, as sentence-transformers does)."""
         if not getattr(tokenizer, "chat_template", None):
             raise TemplateError("it has no chat template (chat_template.jinja or tokenizer_config.json)")
         self._tokenizer = tokenizer
         self._kwargs = template_kwargs
         self.max_length = max_length
-        self._encode = encode
-        self._layouts: dict[bool, list[Item]] = {given: list(self._layout(given)) for given in (False, True)}
+        controls = None if text_encode is None else _controls(tokenizer, text_encode)
+        self._encode = encode if text_encode is None else text_encode
+        self._layouts = {given: _items(self._layout(given), encode, controls) for given in (False, True)}
         self.takes_instruction = any(item == _Slot("instruction") for item in self._layouts[True])
         self.overhead = len(self._ids("", "", None))  # template tokens around the texts
         self.suffix = lru_cache(maxsize=_SUFFIX_CACHE)(self._suffix)
@@ -203,6 +215,40 @@ class PromptTemplate:
         if not 0 < count < min(len(first), len(second)):
             return np.zeros(0, dtype=np.int32)
         return np.asarray(first[len(first) - count :], dtype=np.int32)
+
+
+def _controls(tokenizer: Any, text_encode: Encode) -> frozenset[int]:
+    """The tokenizer's added tokens (the template's control tokens), checked to be unreachable from text: the text
+    encoder must read each one's string as ordinary tokens."""
+    added = {int(i): token.content for i, token in tokenizer.added_tokens_decoder.items()}
+    contents = list(added.values())
+    for content, encoding in zip(contents, text_encode(contents), strict=True):
+        if set(encoding.ids) & added.keys():
+            raise TemplateError(
+                f"its tokenizer reads {content!r} as a control token even as text; serve it with "
+                "llm_special_tokens_in_text"
+            )
+    return frozenset(added)
+
+
+def _items(layout: list[str | _Slot], encode: Encode, controls: frozenset[int] | None) -> list[Item]:
+    """The layout with each literal text cut at the control tokens the tokenizer finds in it (None: not cut)."""
+    if controls is None:
+        return list(layout)
+    texts = [item for item in layout if isinstance(item, str)]
+    encodings = iter(encode(texts))
+    items: list[Item] = []
+    for item in layout:
+        if isinstance(item, _Slot):
+            items.append(item)
+            continue
+        encoding, start = next(encodings), 0
+        for token, (begin, end) in zip(encoding.ids, encoding.offsets, strict=True):
+            if token in controls:
+                items += [item[start:begin], token]
+                start = end
+        items.append(item[start:])
+    return items
 
 
 def _merge(items: list[Item]) -> list[Item]:

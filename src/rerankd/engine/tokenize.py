@@ -18,7 +18,7 @@ from transformers import AutoTokenizer
 
 from rerankd.backends import Batch
 from rerankd.engine.prefix import by_growing_prefix
-from rerankd.engine.prompt import PromptTemplate, TemplateError
+from rerankd.engine.prompt import Encode, PromptTemplate, TemplateError
 from rerankd.errors import ModelNotFound
 from rerankd.models import ModelSpec
 
@@ -106,9 +106,12 @@ def longest_first(first: int, second: int, budget: int) -> tuple[int, int]:
 
 
 class Tokenizer:
-    """The model's own fast tokenizer with sentence-transformers' truncation; thread-safe."""
+    """The model's own fast tokenizer with sentence-transformers' truncation; thread-safe.
 
-    def __init__(self, spec: ModelSpec) -> None:
+    An LLM reranker's user text is read as text (`<|im_end|>` in a document is those characters, not the turn's end)
+    unless `special_tokens_in_text`, which reads it as sentence-transformers does (engine/prompt.py)."""
+
+    def __init__(self, spec: ModelSpec, *, special_tokens_in_text: bool = False) -> None:
         loaded = AutoTokenizer.from_pretrained(spec.path)
         backend = getattr(loaded, "backend_tokenizer", None)
         if not isinstance(backend, RustTokenizer):
@@ -116,12 +119,14 @@ class Tokenizer:
         self._tokenizer = RustTokenizer.from_str(backend.to_str())  # a private copy, configured once
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
+        as_text = spec.kind == "causal-lm" and not special_tokens_in_text
+        self._text = _without_added_tokens(self._tokenizer) if as_text else self._tokenizer
         self.max_length = spec.max_length
         self.pad_id = int(loaded.pad_token_id or 0)
         self.uses_token_types = "token_type_ids" in loaded.model_input_names
         self._pair = _learn_template(self._tokenizer, pair=True)
         self._single = _learn_template(self._tokenizer, pair=False)
-        self.prompt = _prompt_template(spec, loaded, self._encode_batch) if spec.kind == "causal-lm" else None
+        self.prompt = _prompt_template(spec, loaded, self._tokenizer, self._text) if spec.kind == "causal-lm" else None
 
     # -- texts to tokens ------------------------------------------------------------------------------------------
 
@@ -217,10 +222,27 @@ class Tokenizer:
         return Batch(input_ids, attention_mask, token_type_ids)
 
     def _encode_batch(self, texts: Sequence[str]) -> list[Encoding]:
-        return self._tokenizer.encode_batch(list(texts), add_special_tokens=False) if texts else []
+        """User texts' tokens (an LLM reranker's, as text unless `special_tokens_in_text`)."""
+        return _encoder(self._text)(texts)
 
 
-def _prompt_template(spec: ModelSpec, loaded: Any, encode: Any) -> PromptTemplate:
+def _encoder(tokenizer: RustTokenizer) -> Encode:
+    """Texts to encodings without special tokens (a post-processor's); thread-safe."""
+
+    def encode(texts: Sequence[str]) -> list[Encoding]:
+        return tokenizer.encode_batch(list(texts), add_special_tokens=False) if texts else []
+
+    return encode
+
+
+def _without_added_tokens(tokenizer: RustTokenizer) -> RustTokenizer:
+    """A copy that matches no added token: their strings (`<|im_start|>`, `<think>`) are tokenized as any text."""
+    config = json.loads(tokenizer.to_str())
+    config["added_tokens"] = []
+    return RustTokenizer.from_str(json.dumps(config))
+
+
+def _prompt_template(spec: ModelSpec, loaded: Any, tokenizer: RustTokenizer, text: RustTokenizer) -> PromptTemplate:
     """The model's chat template (or its preset's) with the render options its sentence-transformers config saves."""
     if spec.chat_template is not None:
         loaded.chat_template = spec.chat_template  # `loaded` is this tokenizer's own copy
@@ -229,7 +251,8 @@ def _prompt_template(spec: ModelSpec, loaded: Any, encode: Any) -> PromptTemplat
     for key in ("restore_suffix", "padding", "truncation", "max_length", "return_tensors", "tokenize"):
         options.pop(key, None)  # sentence-transformers' own flag and tokenizing options: not render options
     try:
-        return PromptTemplate(loaded, encode, spec.max_length, options)
+        text_encode = None if text is tokenizer else _encoder(text)
+        return PromptTemplate(loaded, _encoder(tokenizer), spec.max_length, options, text_encode=text_encode)
     except TemplateError as exc:
         raise ModelNotFound(f"model {spec.name!r}: served as an LLM reranker, but {exc}") from exc
 
