@@ -18,8 +18,9 @@ from scipy.stats import spearmanr
 from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from rerankd.backends.export import ExportOptions, cache_folder, ensure_onnx
-from rerankd.backends.select import choose, cpu_flags, cuda_available
+from rerankd.backends.select import choose, cuda_available
 from rerankd.config import Settings
+from rerankd.cpu import read_cpu
 from rerankd.engine.engine import Engine
 from rerankd.models import ModelSpec, resolve_model
 
@@ -68,9 +69,10 @@ def test_cpu_flags_are_read_on_x86_and_arm(tmp_path: Path) -> None:
     x86.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_vnni\n\nprocessor\t: 1\nflags\t\t: fpu\n")
     arm = tmp_path / "arm"
     arm.write_text("processor\t: 0\nFeatures\t: fp asimd asimddp\n")
-    assert cpu_flags(x86) == {"fpu", "avx2", "avx512_vnni"}
-    assert "asimddp" in cpu_flags(arm)
-    assert cpu_flags(tmp_path / "missing") == frozenset()
+    assert read_cpu(x86).flags == {"fpu", "avx2", "avx512_vnni"}
+    assert read_cpu(x86).int8_dot and not read_cpu(x86).bf16
+    assert "asimddp" in read_cpu(arm).flags and read_cpu(arm).int8_dot
+    assert read_cpu(tmp_path / "missing").flags == frozenset()
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The torch reference backend: plain transformers models, fp32 (or fp16 on CUDA)."""
+"""The torch reference backend: plain transformers models, fp32 (fp16 on CUDA; bf16 on CPUs with bf16 arithmetic)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from rerankd.backends.base import Batch, pool
 from rerankd.backends.causal import MIN_SHARED_PREFIX, load_scorer
 from rerankd.models import ModelSpec
 
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class TorchBackend:
