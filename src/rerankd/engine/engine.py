@@ -202,12 +202,12 @@ class Engine:
         rows[hits] = np.stack([found[i] for i in hits])  # type: ignore[misc]
         return rows
 
-    def to_scores(self, outputs: np.ndarray, *, raw: bool = False) -> np.ndarray:
     @property
     def reports_probabilities(self) -> bool:
         """Whether the scores it reports (not raw) are probabilities: a sigmoid or softmax over logits."""
         return self.spec.kind != "bi-encoder" and self.spec.activation in ("sigmoid", "softmax")
 
+    def to_scores(self, outputs: np.ndarray, *, raw: bool = False) -> np.ndarray:
         if self.spec.kind == "late-interaction":
             return outputs.astype(np.float32, copy=False)  # MaxSim, as sentence-transformers reports it
         if self.spec.kind == "bi-encoder":
