@@ -1,4 +1,4 @@
-"""`rerankd` command line: serve | rerank | eval | fixture | config.
+"""`rerankd` command line: serve | rerank | eval | calibrate | corpus-stats | fixture | config | deploy.
 
 Every `Settings` field is a flag of `serve` (`max_batch_tokens` -> `--max-batch-tokens`), so flags, environment
 variables and YAML keys always agree. The flags go to `Settings.load` as its highest layer (pydantic-settings reads
@@ -123,6 +123,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return evaluation.run(args, _settings(args, evaluation.EVAL_SETTINGS))
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    return evaluation.run_calibrate(args, _settings(args, evaluation.EVAL_SETTINGS))
+
+
+def cmd_corpus_stats(args: argparse.Namespace) -> int:
+    """Count a corpus's BM25 statistics into a file for `--corpus-stats`."""
+    from rerankd.prefilter.corpus_stats import CountedStatistics, corpus_texts
+
+    statistics = CountedStatistics.count(corpus_texts(Path(args.corpus)))
+    statistics.save(Path(args.output), source=str(Path(args.corpus).resolve()))
+    print(
+        f"rerankd: {statistics.documents} documents, {len(statistics.frequencies)} terms, mean length "
+        f"{statistics.average_length:.1f} terms -> {args.output}",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_fixture(args: argparse.Namespace) -> int:
     from rerankd.models.fixture import build_ce_fixture
 
@@ -174,6 +192,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_arguments(evaluate)
     add_settings_flags(evaluate, evaluation.EVAL_SETTINGS)
     evaluate.set_defaults(run=cmd_eval)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="Fit score -> P(relevant) maps on a labelled BEIR split; write a file for --calibration."
+    )
+    evaluation.add_calibrate_arguments(calibrate)
+    add_settings_flags(calibrate, evaluation.EVAL_SETTINGS)
+    calibrate.set_defaults(run=cmd_calibrate)
+
+    corpus_stats = commands.add_parser(
+        "corpus-stats", help="Count a corpus's BM25 statistics (document frequencies) into a file for --corpus-stats."
+    )
+    corpus_stats.add_argument("corpus", help="a BEIR folder or corpus.jsonl, or a text file of one document a line")
+    corpus_stats.add_argument("--output", required=True, help="the statistics file to write (.json, or .json.gz)")
+    corpus_stats.set_defaults(run=cmd_corpus_stats)
 
     fixture = commands.add_parser("fixture", help="Build the ce-fixture test cross-encoder; print its folder.")
     fixture.add_argument("--cache-dir", default=None)

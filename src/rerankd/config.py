@@ -213,6 +213,34 @@ class Settings(BaseSettings):
         default=0.5, ge=0, le=1, description="Weight of the first-stage score in fusion (the model gets 1 - weight)."
     )
     rrf_k: int = Field(default=60, ge=1, description="The k of reciprocal rank fusion: 1 / (k + rank).")
+    corpus_stats: Path | None = Field(
+        default=None,
+        description="BM25 statistics of your corpus, written by `rerankd corpus-stats`: the server's BM25 (hybrid "
+        "pre-filter, fusion) takes document frequencies and mean length from it instead of the request's own "
+        "documents, for every model (nothing is learned then).",
+    )
+    corpus_stats_mb: float = Field(
+        default=8,
+        ge=0,
+        description="Memory per model for BM25 statistics learned from the documents requests send (a count-min "
+        "sketch of document frequencies, and a Bloom filter so a re-sent document counts once); 0 = off.",
+    )
+    corpus_stats_warm_documents: int = Field(
+        default=5_000,
+        ge=1,
+        description="Distinct documents a model's learned statistics need before BM25 uses them (until then it "
+        "uses the request's own documents).",
+    )
+    corpus_stats_dir: Path | None = Field(
+        default=None,
+        description="Folder where learned BM25 statistics are saved at shutdown and read at start-up; empty = "
+        "not kept.",
+    )
+    calibration: list[str] = Field(
+        default=[],
+        description="Calibration files written by `rerankd calibrate` (comma list or repeated), each for the model "
+        "it names: `relevance_score` becomes the probability of relevance for the strategies it was fitted for.",
+    )
     chunking: bool = Field(
         default=False, description="Split documents longer than the window into chunks (else truncate)."
     )
@@ -307,7 +335,7 @@ class Settings(BaseSettings):
             raise ValueError("max_batch_tokens must be 0 (auto) or at least 64")
         return value
 
-    @field_validator("model", "api_keys", mode="before")
+    @field_validator("model", "api_keys", "calibration", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         # Environment variables carry lists as comma-separated text, and a repeated flag may too (`--api-keys a,b`).

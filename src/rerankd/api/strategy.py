@@ -78,6 +78,12 @@ class StrategyFields(BaseModel):
         description=f"Deadline in ms (at least {MIN_TIMEOUT_MS}): a request not answered by then gets 504 and its "
         "queued work is dropped. Default and upper bound: the server's `request_timeout_seconds`.",
     )
+    min_score: float | None = Field(
+        default=None,
+        description="Leave out documents whose `relevance_score` (as returned: calibrated, fused or raw) is below "
+        "this; `top_n` then counts the rest. With a calibration file for the model, scores are probabilities of "
+        "relevance, so a threshold means the same across queries. Default: none.",
+    )
 
     def strategy_fields(self) -> dict[str, Any]:
         """The fields as `RerankRequest` keyword arguments."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,10 @@ import numpy as np
 from ranx import Qrels, Run, evaluate
 
 from rerankd.datasets import BeirDataset
+from rerankd.evaluation.calibrate import expected_calibration_error, precision_at, reliability
+from rerankd.evaluation.score_store import ScoreStore
 from rerankd.evaluation.variants import QueryScores, Variant, standard_variants
+from rerankd.pipeline.calibration import Calibration
 from rerankd.pipeline.fusion import FusionMethod
 from rerankd.pipeline.service import LocalService
 from rerankd.pipeline.types import RerankRequest
@@ -29,7 +33,7 @@ FIT_GRID = tuple(round(w, 2) for w in np.arange(0.0, 1.0001, 0.05))
 @dataclass(frozen=True)
 class EvalConfig:
     model: str  # the served name of the final scorer
-    bi_model: str  # the served name of the bi-encoder
+    bi_model: str | None  # the served name of the bi-encoder; None: no bi-encoder rows (calibrate)
     depths: Sequence[int] = (100, 1000)
     queries: int | None = None  # evaluate at most this many queries (a seeded sample)
     max_pairs: int = 100_000  # per depth: queries x depth model pairs at most
@@ -40,6 +44,9 @@ class EvalConfig:
     rrf_k: int = 60
     seed: int = 0
     progress: bool = True
+    learn_queries: Sequence[str] = ()  # other queries whose candidates the service is sent first (learned BM25)
+    calibration: Calibration | None = None  # the model's maps: a calibrated row each
+    score_store: ScoreStore | None = None  # model scores kept between runs
 
 
 def sample_queries(dataset: BeirDataset, limit: int | None, seed: int) -> list[str]:
@@ -72,6 +79,8 @@ class Evaluation:
         self.config = config
         self.doc_ids = list(dataset.corpus)
         self.texts = [dataset.corpus[i] for i in self.doc_ids]
+        self.store = config.score_store or ScoreStore(None)
+        self.learned: dict[str, Any] = {}
 
     def _progress(self, items: Sequence, label: str) -> Any:
         if not self.config.progress:
@@ -86,6 +95,8 @@ class Evaluation:
         started = time.perf_counter()
         index = Bm25(self.texts)
         index_seconds = time.perf_counter() - started
+        if config.learn_queries:
+            self.learned = asyncio.run(self._learn(index, list(config.learn_queries), max(config.depths)))
         reports = []
         for depth in config.depths:
             depth = min(depth, len(self.texts))
@@ -94,9 +105,23 @@ class Evaluation:
         return {
             "dataset_documents": len(self.texts),
             "first_stage_index_seconds": round(index_seconds, 2),
-            "config": {key: value for key, value in config.__dict__.items() if key != "progress"},
+            "config": {
+                key: len(value) if key == "learn_queries" else _plain(value)
+                for key, value in config.__dict__.items()
+                if key != "progress"
+            },
+            "learned_from": self.learned or None,
             "depths": reports,
         }
+
+    def candidate_scores(self) -> tuple[dict[str, QueryScores], dict[str, int]]:
+        """Every sampled query's BM25 top `depths[0]` and their scores, and how often each BM25 statistics source
+        scored them (what `calibrate` fits on)."""
+        queries = sample_queries(self.dataset, self.config.queries, self.config.seed)
+        depth = min(self.config.depths[0], len(self.texts))
+        positions, first = Bm25(self.texts).top([self.dataset.queries[q] for q in queries], depth)
+        scores = asyncio.run(self._score_all(queries, positions, first, depth))
+        return scores, dict(Counter(query.statistics for query in scores.values()))
 
     def _depth(self, index: Bm25, queries: list[str], depth: int) -> dict[str, Any]:
         """One depth's record: its query split, the fitted fusion weights and a row per strategy."""
@@ -106,11 +131,31 @@ class Evaluation:
         scores = asyncio.run(self._score_all(queries, positions, first, depth))
         fit, test = split_queries(queries, self.config.fit_fraction)
         fitted = {method: self._fit(method, scores, fit) for method in ("zscore", "rrf")} if fit else {}
-        report = {"depth": depth, "fit_queries": fit, "test_queries": test, "fitted": fitted, "rows": []}
-        variants = standard_variants(depth, self.config.hybrid_ks, self.config.fusion_weights, fitted)  # type: ignore[arg-type]
+        sources = Counter(scores[q].statistics for q in test)
+        server = max(sources, key=sources.__getitem__) if set(sources) != {"request"} else None
+        report = {
+            "depth": depth,
+            "fit_queries": fit,
+            "test_queries": test,
+            "fitted": fitted,
+            "server_bm25_statistics": dict(sources),
+            "rows": [],
+        }
+        calibration = self.config.calibration
+        variants = standard_variants(
+            depth,
+            self.config.hybrid_ks,
+            self.config.fusion_weights,
+            fitted,  # type: ignore[arg-type]
+            server=server,
+            maps=calibration.maps if calibration else None,
+        )
+        if self.config.bi_model is None:
+            variants = [variant for variant in variants if "bi-encoder" not in variant.kind]
         timings = asyncio.run(self._time(variants, scores, test, depth))
         for variant in variants:
             metrics = measure(self.dataset.qrels, self._rankings(variant, scores, test))
+            metrics.update(self._calibration_metrics(variant, scores, test))
             latencies = [first_ms] if variant.kind == "first-stage" else timings.get(variant.timing_key, [])
             p50 = percentile(latencies, 50)
             report["rows"].append(
@@ -120,40 +165,119 @@ class Evaluation:
                     "p50_ms": round(p50, 1),
                     "docs_per_s": round(1000 * depth / p50, 1) if p50 > 0 else None,
                     "timed_queries": len(latencies),
-                    "variant": variant.__dict__,
+                    "variant": {key: _plain(value) for key, value in variant.__dict__.items()},
                 }
             )
         return report
 
+    async def _learn(self, index: Bm25, queries: list[str], depth: int) -> dict[str, Any]:
+        """Send the service each of `queries`' BM25 top `depth` (as traffic would), so it learns BM25 statistics;
+        its model scores one candidate each."""
+        positions, _ = index.top(queries, depth)
+        meta: dict[str, Any] = {}
+        for row, query in enumerate(self._progress(queries, "learning")):
+            texts = [self.texts[p] for p in positions[row]]
+            request = RerankRequest(query, texts, self.config.model, strategy="hybrid", candidates=1)
+            meta = (await self.service.rerank(request)).meta["rerankd"]
+        return {"queries": len(queries), "depth": depth, "bm25_statistics_after": meta.get("bm25_statistics")}
+
     async def _score_all(
         self, queries: list[str], positions: np.ndarray, first: np.ndarray, depth: int
     ) -> dict[str, QueryScores]:
-        """The model's raw score and the bi-encoder's similarity of every candidate, through the service."""
+        """Every candidate's model logit and bi-encoder similarity (through the service, or the score store), and
+        the service's own BM25 of them."""
         scores = {}
         for row, qid in enumerate(self._progress(queries, f"scoring top {depth}")):
             texts = [self.texts[p] for p in positions[row]]
+            doc_ids = [self.doc_ids[p] for p in positions[row]]
             query = self.dataset.queries[qid]
-            model = await self._scores(
-                RerankRequest(query, texts, self.config.model, raw_scores=True, strategy="direct")
-            )
-            bi = await self._scores(RerankRequest(query, texts, self.config.bi_model, strategy="direct"))
+            model, server, statistics = await self._model_and_server_bm25(query, texts, doc_ids)
+            bi = np.zeros(len(texts))
+            if self.config.bi_model is not None:
+                request = RerankRequest(query, texts, self.config.bi_model, strategy="direct")
+                bi = await self._stored(request, doc_ids, lambda result: [r.score for r in result.results])
             scores[qid] = QueryScores(
                 query,
-                [self.doc_ids[p] for p in positions[row]],
+                doc_ids,
                 texts,
                 first[row].astype(np.float64),
                 bm25_scores(query, texts).astype(np.float64),
                 model,
                 bi,
+                self._reported(model),
+                server,
+                statistics,
             )
+            if row % 25 == 24:  # a long run cut short keeps most of its scores
+                self.store.save()
+        self.store.save()
         return scores
 
-    async def _scores(self, request: RerankRequest) -> np.ndarray:
+    async def _model_and_server_bm25(
+        self, query: str, texts: list[str], doc_ids: list[str]
+    ) -> tuple[np.ndarray, np.ndarray, str]:
+        """The model's logits and the service's BM25 (and its statistics' source): one fused request gives both
+        (`model_score`, `first_stage_score`); with the logits stored, a hybrid request that scores one candidate."""
+        fused = RerankRequest(query, texts, self.config.model, raw_scores=True, strategy="direct", fusion="zscore")
+        answers: list = []
+
+        def model_scores(result: Any) -> list[float]:
+            answers.append(result)
+            return [r.model_score for r in result.results]
+
+        model = await self._stored(fused, doc_ids, model_scores)
+        if not answers:
+            cheap = RerankRequest(query, texts, self.config.model, strategy="hybrid", candidates=1, fusion="zscore")
+            answers.append(await self.service.rerank(cheap))
+        server = _by_index(answers[0].results, [r.first_stage_score for r in answers[0].results])
+        return model, server, answers[0].meta["rerankd"]["bm25_statistics"]["source"]
+
+    async def _stored(self, request: RerankRequest, doc_ids: list[str], read: Any) -> np.ndarray:
+        """The request's per-document scores (`read` picks them from the answer), from the store when it has them."""
+        engine = self.service.registry.get(request.model)
+        key = f"{engine.spec.name}@{engine.spec.revision}"
+        stored = self.store.get(key, request.query, doc_ids)
+        if stored is not None:
+            return stored
         result = await self.service.rerank(request)
-        scores = np.empty(len(request.documents), dtype=np.float64)
-        for ranked in result.results:
-            scores[ranked.index] = ranked.score
+        scores = _by_index(result.results, read(result))
+        self.store.put(key, request.query, doc_ids, scores)
         return scores
+
+    def _reported(self, logits: np.ndarray) -> np.ndarray:
+        """The model's score as the service reports it, from its logit (the engine's own conversion)."""
+        engine = self.service.registry.get(self.config.model)
+        if engine.spec.kind == "bi-encoder" or engine.spec.activation == "identity":
+            return logits
+        if engine.spec.activation == "softmax":  # the positive label's logit alone does not give the softmax
+            return np.full(len(logits), np.nan)
+        return engine.to_scores(logits[:, None].astype(np.float32), raw=False).astype(np.float64)
+
+    def _calibration_metrics(
+        self, variant: Variant, scores: dict[str, QueryScores], queries: list[str]
+    ) -> dict[str, Any]:
+        """ECE (10 bins) over every candidate of `queries` where the variant's scores are probabilities, its
+        reliability bins, and for a calibrated variant the precision at the thresholds its map was fitted with."""
+        if not variant.probabilities:
+            return {"ece": None}
+        values, relevant = [], []
+        for qid in queries:
+            values.append(variant.returned(scores[qid], self.config.rrf_k)[1])
+            relevant.append([self.dataset.qrels[qid].get(doc, 0) > 0 for doc in scores[qid].doc_ids])
+        probabilities, labels = np.concatenate(values), np.concatenate(relevant).astype(np.float64)
+        if np.isnan(probabilities).any():
+            return {"ece": None}
+        out: dict[str, Any] = {
+            "ece": expected_calibration_error(probabilities, labels),
+            "reliability": reliability(probabilities, labels),
+        }
+        if variant.score_map is not None:
+            out["threshold_precision"] = {}
+            for target, threshold in variant.score_map.report.get("thresholds_for_precision", {}).items():
+                if threshold is not None:
+                    precision, kept = precision_at(probabilities, labels, threshold)
+                    out["threshold_precision"][target] = {"threshold": threshold, "precision": precision, "kept": kept}
+        return out
 
     def _rankings(self, variant: Variant, scores: dict[str, QueryScores], queries: list[str]) -> dict[str, list[str]]:
         rrf_k = self.config.rrf_k
@@ -187,3 +311,22 @@ class Evaluation:
                 await self.service.rerank(request)
                 times[key].append(1000 * (time.perf_counter() - started))
         return times
+
+
+def _by_index(results: Sequence[Any], values: Sequence[float | None]) -> np.ndarray:
+    """Per-document values of an answer's results (which come best first)."""
+    scores = np.full(len(results), np.nan)
+    for ranked, value in zip(results, values, strict=True):
+        scores[ranked.index] = np.nan if value is None else value
+    return scores
+
+
+def _plain(value: Any) -> Any:
+    """A config or variant field as JSON holds it (calibration maps and stores by what they are)."""
+    if isinstance(value, Calibration):
+        return {"model": value.model, "maps": list(value.maps)}
+    if isinstance(value, ScoreStore):
+        return str(value.path)
+    if hasattr(value, "to_json"):
+        return value.method
+    return value

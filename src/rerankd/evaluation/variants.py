@@ -13,12 +13,15 @@ from typing import Literal
 
 import numpy as np
 
+from rerankd.pipeline.calibration import ScoreMap, parse_key
 from rerankd.pipeline.fusion import FusionMethod, best_first
 from rerankd.pipeline.ranking import rank_candidates, select
 from rerankd.pipeline.types import RerankRequest
 
 VariantKind = Literal["first-stage", "bi-encoder-only", "direct", "hybrid", "bi-encoder"]
-FirstStage = Literal["client", "request"]
+# Which first stage hybrid and fusion use: the client's (corpus BM25 sent as `first_stage_scores`), BM25 over the
+# request's documents alone, or the server's BM25 with whatever statistics it has (a file, or learned).
+FirstStage = Literal["client", "request", "server"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,9 @@ class QueryScores:
     request_bm25: np.ndarray  # BM25 over the candidates alone, what the service computes without client scores
     model: np.ndarray  # the model's raw score (logit) of every candidate
     bi: np.ndarray  # the bi-encoder's cosine similarity of every candidate
+    reported: np.ndarray  # the model's score as the service reports it (the sigmoid of the logit)
+    server_bm25: np.ndarray  # the service's own BM25 of every candidate, with its statistics
+    statistics: str = "request"  # which statistics the service's BM25 used (request, learned, file)
 
 
 @dataclass(frozen=True)
@@ -43,10 +49,20 @@ class Variant:
     weight: float = 0.0
     first_stage: FirstStage = "client"  # which first stage hybrid and fusion use
 
+    score_map: ScoreMap | None = None  # calibrated: the service maps its returned scores through this
+
+    @classmethod
+    def from_key(cls, key: str, score_map: ScoreMap | None = None) -> Variant:
+        """The variant a calibration key names, with the server's BM25 as its first stage."""
+        strategy, candidates, fusion, weight = parse_key(key)
+        name = f"{key} calibrated" if score_map is not None else key
+        return cls(name, strategy, candidates, fusion, weight, "server", score_map)  # type: ignore[arg-type]
+
     @property
     def timing_key(self) -> tuple:
-        """Variants that differ only in fusion weight or rule cost the same; they share one timing."""
-        return self.kind, self.candidates, self.fusion != "none", self.first_stage
+        """Variants that differ only in fusion weight, rule or calibration cost the same; they share one timing.
+        Without client scores the service runs its own BM25, whatever the replay compares it with."""
+        return self.kind, self.candidates, self.fusion != "none", self.first_stage == "client"
 
     def request(self, scores: QueryScores, *, model: str, bi_model: str) -> RerankRequest:
         """The service request that runs this strategy on the query's candidates."""
@@ -66,26 +82,45 @@ class Variant:
 
     def rank(self, scores: QueryScores, rrf_k: int) -> np.ndarray:
         """Candidate positions, best first, as the service would order them."""
-        if self.kind == "first-stage":
-            return best_first(scores.first)
-        if self.kind == "bi-encoder-only":
-            return best_first(scores.bi)
-        first = scores.first if self.first_stage == "client" else scores.request_bm25
+        return self.returned(scores, rrf_k)[0]
+
+    def returned(self, scores: QueryScores, rrf_k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Candidate positions, best first, and each candidate's score as the service returns it (the reported
+        model score, or the fused value of the logits; mapped to a probability when calibrated)."""
+        first = {"client": scores.first, "request": scores.request_bm25, "server": scores.server_bm25}[self.first_stage]
         everything = np.arange(len(scores.doc_ids))
+        if self.kind in ("first-stage", "bi-encoder-only"):
+            values = scores.first if self.kind == "first-stage" else scores.bi
+            return best_first(values), values
         if self.kind == "direct":
             candidates, rest = everything, everything[:0]
         else:
             candidates, rest = select(first if self.kind == "hybrid" else scores.bi, self.candidates or 0)
-        order, _ = rank_candidates(
-            candidates, rest, scores.model[candidates], first, fusion=self.fusion, weight=self.weight, rrf_k=rrf_k
+        model = scores.model if self.fusion != "none" else scores.reported  # as the service ranks (hybrid.py)
+        order, values = rank_candidates(
+            candidates, rest, model[candidates], first, fusion=self.fusion, weight=self.weight, rrf_k=rrf_k
         )
-        return order
+        return order, values if self.score_map is None else self.score_map(values)
+
+    @property
+    def probabilities(self) -> bool:
+        """Whether its returned scores are meant as probabilities (so calibration error applies): calibrated, or
+        the model's reported score unfused."""
+        return self.score_map is not None or (self.fusion == "none" and self.kind in ("direct", "hybrid"))
 
 
 def standard_variants(
-    depth: int, hybrid_ks: Sequence[int], weights: Sequence[float], fitted: dict[FusionMethod, float]
+    depth: int,
+    hybrid_ks: Sequence[int],
+    weights: Sequence[float],
+    fitted: dict[FusionMethod, float],
+    *,
+    server: str | None = None,
+    maps: dict[str, ScoreMap] | None = None,
 ) -> list[Variant]:
-    """The table's rows: first stage, bi-encoder, direct, hybrid at several K, fusion at several weights."""
+    """The table's rows: first stage, bi-encoder, direct, hybrid at several K, fusion at several weights; with
+    `server` (the statistics the service's BM25 had, when not only the request's) fusion with that BM25; and a
+    calibrated row per map of the model's calibration."""
     ks = [k for k in hybrid_ks if k < depth]
     middle = 30 if 30 in ks else (ks[len(ks) // 2] if ks else None)
     z, rrf = fitted.get("zscore", 0.5), fitted.get("rrf", 0.5)
@@ -109,4 +144,12 @@ def standard_variants(
             Variant(f"hybrid K={middle}, request bm25", "hybrid", middle, first_stage="request"),
             Variant(f"hybrid K={middle} + zscore w={z:g}", "hybrid", middle, fusion="zscore", weight=z),
         ]
-    return rows
+    if server is not None:
+        tag = f"server bm25 ({server})"
+        rows += [
+            Variant(f"fusion zscore w={w:g}, {tag}", "direct", fusion="zscore", weight=w, first_stage="server")
+            for w in dict.fromkeys((z, 0.5))
+        ]
+        if middle is not None:
+            rows.append(Variant(f"hybrid K={middle} + zscore w={z:g}, {tag}", "hybrid", middle, "zscore", z, "server"))
+    return rows + [Variant.from_key(key, score_map) for key, score_map in (maps or {}).items()]

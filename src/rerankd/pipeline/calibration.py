@@ -14,15 +14,18 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
 from rerankd.errors import RerankdError
+from rerankd.vocabulary import FUSION_METHODS, ExecutedStrategy
 
 FORMAT = "rerankd-calibration/1"
 _EPSILON = 1e-9  # probability-like scores are clipped this far inside (0, 1) before their logit is taken
-_KEY = re.compile(r"^(direct|hybrid|bi-encoder)(?::(\d+))?(?:\+(zscore|rrf):([0-9.]+))?$")
+_STRATEGIES = "|".join(map(re.escape, get_args(ExecutedStrategy)))
+_FUSIONS = "|".join(method for method in FUSION_METHODS if method != "none")
+_KEY = re.compile(rf"^({_STRATEGIES})(?::(\d+))?(?:\+({_FUSIONS}):([0-9.]+))?$")
 
 
 def variant_key(strategy: str, candidates: int | None, fusion: str = "none", weight: float = 0.0) -> str:

@@ -25,6 +25,7 @@ from rerankd.pipeline.costs import CostModel, RescoredHead
 from rerankd.pipeline.planner import Costs, Plan, plan
 from rerankd.pipeline.ranking import rank_candidates, select
 from rerankd.prefilter import EmbeddingPrefilter, bm25_scores
+from rerankd.prefilter.corpus_stats import Bm25Statistics
 from rerankd.vocabulary import FusionMethod, Strategy
 
 # With a latency budget, a pre-filtered request scores its candidates best-first in slices of this many documents
@@ -130,8 +131,9 @@ class _FirstStage:
     """A request's first-stage scores: the client's, else a served first-stage model's (a cascade), else BM25 over
     its documents; computed at most once."""
 
-    def __init__(self, reranker: Reranker, query: str, documents: Sequence[str], options: Options) -> None:
-        self._reranker, self._query, self._documents = reranker, query, documents
+    def __init__(self, reranker: Reranker, model: str, query: str, documents: Sequence[str], options: Options) -> None:
+        self._reranker, self._model, self._query, self._documents = reranker, model, query, documents
+        self.statistics: dict[str, Any] | None = None  # which BM25 statistics scored, once BM25 ran
         self._scores = options.first_stage_scores
         self.model = None if self._scores is not None else options.first_stage_model
         self._done = options.first_stage_done
@@ -159,7 +161,7 @@ class _FirstStage:
             if self._done is not None:
                 self._done()
         elif self._scores is None:
-            self._scores = await self._reranker.bm25(self._query, self._documents)
+            self._scores, self.statistics = await self._reranker.bm25(self._model, self._query, self._documents)
         return self._scores
 
 
@@ -167,10 +169,15 @@ class Reranker:
     """Runs requests' stages on engines. Holds what it learns about costs; the embedding pre-filter is lent."""
 
     def __init__(
-        self, embedding_prefilter: Callable[[], Awaitable[EmbeddingPrefilter]], *, bm25_max_chars: int = 20_000
+        self,
+        embedding_prefilter: Callable[[], Awaitable[EmbeddingPrefilter]],
+        *,
+        bm25_max_chars: int = 20_000,
+        statistics: Bm25Statistics | None = None,
     ) -> None:
         self._embedding_prefilter = embedding_prefilter
         self._bm25_max_chars = bm25_max_chars
+        self.statistics = statistics or Bm25Statistics()  # default: each request's own documents
         self.costs = CostModel()
 
     async def run(
@@ -178,7 +185,9 @@ class Reranker:
     ) -> Outcome:
         """Rank `documents` for `query`, whose tokens the caller has (it bounds them)."""
         started = time.perf_counter()
-        first = _FirstStage(self, query, documents, options)
+        if self.statistics.learn_bytes:  # every request's documents teach its model's BM25 statistics
+            await asyncio.to_thread(self.statistics.observe, engine.spec.name, self._bm25_texts(documents))
+        first = _FirstStage(self, engine.spec.name, query, documents, options)
         rule = self._chunk_rule(engine, query_tokens, options)
         fusing = options.fusion != "none"
         head = options.rescoring
@@ -239,6 +248,8 @@ class Reranker:
                 "fused": ["model", first.source],
                 **({"rrf_k": options.rrf_k} if options.fusion == "rrf" else {}),
             }
+        if first.statistics is not None:
+            meta["bm25_statistics"] = first.statistics
         order, scores = rank_candidates(
             candidates,
             rest,
@@ -269,13 +280,18 @@ class Reranker:
         work = self.costs.work_seconds(first, query, documents, chunks=None, scored=len(documents))
         return [Stage(first.spec.name, work, "first_stage_model"), own]
 
-    async def bm25(self, query: str, documents: Sequence[str]) -> np.ndarray:
-        started = time.perf_counter()
+    def _bm25_texts(self, documents: Sequence[str]) -> list[str]:
         # BM25 indexes about 1 MB of text a second here: a document's first bm25_max_chars decide its score.
-        texts = [document[: self._bm25_max_chars] for document in documents]
-        scores = await asyncio.to_thread(bm25_scores, query, texts)
+        return [document[: self._bm25_max_chars] for document in documents]
+
+    async def bm25(self, model: str, query: str, documents: Sequence[str]) -> tuple[np.ndarray, dict[str, Any]]:
+        """BM25 over `documents` with the statistics `model` has (a file, learned, else the documents' own), and
+        which those were."""
+        started = time.perf_counter()
+        statistics, source = self.statistics.choose(model)
+        scores = await asyncio.to_thread(bm25_scores, query, self._bm25_texts(documents), statistics)
         self.costs.learn_bm25(len(documents), time.perf_counter() - started)
-        return scores
+        return scores, {"source": source, "documents": len(documents) if statistics is None else statistics.documents}
 
     @staticmethod
     def _plan(options: Options, documents: int, costs: Costs, strategy: Strategy, spent_ms: float = 0.0) -> Plan:
@@ -381,3 +397,24 @@ def _rough_rule(engine: Engine, options: Options) -> chunking.ChunkRule | None:
         return None
     size = options.chunks.tokens or engine.spec.max_length // 2
     return chunking.ChunkRule(size, options.chunks.overlap, options.chunks.max_chunks)
+
+
+def finalise(outcome: Outcome, options: Options) -> Outcome:
+    """The answer's scores, after any fp32 re-scoring: probabilities where the model's calibration has a map for
+    what ran (unless the client asked for raw scores), then the `min_score` cut."""
+    meta, scores, order = dict(outcome.meta), outcome.scores, outcome.order
+    if options.calibration is not None:
+        fused = meta.get("fusion", {}).get("fused", [None, None])[1]
+        plan = outcome.plan
+        score_map, meta["calibration"] = options.calibration.select(
+            plan.strategy, plan.candidates, options.fusion, options.fusion_weight, fused
+        )
+        if score_map is not None and options.raw_scores:
+            score_map, meta["calibration"] = None, {"calibrated": False, "reason": "raw_scores asks for raw scores"}
+        if score_map is not None:
+            scores = score_map(scores)
+    if options.min_score is not None:
+        kept = scores[order] >= options.min_score
+        meta["min_score"] = {"value": options.min_score, "dropped": int(np.count_nonzero(~kept))}
+        order = order[kept]
+    return dataclasses.replace(outcome, order=order, scores=scores, meta=meta)

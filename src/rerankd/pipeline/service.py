@@ -29,6 +29,7 @@ from rerankd.pipeline.hybrid import ChunkOptions, Options, Outcome, Reranker, fi
 from rerankd.pipeline.rescore import HeadRescorer, embedding_model_settings
 from rerankd.pipeline.types import ModelInfo, Ranked, RerankRequest, RerankResult, State, check_limits, request_deadline
 from rerankd.prefilter import EmbeddingCache, EmbeddingPrefilter
+from rerankd.prefilter.corpus_stats import Bm25Statistics
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,13 @@ class LocalService:
         self._specs = specs
         self._on_failure = on_failure
         self._registry: ModelRegistry | None = None
-        self._reranker = Reranker(self._embedding_prefilter, bm25_max_chars=settings.bm25_max_chars)
+        self._reranker = Reranker(
+            self._embedding_prefilter,
+            bm25_max_chars=settings.bm25_max_chars,
+            statistics=Bm25Statistics.from_settings(settings, metrics),
+        )
+        self._calibration_files = [Calibration.load(path) for path in settings.calibration]
+        self._calibrations: dict[str, Calibration] = {}  # by served model name, once loaded
         self._embedding_cache = EmbeddingCache(settings.embedding_cache_entries, metrics)
         self._embeddings: EmbeddingPrefilter | None = None
         self._own_engines: list[Engine] = []  # loaded for the pre-filter, not served
@@ -86,6 +93,12 @@ class LocalService:
             self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
             raise
         self._registry = ModelRegistry(engines)
+        for calibration in self._calibration_files:  # a file for a model not served must fail at start-up
+            try:
+                self._calibrations[self._registry.get(calibration.model).spec.name] = calibration
+            except ModelNotFound as exc:
+                self.state, self.error = "failed", f"calibration: a file for {calibration.model!r}: {exc}"
+                raise RerankdError(self.error) from None
         if self.settings.first_stage_model:  # a typo must fail at start-up, not on the first hybrid request
             try:
                 self._registry.get(self.settings.first_stage_model)
@@ -146,6 +159,7 @@ class LocalService:
             documents = await asyncio.to_thread(_clip_all, engine, documents, request.max_tokens_per_doc)
         outcome = await self._reranker.run(engine, request.query, query, documents, options)
         outcome = await self._rescorer.rescore(self._reranker, outcome, request.query, query, documents, options)
+        outcome = finalise(outcome, options)
         if self.metrics:
             self.metrics.documents.labels(engine.spec.name).inc(len(documents))
             self.metrics.strategies.labels(engine.spec.name, outcome.plan.strategy).inc()
@@ -234,6 +248,7 @@ class LocalService:
         for engine in self._own_engines:
             engine.close()
         self._rescorer.close()
+        self._reranker.statistics.save()
 
 
 def _ranked(outcome: Outcome, top_n: int | None) -> list[Ranked]:

@@ -43,6 +43,7 @@ class RerankRequest:
     timeout_ms: float | None = None  # None: the server's request_timeout_seconds
     instruction: str | None = None  # an LLM reranker's task description; None: the model's default
     first_stage_model: str | None = None  # a served model as the hybrid strategy's pre-filter (a cascade)
+    min_score: float | None = None  # documents whose final score is below it are left out of the answer
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,8 @@ def _check_strategy_fields(request: RerankRequest) -> None:
     timeout = request.timeout_ms
     if timeout is not None and not (math.isfinite(timeout) and timeout >= MIN_TIMEOUT_MS):
         raise InvalidRequest(f"timeout_ms: must be a number of at least {MIN_TIMEOUT_MS}, got {timeout}")
+    if request.min_score is not None and not math.isfinite(request.min_score):
+        raise InvalidRequest(f"min_score: must be a finite number, got {request.min_score}")
     scores = request.first_stage_scores
     if scores is not None:
         if len(scores) != len(request.documents):

@@ -116,8 +116,9 @@ def corpus_texts(path: Path) -> Iterator[str]:
     if path.is_dir():
         path = path / "corpus.jsonl"
     with _open(path, "rt") as lines:
-        if path.name.endswith((".jsonl", ".jsonl.gz")):
-            yield from (beir_document_text(json.loads(line)) for line in lines if line.strip())
+        if path.name.endswith((".jsonl", ".jsonl.gz")):  # a repeated _id is one document, its last entry (as eval)
+            documents = (json.loads(line) for line in lines if line.strip())
+            yield from {str(doc["_id"]): beir_document_text(doc) for doc in documents}.values()
         else:
             yield from (line.rstrip("\n") for line in lines if line.strip())
 
