@@ -166,7 +166,7 @@ def main() -> None:
         "command": " ".join(["bench/late_interaction.py", *sys.argv[1:]]),
     }
     path = save(args.name, record)
-    print(cpu_line(json.loads(path.read_text())))
+    print(cpu_line(json.loads(path.read_text())["machine"]))
     print(
         format_table(
             [
