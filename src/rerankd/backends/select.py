@@ -7,7 +7,7 @@ import platform
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from rerankd.backends.fidelity import RESCORABLE_KINDS, fastest_faithful
+from rerankd.backends.fidelity import LLM_BACKEND_REASON, RESCORABLE_KINDS, fastest_faithful
 from rerankd.cpu import Cpu, this_cpu
 
 if TYPE_CHECKING:
@@ -109,12 +109,7 @@ def _configured(settings: Settings, device: str, kind: str, cpu: Cpu) -> Choice:
     if backend == "auto":
         backend = "onnx"
         if kind == "causal-lm" and device == "cpu" and precision in ("fp32", "bf16"):
-            # torch runs a batch's shared prompt prefix (template + instruction + query) once, the ONNX graph every
-            # prompt in full: 1.39x onnx at 100 documents (bench/results/llm_prefix.json, Qwen3-0.6B width, 4 layers).
-            backend, reason = (
-                "torch",
-                f"{reason}; torch for LLM rerankers on the CPU: it reuses the shared prompt prefix",
-            )
+            backend, reason = "torch", f"{reason}; {LLM_BACKEND_REASON}"
         elif precision == "bf16":
             backend = "openvino" if kind in RESCORABLE_KINDS else "torch"
     head = None
