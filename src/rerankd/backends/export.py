@@ -1,7 +1,8 @@
 """Export a model to ONNX once, cached by model revision and options; int8 and fp16 derive from the fp32 export.
 
 torch.onnx's TorchScript exporter, eager attention, and every export checked against torch before it is kept; the
-cache is built once under a file lock (`rerankd.cachedir`). Why: docs/architecture.md (Design notes, ONNX export).
+cache is built once under a file lock, and checked against its SHA-256 digests whenever it is used, rebuilt when it
+no longer matches (`rerankd.cachedir`). Why: docs/architecture.md (Design notes, ONNX export).
 """
 
 from __future__ import annotations
@@ -66,23 +67,21 @@ def ensure_onnx(spec: ModelSpec, precision: str, cache_dir: Path) -> Path:
     """The ONNX file of `spec` at `precision`, exported (and quantized or converted) on first use only."""
     options = ExportOptions(spec.kind, precision)
     folder = cache_folder(spec, options, cache_dir)
-    if (folder / MODEL_FILE).is_file():
-        log.debug("using cached ONNX export %s", folder)
-        return folder / MODEL_FILE
-    source = None if precision == "fp32" else ensure_onnx(spec, "fp32", cache_dir)
     facts = {"model": spec.name, "revision": spec.revision, "options": options.key, "opset": OPSET}
 
     def build(staging: Path) -> None:
         started = time.perf_counter()
-        if source is None:
+        if precision == "fp32":
             facts.update(export_fp32(spec, staging / MODEL_FILE))
         else:
+            source = ensure_onnx(spec, "fp32", cache_dir)
             {"int8": quantize_int8, "fp16": convert_fp16}[precision](source, staging / MODEL_FILE)
         (staging / "export.json").write_text(json.dumps(facts, indent=2))
         seconds = time.perf_counter() - started
         log.info("exported %s to ONNX (%s) in %.1f s: %s", spec.name, options.key, seconds, folder)
 
-    return build_once(folder, build, done=MODEL_FILE) / MODEL_FILE
+    # Verified by digest at every load: a file changed on disk is rebuilt, never served (rerankd.cachedir).
+    return build_once(folder, build, done=MODEL_FILE, verify=True) / MODEL_FILE
 
 
 def export_fp32(spec: ModelSpec, target: Path, recipe: LmRecipe = LM_RECIPE) -> dict:
