@@ -202,6 +202,7 @@ def test_min_score_drops_documents_below_it(calibrated_server: tuple[str, str]) 
     assert response.status_code == 422 and "min_score" in response.text
 
 
+@pytest.mark.slow
 def test_a_file_for_a_model_not_served_stops_the_start(tmp_path: Path) -> None:
     Calibration("someone/else", {"direct": PLATT}).save(tmp_path / "c.json")
     done = subprocess.run(
@@ -230,6 +231,8 @@ def write_labelled(folder: Path, queries: int = 24) -> dict[str, dict]:
     return {"corpus": corpus, "split": split, "topics": topics}
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # two commands, each loading the model (minutes on a busy 2-core machine)
 def test_calibrate_then_eval_measures_calibration(ce_fixture_path: Path, tmp_path: Path) -> None:
     data = write_labelled(tmp_path / "set")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -142,6 +142,7 @@ def test_persisted_estimate_is_read_back(tmp_path: Path) -> None:
     assert Bm25Statistics(learn_bytes=1 << 17, store=tmp_path).learned("m").documents == 0  # another size: ignored
 
 
+@pytest.mark.slow
 def test_corpus_stats_command_reads_beir_and_text(tmp_path: Path) -> None:
     (tmp_path / "beir").mkdir()
     rows = [{"_id": str(i), "title": "", "text": text} for i, text in enumerate(CORPUS)]
@@ -219,6 +220,7 @@ def test_server_uses_the_operators_file(ce_fixture_path: Path, thread_server, tm
         service.close()
 
 
+@pytest.mark.slow
 def test_a_bad_statistics_file_stops_the_start(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("[1, 2]")
     done = subprocess.run(
