@@ -9,12 +9,26 @@ PORT ?= 8080
 
 install: $(VENV)/.installed
 
-# torch is installed first and pinned so that nothing pulls a multi-GB CUDA build on CPU machines.
+# uv (on PATH, or UV=/path/to/uv) installs the same pins faster than pip: parallel downloads, one
+# resolver pass. It reads no pip configuration, so pip's find-links and constraint files (where a machine keeps its
+# CPU torch wheel and its version caps) are handed to it; without them, torch==2.13.0 from PyPI is the CUDA build
+# for pip and uv alike.
+UV ?= $(shell command -v uv 2>/dev/null)
+PIP_CONFIG = $(shell $(PYTHON) -m pip config get global.$(1) 2>/dev/null)
+FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(call PIP_CONFIG,find-links))
+CONSTRAINTS ?= $(or $(PIP_CONSTRAINT),$(call PIP_CONFIG,constraint))
+UV_FLAGS = $(addprefix --find-links ,$(FIND_LINKS)) $(addprefix --constraint ,$(CONSTRAINTS))
+
+# torch is pinned and installed with the rest (pip: first), so nothing pulls another torch build.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+ifneq ($(UV),)
+	$(UV) pip install -q --python $(BIN)/python $(UV_FLAGS) torch==2.13.0 -e '.[dev]'
+else
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+endif
 	touch $@
 
 # A machine with an NVIDIA GPU: the gpu extra (onnxruntime-gpu) in place of the CPU onnxruntime, which owns the same
