@@ -40,6 +40,12 @@ def assert_error(response: httpx.Response, status: int, *words: str) -> None:
         ("/v2/rerank", {**GOOD, "model": "no-such-model"}, 404, ["no-such-model", "served names", "default"]),
         ("/rerank", {"query": "q", "texts": ["a " * 2000], "truncate": False}, 413, ["texts[0]", "256", "truncate"]),
         ("/rerank", {"query": "q", "texts": ["a"], "truncation_direction": "Left"}, 400, ["truncation_direction"]),
+        # A cascade into the model itself (by any of its names) would score every document twice.
+        ("/v2/rerank", {**GOOD, "model": "ce-fixture", "first_stage_model": "rerankd/ce-fixture", "strategy": "hybrid"},
+         400, ["first_stage_model", "'rerankd/ce-fixture'", "another served model"]),
+        ("/rerank", {"query": "q", "texts": ["a", "b"], "first_stage_model": "default"}, 400, ["first_stage_model"]),
+        ("/v1/rerank", {**GOOD, "model": "all-MiniLM-L6-v2", "first_stage_model": "sentence-transformers/all-MiniLM-L6-v2"},  # noqa: E501
+         400, ["first_stage_model", "sentence-transformers/all-MiniLM-L6-v2"]),
     ],
 )  # fmt: skip
 def test_bad_input_is_a_clear_4xx(server: str, path: str, body: object, status: int, words: list[str]) -> None:

@@ -6,6 +6,7 @@ One real `rerankd serve` process with the default limits (16 MB bodies), so its 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
@@ -366,6 +367,18 @@ def test_a_500_says_internal_error_and_a_request_id_that_is_in_the_log(thread_se
     request_id = response.headers["x-request-id"]
     assert message == f"internal error (request id {request_id})"
     assert any(request_id in record.getMessage() and record.exc_info for record in caplog.records)
+
+
+def test_the_servers_cascade_model_asked_directly_prefilters_by_bm25_not_by_itself(ce_fixture_path) -> None:
+    settings = Settings(model=["ce-fixture"], first_stage_model="ce-fixture", warmup_seconds=0, embedding_model="")
+    service = LocalService(settings)
+    service.load()
+    try:
+        request = RerankRequest("sql", ["SQLite database", "a game", "sql server"], strategy="hybrid", candidates=2)
+        answer = asyncio.run(service.rerank(request))
+    finally:
+        service.close()
+    assert answer.meta["rerankd"]["prefilter"] == "bm25"  # not "model:rerankd/ce-fixture": no document scored twice
 
 
 def test_a_misconfigured_embedding_model_is_refused_at_start(ce_fixture_path) -> None:

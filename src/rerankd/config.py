@@ -197,7 +197,8 @@ class Settings(BaseSettings):
     first_stage_model: str = Field(
         default="",
         description="A served model (one of `model`) as the `hybrid` strategy's pre-filter instead of BM25: a "
-        "cascade, e.g. a small cross-encoder choosing the candidates an LLM reranker scores. Empty = BM25.",
+        "cascade, e.g. a small cross-encoder choosing the candidates an LLM reranker scores. Empty = BM25 (also for "
+        "requests to this model itself).",
     )
     embedding_model: str = Field(
         default="default",

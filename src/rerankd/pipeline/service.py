@@ -191,6 +191,13 @@ class LocalService:
         except ModelNotFound as exc:
             source = "first_stage_model" if request.first_stage_model else "first_stage_model (server setting)"
             raise InvalidRequest(f"{source}: {exc}") from None
+        if first_engine is engine:  # by any of its names: a cascade into itself would score every document twice
+            if request.first_stage_model:
+                raise InvalidRequest(
+                    f"first_stage_model: {request.first_stage_model!r} is {engine.spec.name}, the model this request "
+                    "is scored by; a cascade's first stage must be another served model (or none: BM25)"
+                )
+            first_engine = None  # the server's cascade model asked directly: its own requests pre-filter by BM25
         chunking = request.chunking
         if chunking is None:
             chunking = s.chunking or request.max_chunks_per_doc is not None
