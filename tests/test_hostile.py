@@ -338,6 +338,38 @@ def test_non_ascii_and_unknown_bearer_tokens_are_401_never_500(thread_server, ce
         assert status(b"", scheme=b"Bearer") == 401
 
 
+def test_metrics_need_a_key_and_no_answer_shows_a_local_models_path(thread_server, ce_fixture_path) -> None:
+    folder = str(ce_fixture_path)
+    settings = Settings(model=[folder], warmup_seconds=0, api_keys=["k"], embedding_model="")
+    key = {"authorization": "Bearer k"}
+    with thread_server(create_app(settings)) as srv:
+        wait_until(lambda: httpx.get(f"{srv.url}/ready").status_code == 200, timeout=120)
+        assert httpx.get(f"{srv.url}/metrics").status_code == 401
+        answers = []
+        for name in (folder, ce_fixture_path.name, "default"):  # the path as given still names it
+            response, _ = post(
+                srv.url, "/v1/rerank", {"query": "sql", "documents": ["a", "b"], "model": name}, headers=key
+            )
+            assert response.status_code == 200, response.text
+            assert response.json()["model"] == ce_fixture_path.name
+            answers.append(response.text)
+        missing, _ = post(srv.url, "/v2/rerank", {"query": "sql", "documents": ["a"], "model": "nope"}, headers=key)
+        assert missing.status_code == 404
+        models = httpx.get(f"{srv.url}/v1/models", headers=key)
+        assert [model["id"] for model in models.json()["data"]] == [ce_fixture_path.name]
+        metrics = httpx.get(f"{srv.url}/metrics", headers=key)
+        assert metrics.status_code == 200 and f'model="{ce_fixture_path.name}"' in metrics.text
+    for text in (*answers, missing.text, models.text, metrics.text):
+        assert str(ce_fixture_path.parent) not in text
+
+
+def test_metrics_can_be_left_open_to_a_scraper_without_a_key(thread_server) -> None:
+    settings = Settings(api_keys=["k"], metrics_require_key=False)
+    with thread_server(create_app(settings, service=_BrokenService())) as srv:
+        assert httpx.get(f"{srv.url}/metrics").status_code == 200
+        assert httpx.get(f"{srv.url}/v1/models").status_code == 401  # the API itself still needs the key
+
+
 class _BrokenService:
     """A service with a bug: what a client sees of an unexpected exception."""
 

@@ -145,6 +145,11 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = Field(
         default=None, description="File of further bearer tokens, one per line (# comments); read at start-up."
     )
+    metrics_require_key: bool = Field(
+        default=True,
+        description="With api keys set, /metrics needs one too (Prometheus: `authorization` in the scrape config); "
+        "false leaves /metrics open to scrapers without a key. Without api keys, /metrics is always open.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
     log_format: Literal["text", "json"] = Field(default="text", description="Log line format.")
 

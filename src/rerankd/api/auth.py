@@ -22,3 +22,9 @@ def require_api_key(request: Request) -> None:
     matches = [hmac.compare_digest(token.strip(), key) for key in keys]
     if not any(matches):
         raise Unauthorized("Authorization: unknown api key")
+
+
+def require_metrics_key(request: Request) -> None:
+    """/metrics takes the API's keys too, unless `metrics_require_key` is off (a scraper that cannot send one)."""
+    if request.app.state.settings.metrics_require_key:
+        require_api_key(request)

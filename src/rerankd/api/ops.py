@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from rerankd.api.auth import require_api_key
+from rerankd.api.auth import require_api_key, require_metrics_key
 from rerankd.api.calls import service_of
 
 router = APIRouter(tags=["operations"])
@@ -56,7 +56,7 @@ async def models(request: Request) -> dict:
     }
 
 
-@router.get("/metrics")
+@router.get("/metrics", dependencies=[Depends(require_metrics_key)])
 async def metrics(request: Request) -> Response:
     """Prometheus text format."""
     return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4")

@@ -31,7 +31,7 @@ _SANE_MAX_LENGTH = 100_000  # tokenizers without a limit report ~1e30
 class ModelSpec:
     """A model ready to load: where it is and how to score with it."""
 
-    name: str  # canonical id: hub id, or the folder path as given
+    name: str  # canonical id: hub id, or a local folder's name (never its path: ids are shown to clients)
     path: Path
     kind: ModelKind
     max_length: int
@@ -48,6 +48,7 @@ class ModelSpec:
     modules: SentenceModules | None = None
     late: LateInteraction | None = None  # late-interaction: queries, documents and their lengths
     aliases: tuple[str, ...] = field(default=())
+    local_names: tuple[str, ...] = ()  # names it answers to but never shows: a local folder's path as given
 
     @property
     def short_name(self) -> str:
@@ -72,6 +73,7 @@ def resolve_model(name: str, *, kind: ModelKind | Literal["auto"] = "auto", cach
     preset = PRESETS.get(name)
     model_id = preset.model_id if preset else name
     aliases = {name, model_id} if preset else {name}
+    local_names: tuple[str, ...] = ()
 
     if model_id == PACKAGED_DEFAULT_ID:
         path = packaged_default_path()
@@ -79,13 +81,15 @@ def resolve_model(name: str, *, kind: ModelKind | Literal["auto"] = "auto", cach
         path = build_ce_fixture(cache_dir)
     elif Path(model_id).expanduser().is_dir():
         path = Path(model_id).expanduser().resolve()
+        # Its id is the folder's name, so answers, /v1/models and /metrics do not show the server's file system.
+        model_id, local_names, aliases = path.name, (name,), set()
     else:
         path = _download(model_id)
 
     template = TEMPLATES[preset.template] if preset and preset.template else None
     spec = inspect_model(model_id, path, kind=kind, template=template)
     aliases.add(spec.short_name)
-    return ModelSpec(**{**spec.__dict__, "aliases": tuple(sorted(aliases | {spec.name}))})
+    return ModelSpec(**{**spec.__dict__, "aliases": tuple(sorted(aliases | {spec.name})), "local_names": local_names})
 
 
 def inspect_model(
