@@ -234,8 +234,7 @@ class Evaluation:
 
     async def _stored(self, request: RerankRequest, doc_ids: list[str], read: Any) -> np.ndarray:
         """The request's per-document scores (`read` picks them from the answer), from the store when it has them."""
-        engine = self.service.registry.get(request.model)
-        key = f"{engine.spec.name}@{engine.spec.revision}"
+        key = self.service.registry.get(request.model).spec.revision  # the content's, whatever name serves it
         stored = self.store.get(key, request.query, doc_ids)
         if stored is not None:
             return stored

@@ -11,7 +11,7 @@ import numpy as np
 
 
 class ScoreStore:
-    """Scores by model (its served name and content revision), query text and document id; a JSON file."""
+    """Scores by model (its content revision), query text and document id; a JSON file."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
