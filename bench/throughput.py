@@ -3,11 +3,16 @@
 For 10, 50, 100, 300 and 1000 mixed-length documents (20-300 tokens, cut from Debian descriptions when present,
 else generated) and the ce-fixture model (ms-marco-MiniLM-L6-v2's shape; `--model DIR` for another), it measures
 docs/sec and p50/p99 latency of: sentence-transformers `CrossEncoder.predict` fp32 (the baseline and the reference
-scores), rerankd torch, onnx fp32 and onnx int8 (or `--engines`), in-process (Engine) and through `rerankd serve`
-over HTTP; then 16 concurrent clients sending 10-document requests against the same requests sent one at a time;
-and the machine's fp32 (numpy) and int8 (onnxruntime MatMulInteger) matrix-multiply peaks, with the fraction of
-them each engine reaches. Every system's scores on the same request are compared with the reference's (Spearman,
-top-10 overlap).
+scores) and, on CPUs with bf16 arithmetic, sentence-transformers in bf16 (`model_kwargs={"torch_dtype":
+torch.bfloat16}`, a peer a user gets by one argument); rerankd torch, onnx fp32 and onnx int8 (or `--engines`: the
+OpenVINO engines, `auto`), in-process (Engine) and through `rerankd serve` over HTTP; then 16 concurrent clients
+sending 10-document requests against the same requests sent one at a time; and the machine's fp32 (numpy), bf16
+(torch) and int8 (onnxruntime MatMulInteger) matrix-multiply peaks, with the fraction of them each engine reaches.
+Every system's scores on the same request are compared with the reference's (Spearman, top-10 overlap).
+
+Checks (printed with their limits, applied to `auto` over HTTP at 300 and 1,000 documents): >= 5x
+sentence-transformers fp32 on a CPU with int8 dot products and bf16 (>= 2.5x on one without), >= 2.5x
+sentence-transformers bf16 and >= 2.5x Infinity int8 where those ran.
 
 Infinity (michaelfeil/infinity) joins as a peer over HTTP, fp32 and int8, when its `infinity_emb` is given by
 `--infinity PATH` or RERANKD_BENCH_INFINITY. It pins numpy<2 and sentence-transformers<4, so it lives in its own
@@ -18,7 +23,7 @@ environment, never in .venv:
 
     .venv/bin/python bench/throughput.py [--quick]
     .venv/bin/python bench/throughput.py --model ../shared/models/debian-minilm-ce --counts 300 1000 --min-rounds 1 \
-        --engines auto onnx-int8 onnx-int8-rescore --no-in-process --requests 0 \
+        --engines auto onnx-fp32 onnx-int8-rescore openvino-bf16 --no-in-process --requests 0 \
         --infinity /work/infinity-venv/bin/infinity_emb --name throughput-peers
 """
 
@@ -41,11 +46,23 @@ from typing import Any, Protocol
 
 import httpx
 import numpy as np
-from common import DEBIAN_DATA, cpu_line, format_table, machine, percentile, plot_path, save, spearman, top_k_overlap
+from common import (
+    DEBIAN_DATA,
+    check,
+    cpu_line,
+    format_table,
+    machine,
+    percentile,
+    plot_path,
+    save,
+    spearman,
+    top_k_overlap,
+)
 
 from rerankd.backends.select import choose
 from rerankd.config import Settings
 from rerankd.cores import available_cores
+from rerankd.cpu import this_cpu
 from rerankd.engine.engine import Engine
 from rerankd.models import ModelSpec, resolve_model
 from rerankd.models.fixture import build_ce_fixture
@@ -59,11 +76,19 @@ ENGINES = {
     "onnx-int8": ("onnx", "int8"),
     "auto": ("auto", "auto"),  # what a user gets without flags; the table's `engine` column says what it picked
     "onnx-int8-rescore": ("onnx", "int8-rescore"),
+    "openvino-fp32": ("openvino", "fp32"),
+    "openvino-bf16": ("openvino", "bf16"),
+    "openvino-int8": ("openvino", "int8"),
+    "openvino-int8-rescore": ("openvino", "int8-rescore"),
 }
 DEFAULT_ENGINES = ("torch", "onnx-fp32", "onnx-int8")
 # int8-rescore re-scores the head in the service (pipeline/rescore.py), not in the Engine: over HTTP only.
-HTTP_ONLY = frozenset({"onnx-int8-rescore"})
+HTTP_ONLY = frozenset({"onnx-int8-rescore", "openvino-int8-rescore"})
 REFERENCE = "sentence-transformers/in-process"
+BF16_PEER = "sentence-transformers-bf16/in-process"
+# `auto` over HTTP against the peers, at these document counts (the limits the checks print and apply).
+CHECK_COUNTS = (300, 1000)
+TARGETS = {"vs_st": {"bf16": 5.0, "other": 2.5}, "vs_st_bf16": 2.5, "vs_infinity_int8": 2.5}
 INFINITY_ENV = "RERANKD_BENCH_INFINITY"
 INFINITY_DTYPES = ("float32", "int8")  # Infinity 0.0.78's --dtype names
 CLIENTS = 16
@@ -119,15 +144,21 @@ def timed_best(run: Callable[[], object], flops: float, budget: Budget) -> float
 
 
 def gemm_peaks(budget: Budget) -> dict[str, float]:
-    """fp32 GEMM (numpy's BLAS) and int8 GEMM (onnxruntime MatMulInteger), GFLOP/s, on encoder-like shapes."""
+    """fp32 GEMM (numpy's BLAS), bf16 GEMM (torch, where the CPU has bf16 arithmetic) and int8 GEMM (onnxruntime
+    MatMulInteger), GFLOP/s, on encoder-like shapes."""
     import onnxruntime
+    import torch
     from onnx import TensorProto, helper
 
     rng = np.random.default_rng(0)
-    peaks = {"fp32": 0.0, "int8": 0.0}
+    peaks = {"fp32": 0.0, "int8": 0.0} | ({"bf16": 0.0} if this_cpu().bf16 else {})
+    torch.set_num_threads(available_cores())
     for m, k, n in [(4096, 384, 1536), (4096, 1536, 384), (2048, 2048, 2048)]:
         a, b = rng.standard_normal((m, k), dtype=np.float32), rng.standard_normal((k, n), dtype=np.float32)
         peaks["fp32"] = max(peaks["fp32"], timed_best(lambda a=a, b=b: a @ b, 2.0 * m * k * n, budget))
+        if "bf16" in peaks:
+            x, y = torch.from_numpy(a).bfloat16(), torch.from_numpy(b).bfloat16()
+            peaks["bf16"] = max(peaks["bf16"], timed_best(lambda x=x, y=y: x @ y, 2.0 * m * k * n, budget))
         weights = helper.make_tensor("B", TensorProto.INT8, [k, n], rng.integers(-127, 127, k * n).tolist())
         graph = helper.make_graph(
             [helper.make_node("MatMulInteger", ["A", "B"], ["Y"])],
@@ -188,14 +219,16 @@ class InProcess:
 
 
 class Baseline:
-    """sentence-transformers `CrossEncoder.predict` fp32, as the current service calls it."""
+    """sentence-transformers `CrossEncoder.predict`, fp32 as the current service calls it (or bf16, one argument
+    away for its users on CPUs with bf16 arithmetic)."""
 
-    engine = "torch/cpu/fp32"
-
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, precision: str = "fp32") -> None:
+        import torch
         from sentence_transformers import CrossEncoder
 
-        self.model = CrossEncoder(str(spec.path), device="cpu")
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+        self.engine = f"torch/cpu/{precision}"
+        self.model = CrossEncoder(str(spec.path), device="cpu", model_kwargs={"torch_dtype": dtype})
 
     def __call__(self, docs: list[str]) -> np.ndarray:
         return np.asarray(self.model.predict([(QUERY, doc) for doc in docs], show_progress_bar=False))
@@ -383,11 +416,13 @@ def main() -> None:
     spec = resolve_model(args.model or str(build_ce_fixture()))
     corpus = documents(spec, max(counts))
     peaks = gemm_peaks(Budget(seconds=1.0 if args.quick else 3.0, min_runs=2, max_runs=50))
-    print(f"matrix-multiply peak: fp32 {peaks['fp32']:.0f} GFLOP/s, int8 {peaks['int8']:.0f} GOP/s", flush=True)
+    print("matrix-multiply peaks: " + ", ".join(f"{k} {v:.0f} G/s" for k, v in peaks.items()), flush=True)
 
     # Every system is loaded at once and measured in turn, so that their ratios come from the same minutes.
     runners: dict[str, Runner] = {REFERENCE: Baseline(spec)}
     precisions = {REFERENCE: "fp32"}  # the GEMM peak each is held against
+    if this_cpu().bf16:
+        runners[BF16_PEER], precisions[BF16_PEER] = Baseline(spec, "bf16"), "bf16"
     served: dict[str, Served] = {}
     rows: list[dict[str, Any]] = []
     concurrency: list[dict[str, Any]] = []
@@ -412,7 +447,7 @@ def main() -> None:
             for key, result in measure(runners, docs, budget, REFERENCE).items():
                 system, mode = key.split("/")
                 achieved = flops * result["docs_per_s"] / count / 1e9
-                peak = peaks["int8" if precisions[key] == "int8" else "fp32"]
+                peak = peaks.get(precisions[key], peaks["fp32"])
                 rows.append({"system": system, "mode": mode, "engine": runners[key].engine, "docs": count, **result,
                              "peak_fraction": achieved / peak})  # fmt: skip
             print(format_table(rows[-len(runners) :], list(rows[-1])), flush=True)
@@ -428,7 +463,22 @@ def main() -> None:
             runner.close()
         if rows:  # what was measured is saved even when a later count fails
             _add_ratios(rows)
-            report(rows, concurrency, peaks, spec, args.name or ("throughput-quick" if args.quick else "throughput"))
+            name = args.name or ("throughput-quick" if args.quick else "throughput")
+            report(rows, concurrency, peaks, spec, name, checks(rows))
+
+
+def checks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`auto` over HTTP against each peer that ran, at CHECK_COUNTS: rows whose `ok` applies the printed limit."""
+    found = []
+    vs_st = TARGETS["vs_st"]["bf16" if this_cpu().bf16 and this_cpu().int8_dot else "other"]
+    for row in rows:
+        if (row["system"], row["mode"]) != ("auto", "http") or row["docs"] not in CHECK_COUNTS:
+            continue
+        for ratio, limit in (("vs_st", vs_st), ("vs_st_bf16", TARGETS["vs_st_bf16"]),
+                             ("vs_infinity_int8", TARGETS["vs_infinity_int8"])):  # fmt: skip
+            if ratio in row:
+                found.append(check(f"auto ({row['engine']}) {ratio} at {row['docs']} docs", row[ratio], ">=", limit))
+    return found
 
 
 def best_served(rows: list[dict[str, Any]], system: str) -> float:
@@ -469,6 +519,9 @@ def _add_ratios(rows: list[dict[str, Any]]) -> None:
     by_key = {(row["system"], row["mode"], row["docs"]): row for row in rows}
     for row in rows:
         row["vs_st"] = row["docs_per_s"] / by_key[("sentence-transformers", "in-process", row["docs"])]["docs_per_s"]
+        bf16 = by_key.get(("sentence-transformers-bf16", "in-process", row["docs"]))
+        if bf16:
+            row["vs_st_bf16"] = row["docs_per_s"] / bf16["docs_per_s"]
         peer = by_key.get(("infinity-int8", "http", row["docs"]))
         if peer:
             row["vs_infinity_int8"] = row["docs_per_s"] / peer["docs_per_s"]
@@ -478,15 +531,17 @@ def _add_ratios(rows: list[dict[str, Any]]) -> None:
 
 
 def report(rows: list[dict[str, Any]], concurrency: list[dict[str, Any]], peaks: dict, spec: ModelSpec,
-           name: str) -> None:  # fmt: skip
-    columns = ["system", "mode", "engine", "docs", "docs_per_s", "p50_ms", "p99_ms", "vs_st", "vs_infinity_int8",
-               "spearman", "top10_overlap", "http_overhead", "peak_fraction"]  # fmt: skip
+           name: str, found: list[dict[str, Any]]) -> None:  # fmt: skip
+    columns = ["system", "mode", "engine", "docs", "docs_per_s", "p50_ms", "p99_ms", "vs_st", "vs_st_bf16",
+               "vs_infinity_int8", "spearman", "top10_overlap", "http_overhead", "peak_fraction"]  # fmt: skip
     print(f"\n{spec.name}; cpu: {cpu_line(machine())}; reference scores: sentence-transformers in-process")
     print(format_table(rows, [c for c in columns if any(c in row for row in rows)]))
     if concurrency:
         print("\n" + format_table(concurrency, list(concurrency[0])))
+    if found:
+        print("\n" + format_table(found, ["check", "measured", "limit", "ok"]))
     payload = {"model": spec.name, "peaks_gflops": peaks, "cores": os.cpu_count(), "rows": rows,
-               "concurrency": concurrency}  # fmt: skip
+               "concurrency": concurrency, "checks": found}  # fmt: skip
     path = save(name, payload)
     plot(rows, spec, plot_path(name))
     print(f"\nsaved {path} and {plot_path(name)}")
