@@ -232,7 +232,7 @@ class Reranker:
             reason = "no more candidates than the head: the head engine alone, no int8 pass"
             meta["rescored"] = {
                 "documents": len(scored.raw),
-                "precision": "fp32",
+                "precision": head.precision,
                 "tokens": scored.tokens,
                 "reason": reason,
             }
