@@ -287,13 +287,15 @@ class Bm25Statistics:
 
     def learned(self, model: str) -> LearnedStatistics:
         """`model`'s estimate, created (and read from the store, when there is one) on first use."""
+        if not self.learn_bytes:
+            raise ValueError("learning is off (a statistics file is given, or corpus_stats_mb is 0)")
         with self._lock:
             if model not in self._learned:
                 learned = LearnedStatistics(self.learn_bytes)
                 if self._store is not None and self._path(model).is_file():
                     learned.load(self._path(model))
                 self._learned[model] = learned
-                if self._metrics is not None:
+                if self._metrics is not None:  # (learning is on: only then is an estimate made)
                     documents, warm, nbytes = (gauge.labels(model) for gauge in self._gauges)
                     documents.set_function(lambda: learned.documents)
                     warm.set_function(lambda: int(learned.documents >= self.warm_documents))
