@@ -217,6 +217,14 @@ def soak_request(rng: random.Random, target: str, llm: str) -> tuple[str, dict[s
     return path, body
 
 
+def described(body: dict[str, Any]) -> str:
+    """A request in a line: its fields, with text fields by length."""
+    return ", ".join(
+        f"{key}: {len(value)} items" if isinstance(value, list) else f"{key}: {str(value)[:40]!r}"
+        for key, value in body.items()
+    )
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_soak_every_dialect_model_kind_and_strategy_without_a_5xx_or_a_score_out_of_order(
     servers: dict[str, str], llm_folder: Path, target: str
@@ -233,7 +241,7 @@ def test_soak_every_dialect_model_kind_and_strategy_without_a_5xx_or_a_score_out
                 response = await client.post(servers[target] + path, json=body)
                 statuses[response.status_code] += 1
                 if response.status_code >= 500 and not (response.status_code == 504 and "timeout_ms" in body):
-                    failures.append(f"{path} {response.status_code}: {response.text[:200]}")
+                    failures.append(f"{path} {response.status_code}: {response.text[:200]} for {described(body)}")
                 elif response.status_code == 200 and (problem := order_problem(path, response.json())):
                     failures.append(f"{path} {body.get('model')}: {problem}")
                 if response.status_code == 429:
