@@ -106,7 +106,7 @@ def ensure_int8(spec: ModelSpec, onnx_model: Path, cache_dir: Path) -> Path:
         (staging / "export.json").write_text(json.dumps({**facts, "calibration_seconds": round(seconds, 1)}))
         log.info("calibrated static int8 for %s with NNCF in %.1f s (%s): %s", spec.name, seconds, INT8_RECIPE, folder)
 
-    return build_once(folder, build, done=IR_FILE) / IR_FILE
+    return build_once(folder, build, done=IR_FILE, verify=True) / IR_FILE
 
 
 def calibration_inputs(spec: ModelSpec, inputs: set[str]) -> list[dict[str, np.ndarray]]:
