@@ -29,7 +29,7 @@ if "--isa" in sys.argv:
 from common import TRAINED_CE, cpu_line, format_table, machine, plot_path, save  # noqa: E402
 from throughput import REFERENCE, Baseline, Budget, InProcess, documents, measure  # noqa: E402
 
-from rerankd.cpu import this_cpu  # noqa: E402
+from rerankd.cpu import Cpu, this_cpu  # noqa: E402
 from rerankd.models import resolve_model  # noqa: E402
 
 ENGINES = {
@@ -71,6 +71,12 @@ def main() -> None:
     parser.add_argument("--isa", choices=list(_ISA_ENV), help="cap oneDNN/MKL to this instruction set")
     parser.add_argument("--name", help="results file name (default cpu_engines[-ISA])")
     args = parser.parse_args()
+    if args.isa is not None:  # the engines must see the capped CPU's flags too (an int8 graph's float precision)
+        import rerankd.backends.load
+
+        flags = {"avx2": {"avx2", "fma"}, "avx512_core_vnni": {"avx2", "fma", "avx512f", "avx512_vnni"}}[args.isa]
+        capped_cpu = Cpu(f"{this_cpu().model} capped to {args.isa}", frozenset(flags))
+        rerankd.backends.load.this_cpu = lambda: capped_cpu
     spec = resolve_model(str(TRAINED_CE))
     docs = documents(spec, args.docs)
     runners: dict[str, Any] = {REFERENCE: Baseline(spec)}

@@ -101,7 +101,8 @@ def test_serve_prints_the_engine_it_chose_and_refuses_impossible_ones() -> None:
             engine_line = next((line for line in lines if line.startswith("rerankd: engine")), "")
         finally:
             process.terminate()
-    assert engine_line.startswith("rerankd: engine onnx/cpu/")
+    expected = choose(Settings(device="cpu"), kind="cross-encoder")
+    assert engine_line.startswith(f"rerankd: engine {expected.backend}/cpu/{expected.label}")
 
 
 # -- scores against the reference ---------------------------------------------------------------------------------

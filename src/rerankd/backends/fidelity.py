@@ -68,23 +68,44 @@ ORT_INT8_RESCORE = Engine("onnx", "int8-rescore", "fp32")
 ORT_INT8 = Engine("onnx", "int8")
 ORT_FP32 = Engine("onnx", "fp32")
 
-# Fastest first, per CPU class. bf16: bench/results/cpu_engines.json (Intel Xeon with AMX; the Zen 4 figures of
-# DESIGN.md section 4 give the same order). int8 dot products without bf16, and neither: measured with oneDNN
-# capped to that instruction set (ONEDNN_MAX_CPU_ISA) in bench/results/cpu_engines-vnni.json and -avx2.json;
-# ONNX Runtime cannot be capped, so its place there is from the AVX2 Zen 3 runs (bench/results/throughput-peers.json).
+# Fastest first, per CPU class.
+# - amx (AMX bf16/int8, e.g. Sapphire Rapids): bench/results/cpu_engines.json, 300 documents in process, OpenVINO bf16
+#   4.98x sentence-transformers, OpenVINO int8 4.22x, ONNX Runtime int8 2.75x, OpenVINO fp32 1.64x, ONNX Runtime fp32
+#   1.49x; the served int8-rescore variants from bench/results/int8_fidelity_100.json (below pure int8 there).
+# - bf16 (AVX-512 BF16 without AMX, e.g. Zen 4): DESIGN.md section 4's in-process run, OpenVINO int8 207 docs/s,
+#   ONNX Runtime int8 147, OpenVINO bf16 143, OpenVINO fp32 80, ONNX Runtime fp32 71.
+# - int8-dot (VNNI or Arm dot products, no bf16) and plain (AVX2): bench/results/cpu_engines-avx512_core_vnni.json
+#   and cpu_engines-avx2.json (this CPU with oneDNN capped; ONNX Runtime cannot be capped, so its place is from the
+#   Zen 4 and Zen 3 runs, bench/results/throughput-peers.json history: int8-rescore 2.72x / 1.23x its fp32 there).
 SPEED_ORDER: dict[str, tuple[Engine, ...]] = {
-    "bf16": (OV_INT8, OV_INT8_BF16_HEAD, OV_BF16, OV_INT8_FP32_HEAD, ORT_INT8, ORT_INT8_RESCORE, OV_FP32, ORT_FP32),
-    "int8-dot": (OV_INT8, OV_INT8_FP32_HEAD, ORT_INT8, ORT_INT8_RESCORE, OV_FP32, ORT_FP32),
-    "plain": (OV_INT8, OV_INT8_FP32_HEAD, ORT_INT8, ORT_INT8_RESCORE, OV_FP32, ORT_FP32),
+    "amx": (OV_BF16, OV_INT8, OV_INT8_BF16_HEAD, OV_INT8_FP32_HEAD, ORT_INT8, ORT_INT8_RESCORE, OV_FP32, ORT_FP32),
+    "bf16": (OV_INT8, OV_INT8_BF16_HEAD, OV_INT8_FP32_HEAD, OV_BF16, ORT_INT8, ORT_INT8_RESCORE, OV_FP32, ORT_FP32),
+    "int8-dot": (ORT_INT8, ORT_INT8_RESCORE, OV_FP32, ORT_FP32),
+    "plain": (OV_FP32, ORT_FP32),
 }
 
-# bench/results/int8_fidelity_100.json (vs ONNX Runtime fp32; int8-rescore served with its default head of 20).
+# bench/results/int8_fidelity_100.json: 100 Debian dev queries x BM25 top 100, against ONNX Runtime fp32; the
+# int8-rescore rows as served (head 20, every document returned). Intel Xeon with AMX; bf16 there is AMX's.
 FIDELITY: dict[str, dict[Engine, Fidelity]] = {
-    "cross-encoder": {
+    "cross-encoder": {  # ../shared/models/debian-minilm-ce
         ORT_FP32: Fidelity(1.0, 0.0),
+        OV_FP32: Fidelity(1.0, 0.0),  # within 2e-6 of ONNX Runtime's logits (tests/test_openvino.py)
+        ORT_INT8: Fidelity(0.887, -0.0091),
+        ORT_INT8_RESCORE: Fidelity(0.993, 0.0),
+        OV_BF16: Fidelity(0.986, 0.005),
+        OV_INT8: Fidelity(0.958, -0.0002),
+        OV_INT8_BF16_HEAD: Fidelity(0.985, 0.005),
+        OV_INT8_FP32_HEAD: Fidelity(1.0, 0.0),
     },
-    "bi-encoder": {
+    "bi-encoder": {  # all-MiniLM-L6-v2
         ORT_FP32: Fidelity(1.0, 0.0),
+        OV_FP32: Fidelity(1.0, 0.0),
+        ORT_INT8: Fidelity(0.900, 0.0043),
+        ORT_INT8_RESCORE: Fidelity(0.996, -0.005),
+        OV_BF16: Fidelity(0.996, 0.0004),
+        OV_INT8: Fidelity(0.946, 0.0079),
+        OV_INT8_BF16_HEAD: Fidelity(0.997, 0.0004),
+        OV_INT8_FP32_HEAD: Fidelity(1.0, 0.0),
     },
 }
 
@@ -99,6 +120,8 @@ LLM_BACKEND_REASON = "torch for LLM rerankers on the CPU: it reuses the shared p
 
 
 def cpu_class(cpu: Cpu) -> str:
+    if "amx_bf16" in cpu.flags:
+        return "amx"
     if cpu.bf16:
         return "bf16"
     return "int8-dot" if cpu.int8_dot else "plain"
@@ -138,6 +161,7 @@ def fastest_faithful(cpu: Cpu, kind: str, *, x86: bool, backend: str | None = No
 
 def _describe(group: str) -> str:
     return {
+        "amx": "AMX (bf16 and int8 matrix units)",
         "bf16": "bf16 and int8 dot products",
         "int8-dot": "int8 dot products",
         "plain": "neither bf16 nor int8 dot products",
