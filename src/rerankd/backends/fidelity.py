@@ -74,13 +74,15 @@ ORT_FP32 = Engine("onnx", "fp32")
 #   1.49x; the served int8-rescore variants from bench/results/int8_fidelity_100.json (below pure int8 there).
 # - bf16 (AVX-512 BF16 without AMX, e.g. Zen 4): DESIGN.md section 4's in-process run, OpenVINO int8 207 docs/s,
 #   ONNX Runtime int8 147, OpenVINO bf16 143, OpenVINO fp32 80, ONNX Runtime fp32 71.
-# - int8-dot (VNNI or Arm dot products, no bf16) and plain (AVX2): bench/results/cpu_engines-avx512_core_vnni.json
-#   and cpu_engines-avx2.json (this CPU with oneDNN capped; ONNX Runtime cannot be capped, so its place is from the
-#   Zen 4 and Zen 3 runs, bench/results/throughput-peers.json history: int8-rescore 2.72x / 1.23x its fp32 there).
+# - int8-dot (VNNI or Arm dot products, no bf16): bench/results/cpu_engines-avx512_core_vnni.json (this CPU with
+#   oneDNN capped): OpenVINO int8 3.00x sentence-transformers, OpenVINO fp32 1.28x. ONNX Runtime cannot be capped:
+#   its int8 was ~2.1x its fp32 on a Zen 4, OpenVINO int8 here 2.3x OpenVINO fp32 (not on Arm: x86 only).
+# - plain (AVX2): OpenVINO fp32, which was 1.12x ONNX Runtime fp32 (DESIGN.md's Zen 4 run); int8-rescore was only
+#   1.23x fp32 on a Zen 3 (bench/results/throughput-peers.json history): not worth a second model by default.
 SPEED_ORDER: dict[str, tuple[Engine, ...]] = {
     "amx": (OV_BF16, OV_INT8, OV_INT8_BF16_HEAD, OV_INT8_FP32_HEAD, ORT_INT8, ORT_INT8_RESCORE, OV_FP32, ORT_FP32),
     "bf16": (OV_INT8, OV_INT8_BF16_HEAD, OV_INT8_FP32_HEAD, OV_BF16, ORT_INT8, ORT_INT8_RESCORE, OV_FP32, ORT_FP32),
-    "int8-dot": (ORT_INT8, ORT_INT8_RESCORE, OV_FP32, ORT_FP32),
+    "int8-dot": (OV_INT8, OV_INT8_FP32_HEAD, ORT_INT8, ORT_INT8_RESCORE, OV_FP32, ORT_FP32),
     "plain": (OV_FP32, ORT_FP32),
 }
 
