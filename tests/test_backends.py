@@ -54,12 +54,13 @@ def reference(spec: ModelSpec, query: str, documents: list[str]) -> np.ndarray:
 # -- choosing the engine ------------------------------------------------------------------------------------------
 
 
-def test_auto_picks_onnx_fp32_on_an_avx2_cpu() -> None:
-    """Pure int8 missed the fidelity targets (bench/int8_fidelity.py); where int8 has dot products `auto` picks
-    int8-rescore instead (tests/test_int8_rescore.py)."""
+def test_auto_picks_exact_fp32_on_an_avx2_cpu() -> None:
+    """Without int8 dot products or bf16, int8 does not pay for a second model (backends/fidelity.py): fp32, on
+    OpenVINO (x86); a named backend or precision is kept."""
     cpu = Settings(device="cpu")
     avx2 = choose(cpu, frozenset({"avx2", "fma"}))
-    assert (avx2.backend, avx2.device, avx2.precision) == ("onnx", "cpu", "fp32")
+    assert (avx2.backend, avx2.device, avx2.precision) == ("openvino", "cpu", "fp32")
+    assert choose(Settings(device="cpu", backend="onnx"), frozenset({"avx2", "fma"})).precision == "fp32"
     assert choose(Settings(device="cpu", backend="torch"), frozenset({"avx_vnni"})).backend == "torch"
     assert choose(Settings(device="cpu", precision="int8"), frozenset()).reason == "as configured"
 
