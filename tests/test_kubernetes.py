@@ -229,7 +229,7 @@ def test_grace_period_outlasts_uvicorn_graceful_shutdown() -> None:
 
 def test_documented_custom_metric_hpa_validates() -> None:
     """docs/fleet.md's HPA on queued work (the variant for a metrics adapter) is a valid manifest too."""
-    text = (REPO / "docs" / "fleet.md").read_text()
+    text = (REPO / "docs" / "fleet.md").read_text(encoding="utf-8")
     match = re.search(r"<!-- custom-metric-hpa -->\s*```yaml\n(.*?)```", text, re.S)
     assert match, "docs/fleet.md lost its custom-metric HPA example"
     hpa = yaml.safe_load(match[1])

@@ -109,7 +109,7 @@ def test_scores_equal_the_multi_vector_encoder_over_http(
 def test_models_list_the_late_interaction_kind(server: str, colberts: dict[str, Path]) -> None:
     listed = httpx.get(f"{server}/v1/models", timeout=10).json()
     kinds = {item["id"]: item.get("kind") for item in listed["data"]}
-    assert {kinds.get(str(folder)) for folder in colberts.values()} == {"late-interaction"}
+    assert {kinds.get(folder.name) for folder in colberts.values()} == {"late-interaction"}  # ids: folder names
 
 
 # -- inputs: markers, expansion, skiplist ----------------------------------------------------------------------------
@@ -201,20 +201,21 @@ def test_cached_documents_are_not_encoded_again(
     cached_server: str, colberts: dict[str, Path], references: dict[str, list[np.ndarray]]
 ) -> None:
     model = str(colberts["pylate"])
+    label = colberts["pylate"].name  # metrics are labelled by the model id: its folder's name, never the path
     documents = [f"{document} (copy {i})" for i, document in enumerate(DOCUMENTS)]  # unseen by other tests
-    misses, hits = (_metric(cached_server, f"rerankd_vector_cache_{k}_total", model) for k in ("misses", "hits"))
-    batches = _metric(cached_server, "rerankd_batch_tokens_count", model)
+    misses, hits = (_metric(cached_server, f"rerankd_vector_cache_{k}_total", label) for k in ("misses", "hits"))
+    batches = _metric(cached_server, "rerankd_batch_tokens_count", label)
     cold = _scores(cached_server, "cohere-v2", model, QUERY, documents)
-    assert _metric(cached_server, "rerankd_vector_cache_misses_total", model) - misses == len(documents)
+    assert _metric(cached_server, "rerankd_vector_cache_misses_total", label) - misses == len(documents)
     warm = _scores(cached_server, "cohere-v2", model, "a different query about sqlite", documents)
     again = _scores(cached_server, "cohere-v2", model, QUERY, documents)
-    assert _metric(cached_server, "rerankd_vector_cache_hits_total", model) - hits == 2 * len(documents)
+    assert _metric(cached_server, "rerankd_vector_cache_hits_total", label) - hits == 2 * len(documents)
     # The cold request's documents took at least one batch; each warm request encoded its query alone.
-    assert _metric(cached_server, "rerankd_batch_tokens_count", model) - batches <= 2 + len(documents)
+    assert _metric(cached_server, "rerankd_batch_tokens_count", label) - batches <= 2 + len(documents)
     assert not np.allclose(warm, cold)
     assert np.abs(again - cold).max() <= 2e-3  # fp16 storage: ~1e-3 on scores of 5-30
     assert list(np.argsort(-again)) == list(np.argsort(-cold))
-    assert _metric(cached_server, "rerankd_vector_cache_bytes", model) > 0
+    assert _metric(cached_server, "rerankd_vector_cache_bytes", label) > 0
 
 
 def test_a_colbert_is_a_cascades_first_stage(cached_server: str, colberts: dict[str, Path]) -> None:
@@ -224,7 +225,7 @@ def test_a_colbert_is_a_cascades_first_stage(cached_server: str, colberts: dict[
     body = {"model": CE_FIXTURE_ID, "query": QUERY, "documents": documents, "strategy": "hybrid", "candidates": 3}
     answer = httpx.post(f"{cached_server}/v2/rerank", json={**body, "first_stage_model": model}, timeout=120)
     assert answer.status_code == 200, answer.text
-    assert f"prefilter=model:{model}" in answer.headers["X-Rerankd-Strategy"]
+    assert f"prefilter=model:{colberts['pylate'].name}" in answer.headers["X-Rerankd-Strategy"]
     scored = {item["index"] for item in answer.json()["results"][:3]}
     assert scored == set(np.argsort(-first)[:3].tolist())  # the cross-encoder scored the ColBERT's top 3
 

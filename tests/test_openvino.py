@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -89,7 +90,10 @@ assert 0 < np.abs(fp32 - bf16).max() < 0.1, np.abs(fp32 - bf16).max()
 print("both ran")
 """
     tests = Path(__file__).resolve().parent
-    done = subprocess.run([sys.executable, "-c", script], cwd=tests, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent)])}  # conftest, testing/
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tests, env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0 and "both ran" in done.stdout, done.stderr[-2000:]
 
 
