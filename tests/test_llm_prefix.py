@@ -178,7 +178,8 @@ def test_the_golden_http_requests_take_the_prefix_path() -> None:
 
 def test_auto_picks_torch_for_llm_rerankers_on_the_cpu() -> None:
     """Shared-prefix reuse runs in the torch backend only, so `auto` picks it for LLM rerankers at fp32 on the CPU;
-    encoders keep their measured engine, and an explicit backend or int8 (refused for LLMs with its own message) is left alone."""
+    encoders keep their measured engine, and an explicit backend or int8 (refused for LLMs with its own message) is
+    left alone."""
     from rerankd.backends.select import choose
     from rerankd.config import Settings
 
