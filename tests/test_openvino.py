@@ -92,7 +92,13 @@ print("both ran")
     tests = Path(__file__).resolve().parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent)])}  # conftest, testing/
     done = subprocess.run(
-        [sys.executable, "-c", script], cwd=tests, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", script],
+        cwd=tests,
+        env=env,
+        capture_output=True,
+        timeout=600,
+        encoding="utf-8",
+        errors="replace",  # progress bars in the child's output, whatever the locale
     )
     assert done.returncode == 0 and "both ran" in done.stdout, done.stderr[-2000:]
 
