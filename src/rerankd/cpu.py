@@ -22,10 +22,11 @@ RECORDED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_b
 
 @dataclass(frozen=True)
 class Cpu:
-    """One CPU's model name and feature flags."""
+    """One CPU's model name and feature flags, and whether it is x86 (OpenVINO's engines were measured there only)."""
 
     model: str
     flags: frozenset[str]
+    x86: bool = True
 
     @property
     def int8_dot(self) -> bool:
@@ -52,7 +53,7 @@ def read_cpu(cpuinfo: Path = CPUINFO) -> Cpu:
         pass
     flags = fields.get("flags") or fields.get("Features") or ""
     model = fields.get("model name") or platform.processor() or platform.machine()
-    return Cpu(model, frozenset(flags.split()))
+    return Cpu(model, frozenset(flags.split()), x86=platform.machine() in ("x86_64", "AMD64"))
 
 
 @cache

@@ -129,7 +129,7 @@ def cpu_class(cpu: Cpu) -> str:
     return "int8-dot" if cpu.int8_dot else "plain"
 
 
-def fastest_faithful(cpu: Cpu, kind: str, *, x86: bool, backend: str | None = None) -> Pick:
+def fastest_faithful(cpu: Cpu, kind: str, *, backend: str | None = None) -> Pick:
     """The fastest engine measured faithful for `kind` on this CPU's class (only `backend`'s, if given)."""
     if kind == "causal-lm":
         if cpu.bf16 and LLM_BF16_SPEEDUP > 1 and LLM_BF16_SPEARMAN >= LLM_SPEARMAN_MIN:
@@ -146,7 +146,7 @@ def fastest_faithful(cpu: Cpu, kind: str, *, x86: bool, backend: str | None = No
     for engine in SPEED_ORDER[group]:
         if backend is not None and engine.backend != backend:
             continue
-        if engine.backend == "openvino" and not x86:
+        if engine.backend == "openvino" and not cpu.x86:
             continue  # measured on x86 only
         if engine.needs_bf16 and not cpu.bf16:
             continue

@@ -11,12 +11,16 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rerankd.backends.base import Batch, pool
 from rerankd.cachedir import build_once
 from rerankd.models import ModelSpec
+
+if TYPE_CHECKING:
+    import openvino
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +55,7 @@ class OpenVinoBackend:
         compiled = Path(cache_dir) / "openvino" / "compiled" / f"{hint}-{threads}t"
         core.set_property({"CACHE_DIR": str(compiled)})
         source = ensure_int8(spec, onnx_model, cache_dir) if precision == "int8" else onnx_model
-        model = core.read_model(str(source))
-        model.reshape({port.get_any_name(): openvino.PartialShape([-1, -1]) for port in model.inputs})
+        model = read_dynamic(core, source)
         properties = {
             "INFERENCE_NUM_THREADS": threads,
             "NUM_STREAMS": 1,  # one batch at a time: the scheduler forms batches, threads split each one
@@ -76,6 +79,15 @@ class OpenVinoBackend:
         return pool(output, batch.attention_mask, self.spec.pooling, self.spec.normalize)
 
 
+def read_dynamic(core: openvino.Core, path: Path) -> openvino.Model:
+    """A model whose inputs take any batch size and length (the exports are traced at one shape)."""
+    import openvino
+
+    model = core.read_model(str(path))
+    model.reshape({port.get_any_name(): openvino.PartialShape([-1, -1]) for port in model.inputs})
+    return model
+
+
 def int8_folder(spec: ModelSpec, cache_dir: Path) -> Path:
     kind = "ce" if spec.kind == "cross-encoder" else "bi"
     return Path(cache_dir) / "openvino" / f"{spec.short_name}-{spec.revision}-{kind}-int8-{INT8_RECIPE}"
@@ -90,8 +102,7 @@ def ensure_int8(spec: ModelSpec, onnx_model: Path, cache_dir: Path) -> Path:
         import openvino
 
         started = time.perf_counter()
-        model = openvino.Core().read_model(str(onnx_model))
-        model.reshape({port.get_any_name(): openvino.PartialShape([-1, -1]) for port in model.inputs})
+        model = read_dynamic(openvino.Core(), onnx_model)
         inputs = {port.get_any_name() for port in model.inputs}
         samples = calibration_inputs(spec, inputs)
         quantized = nncf.quantize(

@@ -3,7 +3,6 @@ precision of the re-scored head), with the reason why."""
 
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -73,7 +72,7 @@ def choose(settings: Settings, flags: frozenset[str] | None = None, *, kind: str
     cpu = this_cpu() if flags is None else Cpu("given", flags)
     device = _device(settings)
     if device == "cpu" and settings.backend == "auto" and settings.precision == "auto":
-        measured = fastest_faithful(cpu, kind, x86=flags is not None or platform.machine() in ("x86_64", "AMD64"))
+        measured = fastest_faithful(cpu, kind)
         choice = Choice(measured.backend, "cpu", measured.precision, f"auto: {measured.reason}", measured.head)
     else:
         choice = _configured(settings, device, kind, cpu)
@@ -82,16 +81,12 @@ def choose(settings: Settings, flags: frozenset[str] | None = None, *, kind: str
 
 
 def _device(settings: Settings) -> str:
+    backend = "onnx" if settings.backend == "auto" else settings.backend  # what would run on a GPU
+    if settings.device == "cuda" and not cuda_available(backend):
+        raise ValueError(f"device: cuda was asked for, but the {backend} backend sees no usable NVIDIA GPU")
     if settings.device != "auto":
-        if settings.device == "cuda" and not cuda_available(_backend_for_cuda(settings)):
-            backend = _backend_for_cuda(settings)
-            raise ValueError(f"device: cuda was asked for, but the {backend} backend sees no usable NVIDIA GPU")
         return settings.device
-    return "cuda" if settings.backend != "openvino" and cuda_available(_backend_for_cuda(settings)) else "cpu"
-
-
-def _backend_for_cuda(settings: Settings) -> str:
-    return "onnx" if settings.backend == "auto" else settings.backend
+    return "cuda" if cuda_available(backend) else "cpu"
 
 
 def _configured(settings: Settings, device: str, kind: str, cpu: Cpu) -> Choice:
@@ -103,7 +98,7 @@ def _configured(settings: Settings, device: str, kind: str, cpu: Cpu) -> Choice:
         elif settings.backend == "auto" or settings.backend == "onnx" or kind not in RESCORABLE_KINDS:
             precision, reason = "fp32", "auto: exact scores on the CPU"
         else:  # a backend was named: its fastest faithful precision on this CPU
-            measured = fastest_faithful(cpu, kind, x86=True, backend=settings.backend)
+            measured = fastest_faithful(cpu, kind, backend=settings.backend)
             precision, reason = measured.precision, f"auto: {measured.reason}"
     backend = settings.backend
     if backend == "auto":

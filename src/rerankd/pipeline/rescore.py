@@ -152,7 +152,7 @@ def merge_head(outcome: Outcome, head: np.ndarray, exact: Outcome, *, precision:
         probabilities=probabilities,
     )
     order = np.concatenate([head[head_order], tail, cut])
-    scores = outcome.scores.copy().astype(np.float64)
+    scores = outcome.scores.astype(np.float64)  # a copy
     scores[scored_order] = model_scores[scored_order]
     if len(cut):  # documents the pre-filter cut keep scores below every scored one (ranking.assemble's rule)
         lowest = float(model_scores[scored_order].min())
