@@ -70,9 +70,9 @@ def service(kind: str) -> Iterator[tuple[LocalService, str]]:
     common: dict[str, Any] = {"embedding_model": "", "warmup_seconds": 0, "device": "cpu", "score_cache_mb": 0}
     model = "ce-fixture"
     if kind == "fp32":
-        settings = Settings(model=["ce-fixture"], backend="onnx", precision="fp32", **common)
+        settings = Settings(model=[model], backend="onnx", precision="fp32", **common)
     elif kind == "int8-rescore":
-        settings = Settings(model=["ce-fixture"], backend="onnx", precision="int8-rescore", rescore_head_min=4, **common)
+        settings = Settings(model=[model], backend="onnx", precision="int8-rescore", rescore_head_min=4, **common)
     else:
         from test_golden_llm import build_tiny_llm
 
