@@ -21,9 +21,10 @@ from rerankd.api import create_app
 from rerankd.backends.select import choose
 from rerankd.config import Settings
 from rerankd.cpu import Cpu
-from rerankd.pipeline import hybrid
 from rerankd.pipeline.planner import MIN_CANDIDATES, Costs, plan
-from rerankd.pipeline.rescore import embedding_model_settings, head_size, onto_head_scale
+from rerankd.pipeline.rescore import embedding_model_settings, head_size
+from rerankd.pipeline.run import plan as plan_step
+from rerankd.pipeline.run.head import onto_head_scale
 from rerankd.pipeline.service import LocalService
 from rerankd.pipeline.types import RerankRequest, RerankResult
 
@@ -280,7 +281,7 @@ def test_the_plan_counts_the_fp32_head(ce_service: LocalService, monkeypatch: py
         seen.append(args[2])
         return plan(*args, **kwargs)
 
-    monkeypatch.setattr(hybrid, "plan", planned)
+    monkeypatch.setattr(plan_step, "plan", planned)
     answer = ask(ce_service, top_n=TOP_N, strategy="direct")
     costs = seen[0]
     assert (costs.rescored_head, costs.rescored_pairs_per_second > 0) == (head_size(TOP_N, HEAD_MIN), True)

@@ -17,7 +17,7 @@ and a `Retry-After` of the time until its wait would be under the limit.
 
 A cascade's work lies on two queues: its first model scores every document, then its own model scores K. Each
 part is a `Stage`, judged against and held on its own model's queue; the first stage's hold ends when the first
-model has answered, and its time teaches that model's ratio.
+model has answered, and its time teaches that model's ratio. `request_stages` estimates them from the request.
 """
 
 from __future__ import annotations
@@ -28,7 +28,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from rerankd.engine.engine import Engine
 from rerankd.errors import Overloaded
+from rerankd.pipeline.costs import CostModel
+from rerankd.pipeline.run.options import Options
+from rerankd.pipeline.run.score import rough_rule
 
 # Weight of the newest answered request in the learned ratio: waits longer than expected count more than shorter
 # ones, so the ratio errs on the side of the limit.
@@ -49,6 +53,23 @@ class Stage:
     @property
     def label(self) -> str:
         return f"{self.field} {self.model}" if self.field else self.model
+
+
+def request_stages(
+    costs: CostModel, engine: Engine, query: str, documents: Sequence[str], options: Options
+) -> list[Stage]:
+    """The request's model work per queue, estimated before any tokenizing: a cascade's first model over every
+    document (when it will run), then `engine` over at most K of them."""
+    scored = min(options.most_scored or len(documents), len(documents))
+    head = options.rescoring  # int8-rescore's head: more work
+    seconds = costs.work_seconds(engine, query, documents, chunks=rough_rule(engine, options), scored=scored, head=head)
+    own = Stage(engine.spec.name, seconds)
+    first = options.first_stage_model if options.first_stage_scores is None else None
+    cuts = options.strategy in ("hybrid", "auto") and scored < len(documents)  # else the plan runs direct
+    if first is None or not (cuts or options.fusion != "none"):
+        return [own]
+    work = costs.work_seconds(first, query, documents, chunks=None, scored=len(documents))
+    return [Stage(first.spec.name, work, "first_stage_model"), own]
 
 
 class Ticket:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rerankd.engine.engine import Engine
+from rerankd.engine.engine import Engine, Prepared
+from rerankd.engine.tokenize import Tokens
 from rerankd.pipeline.chunking import ChunkRule
 from rerankd.pipeline.planner import Costs
 from rerankd.vocabulary import CHARS_PER_TOKEN
@@ -28,8 +29,8 @@ _FALLBACK_TOKENS_PER_SECOND = 1000.0  # an engine that was never warmed up
 
 @dataclass(frozen=True)
 class RescoredHead:
-    """int8-rescore's head (pipeline/rescore.py): the engine that scores a request's top `size` documents again, at
-    `precision`. The planner, admission and the runner all ask this one object."""
+    """int8-rescore's head (pipeline/rescore.py, pipeline/run/head.py): the engine that scores a request's top
+    `size` documents again, at `precision`. The planner, admission and the runner all ask this one object."""
 
     engine: Engine
     size: int
@@ -126,6 +127,15 @@ class CostModel:
         if count > 0 and chars > 0:
             stats = self._stats(engine)
             stats.chars_per_token = _blend(stats.chars_per_token, chars / count)
+
+    def learn_prepared(self, engine: Engine, query: Tokens, texts: Sequence[str], prepared: Prepared) -> None:
+        """Characters per token from a scored batch: `texts` as `engine` prepared them beside `query`, less the
+        ones it cut (their length says nothing about their tokens)."""
+        pair = engine.spec.pairs
+        items = prepared.inputs if pair else prepared.inputs[1:]
+        overhead = engine.tokenizer.special_tokens(pair=pair) + (len(query) if pair else 0)
+        kept = [i for i, cut in enumerate(prepared.truncated) if not cut]
+        self.learn_tokens(engine, [texts[i] for i in kept], [len(items[i]) - overhead for i in kept])
 
     def learn_model(self, engine: Engine, estimated_ms: float, measured_ms: float) -> None:
         """How far the model-time estimate was off, from a request that had no queue ahead of it."""

@@ -3,12 +3,12 @@
 Pure logic over measured costs, so it is testable with any speed figure. The rules:
 
 - `direct` scores every document.
-- `hybrid` (BM25) and `bi-encoder` (embeddings) pre-filter to K candidates and score those. K is the request's
+- `hybrid` (BM25) and `bi-encoder` (embeddings) cut to K candidates by a first stage and score those. K is the request's
   `candidates`, else the largest K whose estimate fits the budget, else the server's default.
 - `auto` is `direct` when that fits the budget (or there is no budget), else `hybrid` with the largest K that fits.
   A request's `candidates` caps K in every strategy but `direct`.
 
-Plans aim at `HEADROOM` of the budget: times swing between runs and the rest absorbs it. A pre-filter's own
+Plans aim at `HEADROOM` of the budget: times swing between runs and the rest absorbs it. A first stage's own
 time is measured, not guessed: the runner plans again after it with `spent_ms` set, which shrinks K if needed.
 """
 
@@ -30,7 +30,7 @@ class Costs:
     pairs_per_second: float  # model throughput at this request's document lengths
     pairs_per_document: float = 1.0  # more than 1 when long documents are chunked
     fixed_ms: float = 0.0  # time that does not depend on K: work queued ahead, BM25 for fusion
-    prefilter_ms: float = 0.0  # a pre-filter's own time before it ran (a cascade's first model; BM25's is ~0)
+    first_stage_ms: float = 0.0  # a first stage's own time before it ran (a cascade's first model; BM25's is ~0)
     rescored_head: int = 0  # int8-rescore: documents its head engine scores again (pipeline/rescore.py); 0 = none
     rescored_pairs_per_second: float = 0.0  # the head engine's throughput
 
@@ -70,7 +70,8 @@ class Plan:
     reason: str
 
     @property
-    def prefiltered(self) -> bool:
+    def cuts(self) -> bool:
+        """Whether a first stage cuts the documents to K candidates."""
         return self.strategy != "direct"
 
 
@@ -85,12 +86,12 @@ def plan(
     spent_ms: float = 0.0,
     headroom: float = HEADROOM,
 ) -> Plan:
-    """Choose the strategy and K for `documents` documents; `spent_ms` is time already used (the pre-filter)."""
+    """Choose the strategy and K for `documents` documents; `spent_ms` is time already used (the first stage)."""
     usable_ms = None if budget_ms is None else budget_ms * headroom - costs.fixed_ms - spent_ms
-    prefilter_ms = 0.0 if spent_ms else costs.prefilter_ms  # once it ran, `spent_ms` holds its measured time
+    first_stage_ms = 0.0 if spent_ms else costs.first_stage_ms  # once it ran, `spent_ms` holds its measured time
 
     def make(strategy: ExecutedStrategy, k: int, reason: str) -> Plan:
-        before = prefilter_ms if strategy != "direct" else 0.0
+        before = first_stage_ms if strategy != "direct" else 0.0
         estimate = costs.fixed_ms + spent_ms + before + costs.model_ms(k)
         return Plan(strategy, k, documents, round(estimate, 1), budget_ms, reason)
 
@@ -107,7 +108,7 @@ def plan(
             cap = default_candidates
     k, reason = cap, "candidates" if candidates is not None else "default candidates"
     if usable_ms is not None:
-        usable_ms -= prefilter_ms
+        usable_ms -= first_stage_ms
         fits = costs.most_within(usable_ms, documents)
         if fits < k:
             k, reason = fits, "largest K within the budget"

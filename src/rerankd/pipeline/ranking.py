@@ -1,6 +1,6 @@
 """Ranking a request's documents once they are scored: which are candidates, and the final order and scores.
 
-Pure functions on numpy arrays, shared by the service (`hybrid.Reranker`) and `eval`'s replay on cached scores,
+Pure functions on numpy arrays, shared by the service (`run/rank.py`) and `eval`'s replay on cached scores,
 so measured accuracy is the served ranking's accuracy. Every order follows `fusion.best_first`.
 """
 

@@ -1,6 +1,7 @@
 """`LocalService`: the `RerankService` of one process, answering requests with the engines it loads.
 
-It checks and admits each request, then runs the strategy's pipeline (`hybrid.Reranker`) under the request's deadline.
+It checks and admits each request, then runs its steps (`run.runner.Runner`) under the request's deadline and
+describes the outcome (`run.describe`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 
@@ -23,11 +23,13 @@ from rerankd.engine.registry import ModelRegistry
 from rerankd.errors import DeadlineExceeded, InvalidRequest, ModelNotFound, NotReady, PayloadTooLarge, RerankdError
 from rerankd.metrics import Metrics
 from rerankd.models import ModelSpec, resolve_model
-from rerankd.pipeline.admission import Admission
+from rerankd.pipeline.admission import Admission, request_stages
 from rerankd.pipeline.calibration import Calibration
-from rerankd.pipeline.hybrid import ChunkOptions, Options, Outcome, Reranker, finalise
 from rerankd.pipeline.rescore import HeadRescorer, embedding_model_settings
-from rerankd.pipeline.types import ModelInfo, Ranked, RerankRequest, RerankResult, State, check_limits, request_deadline
+from rerankd.pipeline.run.describe import describe, ranked
+from rerankd.pipeline.run.options import ChunkOptions, Options
+from rerankd.pipeline.run.runner import Runner
+from rerankd.pipeline.types import ModelInfo, RerankRequest, RerankResult, State, check_limits, request_deadline
 from rerankd.prefilter import EmbeddingCache, EmbeddingPrefilter
 from rerankd.prefilter.corpus_stats import Bm25Statistics
 
@@ -52,8 +54,8 @@ class LocalService:
         self._specs = specs
         self._on_failure = on_failure
         self._registry: ModelRegistry | None = None
-        self._reranker = Reranker(
-            self._embedding_prefilter,
+        self._runner = Runner(
+            self._embeddings_first_stage,
             bm25_max_chars=settings.bm25_max_chars,
             statistics=Bm25Statistics.from_settings(settings, metrics),
         )
@@ -61,7 +63,7 @@ class LocalService:
         self._calibrations: dict[str, Calibration] = {}  # by served model name, once loaded
         self._embedding_cache = EmbeddingCache(settings.embedding_cache_entries, metrics)
         self._embeddings: EmbeddingPrefilter | None = None
-        self._own_engines: list[Engine] = []  # loaded for the pre-filter, not served
+        self._own_engines: list[Engine] = []  # loaded for the embedding first stage, not served
         self._rescorer = HeadRescorer(settings.rescore_head_min)  # head engines under precision int8-rescore
         self.admission = Admission(settings.max_queue_seconds, fair=settings.scheduling == "fair")
 
@@ -129,7 +131,7 @@ class LocalService:
         engine = self.registry.get(request.model)
         check_limits(request, self.settings.max_documents, self.settings.max_query_chars)
         options = self._options(request, engine)
-        stages = self._reranker.admission_stages(engine, request.query, request.documents, options)
+        stages = request_stages(self._runner.costs, engine, request.query, request.documents, options)
         timeout, source = request_deadline(request.timeout_ms, self.settings.request_timeout_seconds)
         with self.admission.admit(*stages) as ticket:
             if len(stages) > 1:  # a cascade: its first model's queue is free once that model has answered
@@ -157,14 +159,12 @@ class LocalService:
         documents = request.documents
         if request.max_tokens_per_doc is not None and request.max_tokens_per_doc < engine.spec.max_length:
             documents = await asyncio.to_thread(_clip_all, engine, documents, request.max_tokens_per_doc)
-        outcome = await self._reranker.run(engine, request.query, query, documents, options)
-        outcome = await self._rescorer.rescore(self._reranker, outcome, request.query, query, documents, options)
-        outcome = finalise(outcome, options)
+        outcome = await self._runner.run(engine, request.query, query, documents, options)
         if self.metrics:
             self.metrics.documents.labels(engine.spec.name).inc(len(documents))
             self.metrics.strategies.labels(engine.spec.name, outcome.plan.strategy).inc()
-        meta = _describe(options, outcome, elapsed_ms=1000 * (time.perf_counter() - started))
-        return RerankResult(engine.spec.name, _ranked(outcome, request.top_n), outcome.tokens, {"rerankd": meta})
+        meta = describe(options, outcome, elapsed_ms=1000 * (time.perf_counter() - started))
+        return RerankResult(engine.spec.name, ranked(outcome, request.top_n), outcome.tokens, {"rerankd": meta})
 
     def health_problem(self) -> str | None:
         """Why this process should be restarted, or None: an engine with work waiting and no batch finished."""
@@ -197,7 +197,7 @@ class LocalService:
                     f"first_stage_model: {request.first_stage_model!r} is {engine.spec.name}, the model this request "
                     "is scored by; a cascade's first stage must be another served model (or none: BM25)"
                 )
-            first_engine = None  # the server's cascade model asked directly: its own requests pre-filter by BM25
+            first_engine = None  # the server's cascade model asked directly: its own requests cut by BM25
         chunking = request.chunking
         if chunking is None:
             chunking = s.chunking or request.max_chunks_per_doc is not None
@@ -226,7 +226,7 @@ class LocalService:
             min_score=request.min_score,
         )
 
-    async def _embedding_prefilter(self) -> EmbeddingPrefilter:
+    async def _embeddings_first_stage(self) -> EmbeddingPrefilter:
         if self._embeddings is None:
             raise InvalidRequest(
                 "strategy: bi-encoder needs an embedding pre-filter; this server has none (embedding_model)"
@@ -234,7 +234,7 @@ class LocalService:
         return self._embeddings
 
     def _load_embeddings(self, served: list[Engine]) -> EmbeddingPrefilter:
-        """The bi-encoder of the embedding pre-filter, at start-up: a served engine of that model (its head engine
+        """The bi-encoder of the embedding first stage, at start-up: a served engine of that model (its head engine
         under int8-rescore, as `embedding_model_settings`), else its own."""
         spec = resolve_model(self.settings.embedding_model, cache_dir=self.settings.cache_dir)
         engine = next((self._rescorer.exact(e) for e in served if e.spec.name == spec.name), None)
@@ -255,38 +255,7 @@ class LocalService:
         for engine in self._own_engines:
             engine.close()
         self._rescorer.close()
-        self._reranker.statistics.save()
-
-
-def _ranked(outcome: Outcome, top_n: int | None) -> list[Ranked]:
-    fused = outcome.first_stage is not None
-    cut = np.isnan(outcome.model_scores)
-    return [
-        Ranked(
-            int(i),
-            float(outcome.scores[i]),
-            model_score=None if not fused or cut[i] else float(outcome.model_scores[i]),
-            first_stage_score=None if not fused else float(outcome.first_stage[i]),  # type: ignore[index]
-            cut_by_prefilter=bool(cut[i]),
-        )
-        for i in outcome.order[:top_n]
-    ]
-
-
-def _describe(options: Options, outcome: Outcome, *, elapsed_ms: float) -> dict[str, Any]:
-    """What ran, for the response's `meta.rerankd` and the `X-Rerankd-*` headers."""
-    plan = outcome.plan
-    return {
-        "strategy": plan.strategy,
-        "requested_strategy": options.strategy,
-        "documents": plan.documents,
-        "candidates": plan.candidates,
-        "estimate_ms": plan.estimate_ms,
-        "elapsed_ms": round(elapsed_ms, 1),
-        "latency_budget_ms": plan.budget_ms,
-        "reason": plan.reason,
-        **outcome.meta,
-    }
+        self._runner.statistics.save()
 
 
 def _check_tokens(field: str, count: int, limit: int, setting: str, window: int) -> None:
