@@ -1,8 +1,8 @@
 """The CPU engines side by side, in process, per CPU class: the speed table `auto` decides from (backends/fidelity.py).
 
-One request of `--docs` Debian documents (20-300 tokens) for the trained cross-encoder, scored by
-sentence-transformers fp32 (the baseline) and each engine, interleaved round by round; docs/s, the ratio to the
-baseline, and rank agreement with it.
+A request of `--docs` Debian documents (20-300 tokens; new documents each round, as a server sees) for the trained
+cross-encoder, scored by sentence-transformers fp32 (the baseline) and each engine, interleaved round by round;
+docs/s, the ratio to the baseline, and rank agreement with it.
 
 `--isa avx2|avx512_core_vnni` measures a smaller CPU on this one: oneDNN (OpenVINO's and torch's kernels) and MKL are
 capped to that instruction set before anything loads. ONNX Runtime cannot be capped (its kernels pick by CPUID), so
@@ -78,12 +78,13 @@ def main() -> None:
         capped_cpu = Cpu(f"{this_cpu().model} capped to {args.isa}", frozenset(flags))
         rerankd.backends.load.this_cpu = lambda: capped_cpu
     spec = resolve_model(str(TRAINED_CE))
-    docs = documents(spec, args.docs)
+    corpus = documents(spec, args.docs * args.rounds)
+    requests = [corpus[i * args.docs : (i + 1) * args.docs] for i in range(args.rounds)]  # new documents each round
     runners: dict[str, Any] = {REFERENCE: Baseline(spec)}
     for name, (backend, precision) in engines_for(args.isa).items():
         runners[f"{name}/in-process"] = InProcess(spec, backend, precision)
     try:
-        results = measure(runners, docs, Budget(seconds=0, min_runs=args.rounds, max_runs=args.rounds), REFERENCE)
+        results = measure(runners, requests, Budget(seconds=0, min_runs=args.rounds, max_runs=args.rounds), REFERENCE)
     finally:
         for runner in runners.values():
             runner.close()

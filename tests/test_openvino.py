@@ -44,6 +44,25 @@ def test_fp32_matches_sentence_transformers(model: str) -> None:
     np.testing.assert_allclose(ours, reference(spec, QUERY, DOCUMENTS), atol=1e-4)
 
 
+@pytest.mark.parametrize("model", ["ce-fixture", "default"])
+def test_batches_padded_to_a_shape_multiple_score_as_unpadded(model: str) -> None:
+    """OpenVINO's batches are padded to a multiple of 16 tokens (masked), never past the model's length: the same
+    scores as at the longest input's own width."""
+    from rerankd.engine.engine import Engine
+
+    spec = resolve_model(model)
+    engine = Engine.load(spec, openvino("fp32", warmup_seconds=0))
+    try:
+        items = engine.prepare_sync(QUERY, [*DOCUMENTS, "word " * 2000]).inputs  # one at the model's full length
+        assert engine.backend.width_multiple == 16
+        tight, padded = engine.tokenizer.collate(items[:3]), engine.tokenizer.collate(items[:3], 16)
+        assert padded.input_ids.shape[1] % 16 == 0 and padded.input_ids.shape[1] >= tight.input_ids.shape[1]
+        assert engine.tokenizer.collate(items, 16).input_ids.shape[1] == spec.max_length == len(items[-1])
+        np.testing.assert_allclose(engine.backend.forward(padded), engine.backend.forward(tight), atol=1e-5)
+    finally:
+        engine.close()
+
+
 @pytest.mark.parametrize("model", [str(TRAINED_CE), "default"])
 @pytest.mark.parametrize("precision", [pytest.param("bf16", marks=BF16), "int8"])
 def test_bf16_and_static_int8_keep_the_rankings_of_real_models(

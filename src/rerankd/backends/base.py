@@ -30,6 +30,9 @@ class Backend(Protocol):
     name: str
     device: str
     precision: str
+    # Batches are padded to a multiple of this many tokens (Tokenizer.collate): a runtime that prepares kernels per
+    # input shape reuses them across requests instead of preparing new ones for every new length.
+    width_multiple: int
 
     def forward(self, batch: Batch) -> np.ndarray: ...
 

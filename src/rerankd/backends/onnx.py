@@ -15,6 +15,7 @@ class OnnxBackend:
     """One onnxruntime session; `forward` may be called from one thread at a time (the scheduler's worker)."""
 
     name = "onnx"
+    width_multiple = 1
 
     def __init__(self, spec: ModelSpec, model_path: Path, *, device: str, precision: str, threads: int) -> None:
         self.spec = spec

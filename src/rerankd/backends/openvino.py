@@ -38,6 +38,10 @@ class OpenVinoBackend:
 
     name = "openvino"
     device = "cpu"
+    # OpenVINO's CPU plugin prepares kernels per input shape, and a shape it has not seen costs up to twice a warm
+    # run: 300 new documents per request in 2,048-token batches took 4.1 s at their own lengths, 2.8 s padded to a
+    # multiple of 16 (static int8 with AMX; 1.12x for bf16). docs/performance.md, "Shapes".
+    width_multiple = 16
 
     def __init__(
         self, spec: ModelSpec, onnx_model: Path, *, precision: str, threads: int, cache_dir: Path, float_precision: str

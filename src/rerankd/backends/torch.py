@@ -19,6 +19,7 @@ class TorchBackend:
     when it has at least `min_shared_prefix` tokens (None: every row in full; see causal.YesNoScorer.score)."""
 
     name = "torch"
+    width_multiple = 1
     min_shared_prefix: int | None = MIN_SHARED_PREFIX
 
     def __init__(self, spec: ModelSpec, *, device: str = "cpu", precision: str = "fp32", threads: int = 1) -> None:

@@ -265,7 +265,7 @@ class Engine:
     def _forward(self, items: list[Encoded]) -> np.ndarray:
         if self.late is not None:
             return self.late.run_batch(self.backend, items)  # type: ignore[arg-type]
-        return self.backend.forward(self.tokenizer.collate(items))
+        return self.backend.forward(self.tokenizer.collate(items, self.backend.width_multiple))
 
 
 def _median_out(batches: list[list[Encoded]]) -> list[list[Encoded]]:

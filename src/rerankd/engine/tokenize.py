@@ -208,9 +208,11 @@ class Tokenizer:
         type_ids = np.repeat(np.asarray(template.type_ids, dtype=np.int32)[kinds], [len(part) for part in parts])
         return Encoded(ids, type_ids, truncated)
 
-    def collate(self, items: Sequence[Encoded]) -> Batch:
-        """Pad to the longest item; int64 as both torch and ONNX Runtime expect."""
-        width = max(len(item) for item in items)
+    def collate(self, items: Sequence[Encoded], multiple: int = 1) -> Batch:
+        """Pad to the longest item, rounded up to a multiple of `multiple` tokens within the model's length (padding
+        is masked: scores do not change); int64 as both torch and ONNX Runtime expect."""
+        longest = max(len(item) for item in items)
+        width = max(longest, min(-(-longest // multiple) * multiple, self.max_length))
         input_ids = np.full((len(items), width), self.pad_id, dtype=np.int64)
         attention_mask = np.zeros((len(items), width), dtype=np.int64)
         token_type_ids = np.zeros((len(items), width), dtype=np.int64) if self.uses_token_types else None
