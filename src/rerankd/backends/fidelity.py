@@ -68,17 +68,19 @@ ORT_INT8_RESCORE = Engine("onnx", "int8-rescore", "fp32")
 ORT_INT8 = Engine("onnx", "int8")
 ORT_FP32 = Engine("onnx", "fp32")
 
-# Fastest first, per CPU class.
-# - amx (AMX bf16/int8, e.g. Sapphire Rapids): bench/results/cpu_engines.json, 300 documents in process, OpenVINO bf16
-#   4.98x sentence-transformers, OpenVINO int8 4.22x, ONNX Runtime int8 2.75x, OpenVINO fp32 1.64x, ONNX Runtime fp32
-#   1.49x; the served int8-rescore variants from bench/results/int8_fidelity_100.json (below pure int8 there).
+# Fastest first, per CPU class (bench/cpu_engines.py: a 300-document request in process, new documents each round).
+# - amx (AMX bf16/int8, e.g. Sapphire Rapids): bench/results/cpu_engines.json, OpenVINO int8 3.40x
+#   sentence-transformers, OpenVINO bf16 3.19x, ONNX Runtime int8 2.21x, ONNX Runtime fp32 1.23x, OpenVINO fp32 1.19x.
+#   int8 and bf16 are within the machine's noise of each other (bf16 was 1.11x int8 in openvino_shapes.json), so the
+#   more faithful bf16 goes first: one model for both kinds. The served int8-rescore variants: int8_fidelity_100.json.
 # - bf16 (AVX-512 BF16 without AMX, e.g. Zen 4): DESIGN.md section 4's in-process run, OpenVINO int8 207 docs/s,
 #   ONNX Runtime int8 147, OpenVINO bf16 143, OpenVINO fp32 80, ONNX Runtime fp32 71.
 # - int8-dot (VNNI or Arm dot products, no bf16): bench/results/cpu_engines-avx512_core_vnni.json (this CPU with
 #   oneDNN capped): OpenVINO int8 3.00x sentence-transformers, OpenVINO fp32 1.28x. ONNX Runtime cannot be capped:
 #   its int8 was ~2.1x its fp32 on a Zen 4, OpenVINO int8 here 2.3x OpenVINO fp32 (not on Arm: x86 only).
-# - plain (AVX2): OpenVINO fp32, which was 1.12x ONNX Runtime fp32 (DESIGN.md's Zen 4 run); int8-rescore was only
-#   1.23x fp32 on a Zen 3 (bench/results/throughput-peers.json history): not worth a second model by default.
+# - plain (AVX2): OpenVINO fp32, 1.47x sentence-transformers with oneDNN capped to AVX2, where OpenVINO int8 was 0.92x
+#   (bench/results/cpu_engines-avx2.json); int8-rescore was only 1.23x fp32 on a Zen 3 (throughput-peers.json
+#   history): not worth a second model by default.
 SPEED_ORDER: dict[str, tuple[Engine, ...]] = {
     "amx": (OV_BF16, OV_INT8, OV_INT8_BF16_HEAD, OV_INT8_FP32_HEAD, ORT_INT8, ORT_INT8_RESCORE, OV_FP32, ORT_FP32),
     "bf16": (OV_INT8, OV_INT8_BF16_HEAD, OV_INT8_FP32_HEAD, OV_BF16, ORT_INT8, ORT_INT8_RESCORE, OV_FP32, ORT_FP32),
