@@ -96,7 +96,7 @@ class Variant:
             candidates, rest = everything, everything[:0]
         else:
             candidates, rest = select(first if self.kind == "hybrid" else scores.bi, self.candidates or 0)
-        model = scores.model if self.fusion != "none" else scores.reported  # as the service ranks (hybrid.py)
+        model = scores.model if self.fusion != "none" else scores.reported  # as run/rank.py ranks
         order, values = rank_candidates(
             candidates, rest, model[candidates], first, fusion=self.fusion, weight=self.weight, rrf_k=rrf_k
         )
