@@ -28,7 +28,7 @@ SEED = 0
 
 
 def read_jsonl(path: Path) -> dict[str, str]:
-    rows = (json.loads(line) for line in path.open())
+    rows = (json.loads(line) for line in path.open(encoding="utf-8"))
     return {row["_id"]: " ".join(filter(None, (row.get("title"), row["text"]))) for row in rows}
 
 
@@ -40,7 +40,7 @@ def triplets(limit: int) -> dict[str, list[str]]:
     corpus = read_jsonl(DATA / "corpus.jsonl")
     queries = read_jsonl(DATA / "queries-train.jsonl")
     qrels = {}
-    for line in (DATA / "qrels" / "train.tsv").read_text().splitlines()[1:]:
+    for line in (DATA / "qrels" / "train.tsv").read_text(encoding="utf-8").splitlines()[1:]:
         query, document, score = line.split("\t")
         if int(score) > 0:
             qrels.setdefault(query, document)
@@ -106,9 +106,15 @@ def main() -> None:
     )  # fmt: skip
     trainer.train()
     model.save(str(staging))
+    losses_logged = [row["loss"] for row in trainer.state.log_history if "loss" in row]
     facts = {
         "triplets": len(data),
         "steps": trainer.state.global_step,
+        "examples": trainer.state.global_step * 16,
+        "minutes_limit": args.minutes,
+        "threads": args.threads,
+        "first_loss": losses_logged[0] if losses_logged else None,
+        "last_loss": losses_logged[-1] if losses_logged else None,
         "seconds": round(time.monotonic() - started),
         "batch": 16,
         "lr": 3e-5,
