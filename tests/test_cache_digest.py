@@ -137,6 +137,7 @@ def test_a_corrupted_cached_export_is_rebuilt_by_the_server_which_serves_the_ref
     assert digest_problem(cached.parent) is None
 
 
+@pytest.mark.slow  # calibrates or compiles models: out of the edit loop (make test-fast)
 def test_a_corrupted_int8_file_is_rebuilt_to_the_same_bytes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     spec = resolve_model("ce-fixture", cache_dir=tmp_path)
     int8 = ensure_onnx(spec, "int8", tmp_path)

@@ -109,6 +109,7 @@ def test_learned_never_below_the_truth_when_crowded() -> None:
     assert np.any(estimate > truth)  # crowded indeed
 
 
+@pytest.mark.slow  # 17 s of counting under tracemalloc: out of the edit loop (make test-fast)
 def test_learned_memory_stays_within_its_setting() -> None:
     """64 KiB of setting, 20,000 distinct documents (the seen-document filter fills and starts again twice): what
     the estimate holds after learning stays within the setting."""

@@ -63,6 +63,7 @@ def test_batches_padded_to_a_shape_multiple_score_as_unpadded(model: str) -> Non
         engine.close()
 
 
+@pytest.mark.slow  # calibrates or compiles models: out of the edit loop (make test-fast)
 @pytest.mark.parametrize("model", [str(TRAINED_CE), "default"])
 @pytest.mark.parametrize("precision", [pytest.param("bf16", marks=BF16), "int8"])
 def test_bf16_and_static_int8_keep_the_rankings_of_real_models(
@@ -80,6 +81,7 @@ def test_bf16_and_static_int8_keep_the_rankings_of_real_models(
     assert overlap >= 0.8
 
 
+@pytest.mark.slow  # calibrates or compiles models: out of the edit loop (make test-fast)
 def test_int8_is_calibrated_once_and_cached_by_recipe(tmp_path: Path) -> None:
     spec = resolve_model("ce-fixture")
     first = scores(spec, openvino("int8", cache_dir=tmp_path), QUERY, DOCUMENTS)
@@ -93,6 +95,7 @@ def test_int8_is_calibrated_once_and_cached_by_recipe(tmp_path: Path) -> None:
 
 
 @BF16
+@pytest.mark.slow  # calibrates or compiles models: out of the edit loop (make test-fast)
 def test_fp32_then_bf16_from_one_compiled_cache_in_one_process(tmp_path: Path) -> None:
     """OpenVINO's compiled-model cache key leaves the precision hint out: one cache for both crashed the process
     (a bf16 model loaded from fp32's blob). In a subprocess, so a regression fails this test, not the run."""
