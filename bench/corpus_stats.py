@@ -26,8 +26,8 @@ from throughput import Served
 
 from rerankd.datasets import load_beir
 from rerankd.evaluation.harness import sample_queries
+from rerankd.first_stage import Bm25
 from rerankd.models import resolve_model
-from rerankd.prefilter import Bm25
 
 LIMIT = 1.05  # a request at most 5% slower than the baseline's
 

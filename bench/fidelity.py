@@ -23,8 +23,8 @@ from rerankd.config import Settings
 from rerankd.datasets import load_beir
 from rerankd.engine.engine import Engine
 from rerankd.evaluation.harness import measure, sample_queries
+from rerankd.first_stage import Bm25
 from rerankd.models import ModelSpec, resolve_model
-from rerankd.prefilter import Bm25
 
 TARGETS = {"max_abs_diff": 1e-4, "spearman": 0.98, "top10_overlap": 0.9, "ndcg_drop": 0.005}
 Candidates = list[tuple[str, str, list[str]]]  # (query id, query, candidate doc ids)

@@ -40,7 +40,7 @@ import numpy as np
 from common import DEBIAN_DATA, TRAINED_CE, format_table, percentile, plot_path, save
 
 from rerankd.datasets import load_beir
-from rerankd.prefilter import Bm25
+from rerankd.first_stage import Bm25
 from testing.processes import stop
 
 DOCUMENTS = 1000

@@ -178,7 +178,7 @@ def load_data(queries: int, depth: int, calibration: int = 256) -> tuple[Rows, d
     pairs for static quantization: 32 other dev queries (never evaluated here), each with BM25's top candidates."""
     from rerankd.datasets import load_beir
     from rerankd.evaluation.harness import sample_queries
-    from rerankd.prefilter import Bm25
+    from rerankd.first_stage import Bm25
 
     data = load_beir(DEBIAN_DATA)
     ordered = sample_queries(data, None, seed=0)  # the same order as bench/fidelity.py's sample

@@ -15,7 +15,15 @@ MODEL_CODE = ("torch", "transformers", "onnxruntime", "bm25s")
 def test_import_contracts_are_kept() -> None:
     lint_imports = Path(sys.executable).with_name("lint-imports")
     assert lint_imports.exists(), f"{lint_imports}: install the dev extra (pip install -e '.[dev]')"
-    run = subprocess.run([lint_imports, "--no-cache"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [lint_imports, "--no-cache"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=120,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "0 broken" in run.stdout
 
@@ -26,7 +34,9 @@ def test_the_fleet_ingress_and_wire_types_load_no_model_code() -> None:
         "import sys, rerankd.pipeline.types, rerankd.fleet.service, rerankd.fleet.ingress; "
         f"print(sorted(name for name in {MODEL_CODE!r} if name in sys.modules))"
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
 

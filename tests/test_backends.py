@@ -129,7 +129,7 @@ def debian_candidates() -> list[tuple[str, list[str]]]:
     if not DEBIAN_DATA.is_dir():
         pytest.skip(f"the Debian data set is not at {DEBIAN_DATA} (../shared)")
     from rerankd.datasets import load_beir
-    from rerankd.prefilter import Bm25
+    from rerankd.first_stage import Bm25
 
     data = load_beir(DEBIAN_DATA)
     query_ids = sorted(data.queries)[:6]

@@ -27,9 +27,9 @@ from rerankd.evaluation.calibrate import (
     reliability,
     threshold_for_precision,
 )
+from rerankd.first_stage import Bm25
 from rerankd.pipeline.calibration import Calibration, ScoreMap, parse_key, variant_key
 from rerankd.pipeline.service import LocalService
-from rerankd.prefilter import Bm25
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

@@ -19,10 +19,10 @@ import pytest
 from rerankd.api import create_app
 from rerankd.config import Settings
 from rerankd.errors import RerankdError
+from rerankd.first_stage.bm25 import bm25_scores, terms
+from rerankd.first_stage.corpus_stats import Bm25Statistics, CountedStatistics, LearnedStatistics
 from rerankd.metrics import Metrics
 from rerankd.pipeline.service import LocalService
-from rerankd.prefilter.bm25 import bm25_scores, terms
-from rerankd.prefilter.corpus_stats import Bm25Statistics, CountedStatistics, LearnedStatistics
 
 CORPUS = [
     "SQLite is a C library that implements an embedded SQL database engine.",

@@ -11,10 +11,10 @@ from sentence_transformers import SentenceTransformer
 
 from rerankd.config import Settings
 from rerankd.engine.engine import Engine
+from rerankd.first_stage import EmbeddingCache, EmbeddingScorer
 from rerankd.metrics import Metrics
 from rerankd.models import resolve_model
 from rerankd.models.presets import packaged_default_path
-from rerankd.prefilter import EmbeddingCache, EmbeddingPrefilter
 
 QUERY = "embedded database"
 DOCUMENTS = ["SQLite is an embedded SQL database.", "A strategy game.", "Key-value store library.", "A strategy game."]
@@ -43,7 +43,7 @@ def engine() -> Iterator[Engine]:
 
 def test_scores_are_cosine_and_the_cache_serves_repeats(engine: Engine) -> None:
     metrics = Metrics()
-    prefilter = EmbeddingPrefilter(engine, EmbeddingCache(100, metrics))
+    prefilter = EmbeddingScorer(engine, EmbeddingCache(100, metrics))
     cold = asyncio.run(prefilter.scores(QUERY, DOCUMENTS))
     warm = asyncio.run(prefilter.scores(QUERY, DOCUMENTS))
 
@@ -61,6 +61,6 @@ def test_a_cross_encoder_is_refused(ce_fixture_path) -> None:
     ce = Engine.load(resolve_model(str(ce_fixture_path)), Settings(backend="torch"))
     try:
         with pytest.raises(ValueError, match="must be a bi-encoder"):
-            EmbeddingPrefilter(ce, EmbeddingCache(10))
+            EmbeddingScorer(ce, EmbeddingCache(10))
     finally:
         ce.close()

@@ -18,6 +18,8 @@ import pytest
 from rerankd.config import Settings
 from rerankd.engine.engine import Engine
 from rerankd.errors import PayloadTooLarge
+from rerankd.first_stage import bm25_scores
+from rerankd.first_stage.corpus_stats import Bm25Statistics
 from rerankd.models import resolve_model
 from rerankd.pipeline.calibration import Calibration, ScoreMap
 from rerankd.pipeline.costs import CostModel, RescoredHead
@@ -39,8 +41,6 @@ from rerankd.pipeline.run.score import (
     score,
     score_until,
 )
-from rerankd.prefilter import bm25_scores
-from rerankd.prefilter.corpus_stats import Bm25Statistics
 
 QUERY = "embedded sql database library"
 DOCUMENTS = [

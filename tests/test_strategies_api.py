@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import SERVER_MAX_DOCUMENTS
 
+from rerankd.first_stage import bm25_scores
 from rerankd.pipeline.types import MAX_CHUNKS_PER_DOC
-from rerankd.prefilter import bm25_scores
 
 QUERY = "embedded sql database library"
 DOCUMENTS = [

@@ -129,7 +129,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_corpus_stats(args: argparse.Namespace) -> int:
     """Count a corpus's BM25 statistics into a file for `--corpus-stats`."""
-    from rerankd.prefilter.corpus_stats import CountedStatistics, corpus_texts
+    from rerankd.first_stage.corpus_stats import CountedStatistics, corpus_texts
 
     statistics = CountedStatistics.count(corpus_texts(Path(args.corpus)))
     statistics.save(Path(args.output), source=str(Path(args.corpus).resolve()))

@@ -182,7 +182,7 @@ class Settings(BaseSettings):
         "`<think>`) as the model's control tokens, as sentence-transformers does; off = user text is read as text.",
     )
 
-    # Strategies: hybrid pre-filter, fusion, chunking (pipeline/, prefilter/)
+    # Strategies: the hybrid first stage, fusion, chunking (pipeline/, first_stage/)
     strategy: Strategy = Field(
         default="auto",
         description="Default strategy: auto (direct unless the latency budget calls for a pre-filter), direct, "

@@ -19,11 +19,11 @@ from rerankd.datasets import BeirDataset
 from rerankd.evaluation.calibrate import expected_calibration_error, precision_at, reliability
 from rerankd.evaluation.score_store import ScoreStore
 from rerankd.evaluation.variants import QueryScores, Variant, standard_variants
+from rerankd.first_stage import Bm25, bm25_scores
 from rerankd.pipeline.calibration import Calibration
 from rerankd.pipeline.fusion import FusionMethod
 from rerankd.pipeline.service import LocalService
 from rerankd.pipeline.types import RerankRequest
-from rerankd.prefilter import Bm25, bm25_scores
 from rerankd.reporting import percentile
 
 METRICS = ("ndcg@10", "mrr@10", "recall@10", "recall@30", "recall@100")

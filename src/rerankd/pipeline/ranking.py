@@ -15,9 +15,9 @@ from rerankd.pipeline.fusion import FusionMethod, best_first, fuse
 CUT_SCORE_STEP = 1e-6
 
 
-def select(prefilter_scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def select(first_stage_scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The `k` candidates and the rest, each in pre-filter order."""
-    ordered = best_first(prefilter_scores)
+    ordered = best_first(first_stage_scores)
     return ordered[:k], ordered[k:]
 
 

@@ -21,6 +21,8 @@ from rerankd.engine.engine import Engine
 from rerankd.engine.queue_stats import stall_problem
 from rerankd.engine.registry import ModelRegistry
 from rerankd.errors import DeadlineExceeded, InvalidRequest, ModelNotFound, NotReady, PayloadTooLarge, RerankdError
+from rerankd.first_stage import EmbeddingCache, EmbeddingScorer
+from rerankd.first_stage.corpus_stats import Bm25Statistics
 from rerankd.metrics import Metrics
 from rerankd.models import ModelSpec, resolve_model
 from rerankd.pipeline.admission import Admission, request_stages
@@ -30,8 +32,6 @@ from rerankd.pipeline.run.describe import describe, ranked
 from rerankd.pipeline.run.options import ChunkOptions, Options
 from rerankd.pipeline.run.runner import Runner
 from rerankd.pipeline.types import ModelInfo, RerankRequest, RerankResult, State, check_limits, request_deadline
-from rerankd.prefilter import EmbeddingCache, EmbeddingPrefilter
-from rerankd.prefilter.corpus_stats import Bm25Statistics
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class LocalService:
         self._calibration_files = [Calibration.load(path) for path in settings.calibration]
         self._calibrations: dict[str, Calibration] = {}  # by served model name, once loaded
         self._embedding_cache = EmbeddingCache(settings.embedding_cache_entries, metrics)
-        self._embeddings: EmbeddingPrefilter | None = None
+        self._embeddings: EmbeddingScorer | None = None
         self._own_engines: list[Engine] = []  # loaded for the embedding first stage, not served
         self._rescorer = HeadRescorer(settings.rescore_head_min)  # head engines under precision int8-rescore
         self.admission = Admission(settings.max_queue_seconds, fair=settings.scheduling == "fair")
@@ -226,14 +226,14 @@ class LocalService:
             min_score=request.min_score,
         )
 
-    async def _embeddings_first_stage(self) -> EmbeddingPrefilter:
+    async def _embeddings_first_stage(self) -> EmbeddingScorer:
         if self._embeddings is None:
             raise InvalidRequest(
                 "strategy: bi-encoder needs an embedding pre-filter; this server has none (embedding_model)"
             )
         return self._embeddings
 
-    def _load_embeddings(self, served: list[Engine]) -> EmbeddingPrefilter:
+    def _load_embeddings(self, served: list[Engine]) -> EmbeddingScorer:
         """The bi-encoder of the embedding first stage, at start-up: a served engine of that model (its head engine
         under int8-rescore, as `embedding_model_settings`), else its own."""
         spec = resolve_model(self.settings.embedding_model, cache_dir=self.settings.cache_dir)
@@ -245,7 +245,7 @@ class LocalService:
             engine = Engine.load(spec, embedding_model_settings(self.settings), self.metrics)
             self._own_engines.append(engine)
         try:
-            return EmbeddingPrefilter(engine, self._embedding_cache)
+            return EmbeddingScorer(engine, self._embedding_cache)
         except ValueError as exc:
             raise RerankdError(str(exc)) from None
 

@@ -16,13 +16,13 @@ import numpy as np
 
 from rerankd.engine.engine import Engine
 from rerankd.engine.tokenize import Tokens
+from rerankd.first_stage import EmbeddingScorer, bm25_scores
+from rerankd.first_stage.corpus_stats import Bm25Statistics
 from rerankd.pipeline.costs import CostModel
 from rerankd.pipeline.run.options import Options
-from rerankd.prefilter import EmbeddingPrefilter, bm25_scores
-from rerankd.prefilter.corpus_stats import Bm25Statistics
 from rerankd.vocabulary import ExecutedStrategy
 
-Embeddings = Callable[[], Awaitable[EmbeddingPrefilter]]  # the server's embedding first stage, lent per request
+Embeddings = Callable[[], Awaitable[EmbeddingScorer]]  # the server's embedding first stage, lent per request
 
 
 class Bm25Scorer:

@@ -18,6 +18,7 @@ import numpy as np
 
 from rerankd.engine.engine import Engine
 from rerankd.engine.tokenize import Tokens
+from rerankd.first_stage.corpus_stats import Bm25Statistics
 from rerankd.pipeline.chunking import ChunkRule
 from rerankd.pipeline.costs import CostModel
 from rerankd.pipeline.planner import Costs
@@ -28,7 +29,6 @@ from rerankd.pipeline.run.options import Options, Outcome
 from rerankd.pipeline.run.plan import choose, cut_short, estimate
 from rerankd.pipeline.run.rank import finalise, fusion_meta, rank
 from rerankd.pipeline.run.score import Scored, ScoringJob, chunk_rule, deadline, score, score_until
-from rerankd.prefilter.corpus_stats import Bm25Statistics
 
 
 class Runner:

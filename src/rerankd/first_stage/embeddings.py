@@ -1,4 +1,4 @@
-"""The embedding pre-filter: cosine similarity of a bi-encoder's query and document embeddings.
+"""The embedding first stage: cosine similarity of a bi-encoder's query and document embeddings.
 
 A bi-encoder as large as the cross-encoder saves little when it embeds every document of every request, but
 real RAG systems send the same documents again and again: document embeddings are kept in a bounded LRU cache
@@ -56,7 +56,7 @@ class EmbeddingCache:
             self._metrics.embedding_cache_entries.labels(model).set(size)
 
 
-class EmbeddingPrefilter:
+class EmbeddingScorer:
     """Scores documents by cosine similarity to the query with a bi-encoder `engine`, caching documents."""
 
     def __init__(self, engine: Engine, cache: EmbeddingCache) -> None:

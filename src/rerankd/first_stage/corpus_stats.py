@@ -29,8 +29,8 @@ from prometheus_client import Gauge
 from rerankd.config import Settings
 from rerankd.datasets import beir_document_text
 from rerankd.errors import RerankdError
+from rerankd.first_stage.bm25 import K1, B, CorpusStatistics, terms
 from rerankd.metrics import Metrics
-from rerankd.prefilter.bm25 import K1, B, CorpusStatistics, terms
 
 log = logging.getLogger(__name__)
 
