@@ -49,10 +49,13 @@ def make(run, **overrides) -> Scheduler:
 @given(
     st.lists(st.lists(st.integers(1, 120), min_size=1, max_size=30), min_size=1, max_size=12),
     st.booleans(),
+    st.sampled_from([1, 2, 3]),
 )
-def test_concurrent_requests_each_get_their_own_rows_in_order(requests: list[list[int]], fair: bool) -> None:
+def test_concurrent_requests_each_get_their_own_rows_in_order(
+    requests: list[list[int]], fair: bool, workers: int
+) -> None:
     recorder = Recorder()
-    scheduler = make(recorder, fair=fair)
+    scheduler = make(recorder, fair=fair, workers=workers)
 
     async def main() -> list[np.ndarray]:
         jobs = []
@@ -88,6 +91,36 @@ def busy(scheduler: Scheduler) -> Callable[[], bool]:
 
 def queued(scheduler: Scheduler, pairs: int) -> Callable[[], bool]:
     return lambda: scheduler.stats().queued_pairs == pairs
+
+
+def test_workers_run_batches_side_by_side_and_count_them_all_in_flight() -> None:
+    """Two workers (a backend with two streams): two batches are inside `run` at once, both counted in flight, and
+    nothing is left queued or in flight afterwards."""
+    both_inside = threading.Barrier(2, timeout=10)
+    release = threading.Event()
+
+    def run(items: list[Item]) -> np.ndarray:
+        both_inside.wait()  # breaks (BrokenBarrierError) unless a second batch arrives while this one runs
+        release.wait(10)
+        return np.array([[item.ident, len(item)] for item in items], dtype=np.float64)
+
+    scheduler = make(run, max_batch_tokens=100, workers=2)
+
+    async def main() -> list[np.ndarray]:
+        first = asyncio.ensure_future(scheduler.submit([Item(i, 50) for i in range(2)]))
+        second = asyncio.ensure_future(scheduler.submit([Item(10 + i, 50) for i in range(2)]))
+        await until(lambda: scheduler.stats().inflight_pairs == 4)  # both batches, two pairs each
+        assert scheduler.stats().inflight_tokens == 200
+        release.set()
+        return await asyncio.gather(first, second)
+
+    try:
+        rows = asyncio.run(main())
+    finally:
+        scheduler.close()
+    assert [r[:, 0].tolist() for r in rows] == [[0, 1], [10, 11]]
+    stats = scheduler.stats()
+    assert (stats.inflight_pairs, stats.inflight_tokens, stats.queued_pairs, stats.batches_done) == (0, 0, 0, 2)
 
 
 def test_batches_mix_requests_and_are_length_sorted() -> None:

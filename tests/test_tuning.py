@@ -116,7 +116,7 @@ def test_the_cache_is_keyed_by_model_revision_precision_cpu_and_threads(tmp_path
 class CountingBackend:
     """Zeros for every input; counts its batches. Stands in for inference so the test measures nothing real."""
 
-    name, device, precision, width_multiple = "onnx", "cpu", "fp32", 1
+    name, device, precision, width_multiple, parallel_batches = "onnx", "cpu", "fp32", 1, 1
 
     def __init__(self) -> None:
         self.batches = 0

@@ -33,6 +33,8 @@ class Backend(Protocol):
     # Batches are padded to a multiple of this many tokens (Tokenizer.collate): a runtime that prepares kernels per
     # input shape reuses them across requests instead of preparing new ones for every new length.
     width_multiple: int
+    # Batches `forward` can run at once, each from its own thread (the scheduler runs this many workers).
+    parallel_batches: int
 
     def forward(self, batch: Batch) -> np.ndarray: ...
 

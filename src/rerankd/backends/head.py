@@ -62,7 +62,7 @@ class HeadBackend:
         self.spec = spec
         self.inner = inner
         self.name, self.device, self.precision = inner.name, inner.device, inner.precision
-        self.width_multiple = inner.width_multiple
+        self.width_multiple, self.parallel_batches = inner.width_multiple, inner.parallel_batches
         self._steps = [Projection(step) if isinstance(step, DenseLayer) else step for step in spec.modules.steps]
 
     def forward(self, batch: Batch) -> np.ndarray:

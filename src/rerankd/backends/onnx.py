@@ -16,6 +16,7 @@ class OnnxBackend:
 
     name = "onnx"
     width_multiple = 1
+    parallel_batches = 1  # its intra-op threads split one batch
 
     def __init__(self, spec: ModelSpec, model_path: Path, *, device: str, precision: str, threads: int) -> None:
         self.spec = spec

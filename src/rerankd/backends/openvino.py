@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,8 +34,8 @@ IR_FILE = "model.xml"
 
 
 class OpenVinoBackend:
-    """One compiled model and one infer request; `forward` may be called from one thread at a time (the scheduler's
-    worker)."""
+    """One compiled model with one stream of one thread per core, and an infer request per stream: `forward` may be
+    called from as many threads at once (the scheduler's workers), each batch on its own core."""
 
     name = "openvino"
     device = "cpu"
@@ -56,20 +57,26 @@ class OpenVinoBackend:
         core = openvino.Core()
         # One cache folder per precision hint and thread count: OpenVINO 2026.4's cache key leaves the hint out, and
         # a bf16 model loaded from an fp32 model's blob crashed the process (double free).
-        compiled = Path(cache_dir) / "openvino" / "compiled" / f"{hint}-{threads}t"
+        compiled = Path(cache_dir) / "openvino" / "compiled" / f"{hint}-{threads}s1t"
         core.set_property({"CACHE_DIR": str(compiled)})
         source = ensure_int8(spec, onnx_model, cache_dir) if precision == "int8" else onnx_model
         model = read_dynamic(core, source)
+        # A stream per core, one thread each, the scheduler's batches run side by side: an encoder this narrow
+        # splits poorly across threads (hidden 384: 2 streams ran 1.41x one stream of 2 threads for bf16, 1.16x
+        # for int8, and a lone 10-document batch 0.88x; docs/performance.md, "Streams").
         properties = {
             "INFERENCE_NUM_THREADS": threads,
-            "NUM_STREAMS": 1,  # one batch at a time: the scheduler forms batches, threads split each one
-            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": threads,
+            "PERFORMANCE_HINT": "THROUGHPUT",
             "INFERENCE_PRECISION_HINT": hint,
             # The tokenizer, the event loop and neighbours share these cores: pinned threads would starve them.
             "ENABLE_CPU_PINNING": False,
         }
         self._compiled = core.compile_model(model, "CPU", properties)
-        self._request = self._compiled.create_infer_request()
+        self.parallel_batches = threads
+        self._requests: queue.SimpleQueue[openvino.InferRequest] = queue.SimpleQueue()
+        for _ in range(threads):
+            self._requests.put(self._compiled.create_infer_request())
         self._inputs = {port.get_any_name() for port in self._compiled.inputs}
 
     def forward(self, batch: Batch) -> np.ndarray:
@@ -77,7 +84,11 @@ class OpenVinoBackend:
         if "token_type_ids" in self._inputs:
             types = batch.token_type_ids
             feeds["token_type_ids"] = types if types is not None else np.zeros_like(batch.input_ids)
-        output = np.array(self._request.infer(feeds)[0], dtype=np.float32)  # a copy: the request reuses its buffer
+        request = self._requests.get()  # never waits: no more callers at once than requests
+        try:
+            output = np.array(request.infer(feeds)[0], dtype=np.float32)  # a copy: the request reuses its buffer
+        finally:
+            self._requests.put(request)
         if self.spec.kind != "bi-encoder":
             return output
         return pool(output, batch.attention_mask, self.spec.pooling, self.spec.normalize)

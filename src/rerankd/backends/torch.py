@@ -20,6 +20,7 @@ class TorchBackend:
 
     name = "torch"
     width_multiple = 1
+    parallel_batches = 1  # its intra-op threads split one batch
     min_shared_prefix: int | None = MIN_SHARED_PREFIX
 
     def __init__(self, spec: ModelSpec, *, device: str = "cpu", precision: str = "fp32", threads: int = 1) -> None:

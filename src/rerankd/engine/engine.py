@@ -77,6 +77,8 @@ class Engine:
             fair=settings.scheduling == "fair",
             name=spec.short_name,
             on_batch=metrics.batch_observer(spec.name) if metrics else None,
+            # Late interaction's vector cache is filled from the worker: one worker, one writer.
+            workers=1 if spec.kind == "late-interaction" else backend.parallel_batches,
         )
         self.cache = ScoreCache(settings.score_cache_mb * 2**20) if settings.score_cache_mb else None
         # Late-interaction models score from token vectors, cached per document instead of per pair.
@@ -246,7 +248,8 @@ class Engine:
             runs += 1
             pair_count += len(batch)
             tokens += len(batch) * max(len(item) for item in batch)
-        elapsed = max(time.perf_counter() - started, 1e-6)
+        # One batch at a time here; the scheduler's workers run that many side by side.
+        elapsed = max(time.perf_counter() - started, 1e-6) / self.scheduler.workers
         self.calibration = Calibration(pair_count / elapsed, tokens / elapsed)
         log.info(
             "warmed up %s in %d batches: %.1f pairs/s, %.0f tokens/s",

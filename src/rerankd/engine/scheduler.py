@@ -1,8 +1,9 @@
 """The batching queue of one model.
 
-Requests submit their tokenized inputs from the event loop; one worker thread takes a window of queued inputs
+Requests submit their tokenized inputs from the event loop; a worker thread takes a window of queued inputs
 (several requests' worth), sorts it by length so padding is small, cuts it into batches whose padded size stays
-within `max_batch_tokens`, runs them, and hands each request its rows when all are done.
+within `max_batch_tokens`, runs them, and hands each request its rows when all are done. A backend that runs
+several batches at once (OpenVINO: a stream per core) gets as many workers, each taking its own windows.
 
 Which inputs make a window: `fair` (the default) gives each waiting request turns of up to one batch's worth of
 tokens. A request that has not had a turn yet goes first (the one with the least left first), so a new request's
@@ -133,6 +134,7 @@ class Scheduler:
         fair: bool = True,
         name: str = "model",
         on_batch: BatchObserver | None = None,
+        workers: int = 1,
     ) -> None:
         self._run_batch = run_batch
         self.max_batch_tokens = max_batch_tokens
@@ -153,8 +155,11 @@ class Scheduler:
         self._busy_seconds = 0.0
         self._closing = False
         self._turns = 0
-        self._thread = threading.Thread(target=self._work, name=f"rerankd-batcher-{name}", daemon=True)
-        self._thread.start()
+        self._workers = [
+            threading.Thread(target=self._work, name=f"rerankd-batcher-{name}-{n}", daemon=True) for n in range(workers)
+        ]
+        for worker in self._workers:
+            worker.start()
 
     async def submit(self, items: Sequence[SizedInput]) -> np.ndarray:
         """Queue `items` and return their output rows, in order. Raises `Overloaded` when the queue is full."""
@@ -186,6 +191,11 @@ class Scheduler:
             self._drop(job)
             raise
 
+    @property
+    def workers(self) -> int:
+        """Batches run side by side (each worker runs one at a time)."""
+        return len(self._workers)
+
     def set_max_batch_tokens(self, value: int) -> None:
         """Change the token budget (the start-up tuning picks it after the sweep); windows taken later use it."""
         if value < 1:
@@ -212,7 +222,9 @@ class Scheduler:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
 
     # -- worker thread -------------------------------------------------------------------------------------------
 
@@ -314,18 +326,22 @@ class Scheduler:
             self._queued_tokens -= sum(len(entry) for entry in batch)
             if not live:
                 return
-            self._inflight_pairs = len(live)
-            self._inflight_tokens = len(live) * max(len(entry) for entry in live)
+            padded = len(live) * max(len(entry) for entry in live)
+            self._inflight_pairs += len(live)
+            self._inflight_tokens += padded
         started = time.perf_counter()
         self._run_isolated(live)
         elapsed = time.perf_counter() - started
+        # With several workers a batch's own time overstates the model's: they run side by side, so the queue's
+        # speed and busy time count each batch's share of the cores.
+        share = elapsed / self.workers
         with self._cond:
-            padded = self._inflight_tokens
-            self._inflight_pairs = self._inflight_tokens = 0
+            self._inflight_pairs -= len(live)
+            self._inflight_tokens -= padded
             self._batches_done += 1
-            self._busy_seconds += elapsed
+            self._busy_seconds += share
             self._last_progress = time.monotonic()
-            rate = padded / max(elapsed, 1e-6)
+            rate = padded / max(share, 1e-6)
             self._tokens_per_second = (
                 rate if not self._tokens_per_second else 0.8 * self._tokens_per_second + 0.2 * rate
             )
