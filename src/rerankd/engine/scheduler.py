@@ -245,6 +245,8 @@ class Scheduler:
                 if not self._queue:
                     return
                 window = self._take_window()
+                if self._queue:
+                    self._cond.notify()  # work is left: another worker may take the next window meanwhile
             try:
                 for batch in self.batches(window):
                     self._run(batch)
