@@ -4,9 +4,11 @@ The trained cross-encoder's ONNX export in bf16 (int8 where the CPU has no bf16)
 - per layer type, OpenVINO's own counters (`PERF_COUNT`) over one 300-document request in the engine's length-sorted
   2,048-token batches padded to a multiple of 16, with the achieved FLOP rate of the fully connected layers against
   the matrix-multiply peak measured in the same run (torch, encoder-like shapes);
-- the options tried, each interleaved with the backend's own settings over new documents every round: OpenVINO's
-  fused attention off (`SNIPPETS_MODE=DISABLE`), larger batches, and a model compiled for one static shape against
-  the dynamic one on that same shape.
+- the options tried, each interleaved with the backend's own settings (a stream of one thread per core, batches
+  side by side) over new documents every round: one stream of every core's threads with batches in turn (the
+  earlier setting, also timed on a 10-document request alone), OpenVINO's fused attention off
+  (`SNIPPETS_MODE=DISABLE`), larger batches, and a model compiled for one static shape against the dynamic one on
+  that same shape.
 
     .venv/bin/python bench/openvino_profile.py [--rounds 6]
 """
@@ -35,19 +37,38 @@ from rerankd.models import resolve_model
 
 BATCH_TOKENS = 2048
 MULTIPLE = 16
+SMALL_DOCS = 10  # a request of one batch: what a stream of one thread costs it
 
 
-def compile_model(path: str, hint: str, shape: list[int] | None = None, **extra: Any) -> Any:
-    import openvino
+class Compiled:
+    """A compiled model run as the backend runs it: `streams` batches side by side (a thread each), or one at a time
+    on every core's thread when `streams` is 1."""
 
-    core = openvino.Core()
-    model = read_dynamic(core, path)
-    if shape is not None:
-        model.reshape({port.get_any_name(): openvino.PartialShape(shape) for port in model.inputs})
-    properties = {"INFERENCE_NUM_THREADS": available_cores(), "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
-                  "INFERENCE_PRECISION_HINT": hint, "ENABLE_CPU_PINNING": False} | extra  # fmt: skip
-    compiled = core.compile_model(model, "CPU", properties)
-    return compiled.create_infer_request(), {port.get_any_name() for port in compiled.inputs}
+    def __init__(self, path: str, hint: str, *, streams: int = 1, shape: list[int] | None = None, **extra: Any):
+        import openvino
+
+        core = openvino.Core()
+        model = read_dynamic(core, path)
+        if shape is not None:
+            model.reshape({port.get_any_name(): openvino.PartialShape(shape) for port in model.inputs})
+        properties = {"INFERENCE_NUM_THREADS": available_cores(), "NUM_STREAMS": streams,
+                      "PERFORMANCE_HINT": "THROUGHPUT" if streams > 1 else "LATENCY",
+                      "INFERENCE_PRECISION_HINT": hint, "ENABLE_CPU_PINNING": False} | extra  # fmt: skip
+        compiled = core.compile_model(model, "CPU", properties)
+        self.inputs = {port.get_any_name() for port in compiled.inputs}
+        self.request = compiled.create_infer_request()
+        self.queue = openvino.AsyncInferQueue(compiled, streams) if streams > 1 else None
+
+    def timed(self, batch_feeds: list[dict[str, np.ndarray]]) -> float:
+        started = time.perf_counter()
+        if self.queue is None:
+            for feed in batch_feeds:
+                self.request.infer(feed)
+        else:
+            for feed in batch_feeds:
+                self.queue.start_async(feed)
+            self.queue.wait_all()
+        return time.perf_counter() - started
 
 
 def feeds(tokenizer: Tokenizer, batches: list[list[Any]], inputs: set[str]) -> list[dict[str, np.ndarray]]:
@@ -60,13 +81,6 @@ def feeds(tokenizer: Tokenizer, batches: list[list[Any]], inputs: set[str]) -> l
             feed["token_type_ids"] = types if types is not None else np.zeros_like(padded.input_ids)
         result.append(feed)
     return result
-
-
-def timed(request: Any, batch_feeds: list[dict[str, np.ndarray]]) -> float:
-    started = time.perf_counter()
-    for feed in batch_feeds:
-        request.infer(feed)
-    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -84,14 +98,15 @@ def main() -> None:
     peaks = gemm_peaks(Budget(seconds=3.0, min_runs=2, max_runs=50))
 
     # 1. Per layer type over one request.
-    profiled, inputs = compile_model(onnx_path, hint, PERF_COUNT=True)
+    profiled = Compiled(onnx_path, hint, PERF_COUNT=True)
+    inputs = profiled.inputs
     encoded = tokenizer.encode_pairs(query, documents(spec, args.docs, seed=31))
     batch_feeds = feeds(tokenizer, pack_batches(encoded, BATCH_TOKENS, 512), inputs)
-    timed(profiled, batch_feeds)
+    profiled.timed(batch_feeds)
     seconds: Counter[str] = Counter()
     for feed in batch_feeds:
-        profiled.infer(feed)
-        for layer in profiled.profiling_info:
+        profiled.request.infer(feed)
+        for layer in profiled.request.profiling_info:
             seconds["attention (fused)" if layer.node_type == "Subgraph" else layer.node_type] += (
                 layer.real_time.total_seconds()
             )
@@ -101,44 +116,60 @@ def main() -> None:
     layer_rows = [{"layer": name, "seconds": value, "share": value / total} for name, value in seconds.most_common(8)]
     peak = peaks["bf16" if hint == "bf16" else "fp32"]
     # Per-layer counters add their own overhead: the wall time of an unprofiled pass, split by the counters' shares.
-    wall = timed(compile_model(onnx_path, hint)[0], batch_feeds * 2) / 2
+    wall = Compiled(onnx_path, hint).timed(batch_feeds * 2) / 2  # one batch at a time, as profiled
     fc_rate = linear_flops / (wall * seconds["FullyConnected"] / total) / 1e9
 
-    # 2. Options, interleaved over new documents every round.
-    variants: dict[str, tuple[Any, int]] = {
-        f"backend settings ({BATCH_TOKENS}-token batches)": (compile_model(onnx_path, hint)[0], BATCH_TOKENS),
-        "fused attention off": (compile_model(onnx_path, hint, SNIPPETS_MODE="DISABLE")[0], BATCH_TOKENS),
-        "8,192-token batches": (compile_model(onnx_path, hint)[0], 8192),
+    # 2. Options, interleaved over new documents every round; and a small request alone (latency).
+    cores = available_cores()
+    backend = f"backend settings: {cores} streams of 1 thread, batches side by side"
+    variants: dict[str, tuple[Compiled, int]] = {
+        backend: (Compiled(onnx_path, hint, streams=cores), BATCH_TOKENS),
+        f"1 stream of {cores} threads, batches in turn": (Compiled(onnx_path, hint), BATCH_TOKENS),
+        "fused attention off": (Compiled(onnx_path, hint, streams=cores, SNIPPETS_MODE="DISABLE"), BATCH_TOKENS),
+        "8,192-token batches": (Compiled(onnx_path, hint, streams=cores), 8192),
     }
     times: dict[str, list[float]] = {name: [] for name in variants}
-    corpus = documents(spec, args.docs * args.rounds, seed=32)
+    small: dict[str, list[float]] = {name: [] for name in list(variants)[:2]}
+    corpus = documents(spec, (args.docs + SMALL_DOCS) * args.rounds, seed=32)
     for round_ in range(args.rounds):
-        encoded = tokenizer.encode_pairs(query, corpus[round_ * args.docs : (round_ + 1) * args.docs])
-        for name, (request, budget) in variants.items():
-            times[name].append(timed(request, feeds(tokenizer, pack_batches(encoded, budget, 512), inputs)))
-    base = statistics.median(times[f"backend settings ({BATCH_TOKENS}-token batches)"])
+        texts = corpus[round_ * (args.docs + SMALL_DOCS) : (round_ + 1) * (args.docs + SMALL_DOCS)]
+        encoded = tokenizer.encode_pairs(query, texts[: args.docs])
+        for name, (compiled, budget) in variants.items():
+            times[name].append(compiled.timed(feeds(tokenizer, pack_batches(encoded, budget, 512), inputs)))
+        alone = feeds(
+            tokenizer, pack_batches(tokenizer.encode_pairs(query, texts[args.docs :]), BATCH_TOKENS, 512), inputs
+        )
+        for name in small:
+            small[name].append(variants[name][0].timed(alone))
+    base = statistics.median(times[backend])
     option_rows = [
         {"option": name, "median_s": statistics.median(value), "vs_backend": base / statistics.median(value)}
         for name, value in times.items()
     ]
+    small_base = statistics.median(small[backend])
+    option_rows += [
+        {"option": f"{SMALL_DOCS} documents alone, {name.split(':')[0]}", "median_s": statistics.median(value),
+         "vs_backend": small_base / statistics.median(value)}
+        for name, value in small.items()
+    ]  # fmt: skip
 
     # 3. One static shape against the dynamic model on that shape.
-    dynamic = compile_model(onnx_path, hint)[0]
+    dynamic = Compiled(onnx_path, hint)
     shape_rows = []
     for rows, width in [(16, 128), (8, 256), (32, 64)]:
-        static = compile_model(onnx_path, hint, [rows, width])[0]
+        static = Compiled(onnx_path, hint, shape=[rows, width])
         feed = {name: np.ones((rows, width), dtype=np.int64) for name in inputs}
         best = {}
-        for label, request in (("dynamic", dynamic), ("static", static)):
-            timed(request, [feed])
-            best[label] = min(timed(request, [feed] * 10) / 10 for _ in range(3))
+        for label, compiled in (("dynamic", dynamic), ("static", static)):
+            compiled.timed([feed])
+            best[label] = min(compiled.timed([feed] * 10) / 10 for _ in range(3))
         speedup = best["dynamic"] / best["static"]
         shape_rows.append({"shape": f"{rows}x{width}", "dynamic_ms": best["dynamic"] * 1000,
                            "static_ms": best["static"] * 1000, "static_speedup": speedup})  # fmt: skip
 
-    checks = [  # what the docs conclude from this run: no option tried beats the backend's settings
+    checks = [  # what the docs conclude from this run: no option tried beats the backend's settings on a request
         check(f"{row['option']} vs the backend's settings (speed ratio)", row["vs_backend"], "<=", 1.0)
-        for row in option_rows[1:]
+        for row in option_rows[1 : len(variants)]
     ]
     record = machine()
     print(f"\n{cpu_line(record)}; OpenVINO {hint}; {args.docs} documents")
