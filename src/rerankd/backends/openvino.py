@@ -62,8 +62,8 @@ class OpenVinoBackend:
         source = ensure_int8(spec, onnx_model, cache_dir) if precision == "int8" else onnx_model
         model = read_dynamic(core, source)
         # A stream per core, one thread each, the scheduler's batches run side by side: an encoder this narrow
-        # splits poorly across threads (hidden 384: 2 streams ran 1.41x one stream of 2 threads for bf16, 1.16x
-        # for int8, and a lone 10-document batch 0.88x; docs/performance.md, "Streams").
+        # splits poorly across threads (hidden 384, bf16: a 300-document request 1.35x faster than one stream of
+        # 2 threads, a 10-document one alone 0.98x; bench/results/openvino_profile.json, docs/performance.md).
         properties = {
             "INFERENCE_NUM_THREADS": threads,
             "NUM_STREAMS": threads,
