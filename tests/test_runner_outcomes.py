@@ -19,22 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_strategies_api import DOCUMENTS as STRATEGY_DOCUMENTS
+from test_strategies_api import QUERY
 
 from rerankd.config import Settings
 from rerankd.pipeline.service import LocalService
 from rerankd.pipeline.types import RerankRequest, RerankResult
 
 RECORD = Path(__file__).with_name("runner_outcomes.json")
-QUERY = "embedded sql database library"
 DOCUMENTS = [
-    "A real-time strategy game of ancient warfare.",
-    "SQLite is a C library that implements an embedded SQL database engine.",
-    "Tools to edit GNOME menus.",
-    "PostgreSQL is an object-relational SQL database server.",
-    "An alarm clock for the panel.",
-    "Berkeley DB is an embedded key-value database library.",
-    "A library of sound effects.",
-    "Fonts for the terminal.",
+    *STRATEGY_DOCUMENTS,  # the strategy API tests' eight, then two long ones
     "LMDB is a small embedded database library with a key-value store. " * 80,  # long: chunked when chunking
     "A database of recipes, and a library to read it. " + "The text goes on about cooking. " * 150,
 ]
