@@ -39,9 +39,9 @@ class OpenVinoBackend:
 
     name = "openvino"
     device = "cpu"
-    # OpenVINO's CPU plugin prepares kernels per input shape, and a shape it has not seen costs up to twice a warm
-    # run: 300 new documents per request in 2,048-token batches took 4.1 s at their own lengths, 2.8 s padded to a
-    # multiple of 16 (static int8 with AMX; 1.12x for bf16). docs/performance.md, "Shapes".
+    # OpenVINO's CPU plugin prepares kernels per input shape, and a server sees new lengths in every request: with
+    # 300 new documents a request, padding to a multiple of 16 ran static int8 1.40x and bf16 1.33x faster
+    # (bench/results/openvino_shapes.json; docs/performance.md, "Shapes").
     width_multiple = 16
 
     def __init__(
