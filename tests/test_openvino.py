@@ -199,7 +199,7 @@ def test_every_engine_auto_may_pick_was_measured_faithful() -> None:
             "cross-encoder",
             "bf16 needs --backend openvino",
         ),
-        ({"backend": "openvino"}, SAPPHIRE_RAPIDS, "causal-lm", "openvino serves cross-encoders and bi-encoders"),
+        ({"backend": "openvino"}, SAPPHIRE_RAPIDS, "causal-lm", "openvino serves encoders"),
         ({"backend": "torch", "precision": "int8"}, VNNI, "cross-encoder", "int8 needs --backend onnx or openvino"),
         ({"backend": "onnx", "precision": "bf16"}, SAPPHIRE_RAPIDS, "cross-encoder", "the onnx backend runs"),
     ],

@@ -67,3 +67,12 @@ def _quota(folder: Path) -> float | None:
         return int(quota) / int(period)
     except (OSError, ValueError, ZeroDivisionError):
         return None  # missing or unreadable: no limit known
+
+
+def leave_cores_to_the_runtime() -> None:
+    """Run numpy's BLAS (heads, pooling, MaxSim) on one thread. Its pool's threads spin after each call and take the
+    cores from the inference runtime's next batch: a ColBERT projection after an ONNX Runtime body cost 14% of the
+    batch with OpenBLAS's 2 threads, nothing measurable with 1 (2 cores)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")

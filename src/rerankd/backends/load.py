@@ -9,7 +9,7 @@ from rerankd.backends.base import Backend
 from rerankd.backends.export import ensure_onnx
 from rerankd.backends.head import HeadBackend, needs_head
 from rerankd.backends.select import Choice, choose
-from rerankd.cores import available_cores
+from rerankd.cores import available_cores, leave_cores_to_the_runtime
 from rerankd.cpu import this_cpu
 from rerankd.models import ModelSpec
 
@@ -32,6 +32,7 @@ def load_backend(spec: ModelSpec, settings: Settings, choice: Choice | None = No
             "on cuda"
         )
     threads = settings.threads or available_cores()
+    leave_cores_to_the_runtime()
     precision = choice.scoring_precision
     if choice.backend == "onnx":  # exported once, cached
         from rerankd.backends.onnx import OnnxBackend

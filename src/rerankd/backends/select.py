@@ -128,10 +128,10 @@ def _check(choice: Choice, kind: str, cpu: Cpu) -> None:
         raise ValueError(f"precision: {precision} runs on the CPU only; use fp16 on cuda")
     if precision == "fp16" and device != "cuda":
         raise ValueError("precision: fp16 needs --device cuda (CPUs run fp32, bf16 or int8)")
-    if backend == "openvino" and kind not in RESCORABLE_KINDS:
+    if backend == "openvino" and kind == "causal-lm":
         raise ValueError(
-            f"backend: openvino serves cross-encoders and bi-encoders; this model is a {kind}: use torch (it reuses an "
-            "LLM prompt's shared prefix) or onnx"
+            "backend: openvino serves encoders (cross-encoders, bi-encoders, late interaction); this model is a "
+            "causal-lm: use torch (it reuses an LLM prompt's shared prefix) or onnx"
         )
     if precision == INT8_RESCORE and kind not in RESCORABLE_KINDS:
         raise ValueError(

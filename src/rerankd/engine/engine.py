@@ -77,8 +77,7 @@ class Engine:
             fair=settings.scheduling == "fair",
             name=spec.short_name,
             on_batch=metrics.batch_observer(spec.name) if metrics else None,
-            # Late interaction's vector cache is filled from the worker: one worker, one writer.
-            workers=1 if spec.kind == "late-interaction" else backend.parallel_batches,
+            workers=backend.parallel_batches,
         )
         self.cache = ScoreCache(settings.score_cache_mb * 2**20) if settings.score_cache_mb else None
         # Late-interaction models score from token vectors, cached per document instead of per pair.

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rerankd.backends import Backend, Batch
+from rerankd.backends import Backend
 from rerankd.engine.tokenize import Tokenizer, Tokens
 from rerankd.engine.vector_cache import CachedDocument, VectorCache
 from rerankd.metrics import Metrics
@@ -129,16 +129,8 @@ class LateInteraction:
 
     def run_batch(self, backend: Backend, items: Sequence[VectorInput]) -> np.ndarray:
         """Encode a batch; each input's scored vectors are left on it. One placeholder row per input."""
-        width = max(len(item.ids) for item in items)
-        ids = np.full((len(items), width), self.tokenizer.pad_id, dtype=np.int64)
-        attention = np.zeros((len(items), width), dtype=np.int64)
-        types = np.zeros((len(items), width), dtype=np.int64) if self.tokenizer.uses_token_types else None
-        for row, item in enumerate(items):
-            ids[row, : len(item.ids)] = item.ids
-            attention[row, : len(item.ids)] = item.attention
-            if types is not None and item.type_ids is not None:
-                types[row, : len(item.ids)] = item.type_ids
-        vectors = backend.forward(Batch(ids, attention, types))
+        batch = self.tokenizer.collate(items, backend.width_multiple, [item.attention for item in items])  # type: ignore[arg-type]
+        vectors = backend.forward(batch)
         for row, item in enumerate(items):
             item.vectors = vectors[row, : len(item.ids)][item.keep].astype(np.float32)  # a copy, not a view
         return np.zeros((len(items), 1), dtype=np.float32)

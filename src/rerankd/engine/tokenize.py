@@ -208,9 +208,12 @@ class Tokenizer:
         type_ids = np.repeat(np.asarray(template.type_ids, dtype=np.int32)[kinds], [len(part) for part in parts])
         return Encoded(ids, type_ids, truncated)
 
-    def collate(self, items: Sequence[Encoded], multiple: int = 1) -> Batch:
+    def collate(
+        self, items: Sequence[Encoded], multiple: int = 1, attention: Sequence[np.ndarray] | None = None
+    ) -> Batch:
         """Pad to the longest item, rounded up to a multiple of `multiple` tokens within the model's length (padding
-        is masked: scores do not change); int64 as both torch and ONNX Runtime expect."""
+        is masked: scores do not change); int64 as both torch and ONNX Runtime expect. `attention`: each item's own
+        mask where it attends to less than all its tokens (late interaction's query expansion)."""
         longest = max(len(item) for item in items)
         width = max(longest, min(-(-longest // multiple) * multiple, self.max_length))
         input_ids = np.full((len(items), width), self.pad_id, dtype=np.int64)
@@ -218,7 +221,7 @@ class Tokenizer:
         token_type_ids = np.zeros((len(items), width), dtype=np.int64) if self.uses_token_types else None
         for row, item in enumerate(items):
             input_ids[row, : len(item)] = item.ids
-            attention_mask[row, : len(item)] = 1
+            attention_mask[row, : len(item)] = 1 if attention is None else attention[row]
             if token_type_ids is not None and item.type_ids is not None:
                 token_type_ids[row, : len(item)] = item.type_ids
         return Batch(input_ids, attention_mask, token_type_ids)
