@@ -6,8 +6,11 @@ Speed: 1,000 documents (BM25's top 1,000 for a dev query), the ColBERT cold (its
 Accuracy and latency: dev queries x BM25's top 100 (corpus BM25 sent as the client's first-stage scores), NDCG@10 and
 p50 latency of BM25, hybrid BM25 K=30 -> cross-encoder, the cascade ColBERT K=30 -> cross-encoder cold (the vector
 cache emptied first: the ColBERT encodes all 100 documents), then with those vectors cached: the ColBERT alone and
-the cascade again (a service reranking candidates it has seen before).
-The fp16 vector cache's fidelity: every warm score against its cold fp32 score.
+the cascade again (a service reranking candidates it has seen before); hybrid and the cached cascade again with z-score
+fusion (the first stage's weight 0.5, fixed: mixing the first stage's score into the final one).
+The fp16 vector cache's fidelity: every warm score against its cold fp32 score. One more cold row runs numpy's BLAS
+(the ColBERT projection after the body) on every core instead of the one the service keeps it to (cores.py): what
+that limit is worth.
 
     .venv/bin/python bench/late_interaction.py [--queries 50] [--colbert DIR]
 """
@@ -16,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -25,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 from common import DEBIAN_DATA, TRAINED_CE, check, cpu_line, format_table, plot_path, save, spearman
+from threadpoolctl import threadpool_limits
 
 from rerankd.config import Settings
 from rerankd.pipeline.service import LocalService
@@ -94,7 +100,10 @@ def main() -> None:
 
     # -- speed: 1,000 documents ---------------------------------------------------------------------------------
     documents = [corpus[ids[i]] for i in hits[0]]
-    speed: dict[str, list[float]] = {"cross-encoder direct": [], "colbert cold": [], "colbert warm": []}
+    blas_all_cores = "colbert cold, numpy BLAS on every core"
+    speed: dict[str, list[float]] = {
+        "cross-encoder direct": [], "colbert cold": [], "colbert warm": [], blas_all_cores: []
+    }  # fmt: skip
     fidelity: list[float] = []
     for round_ in range(args.rounds):
         speed["cross-encoder direct"].append(run(RerankRequest(texts[0], documents, ce, strategy="direct"))[1])
@@ -103,6 +112,9 @@ def main() -> None:
         speed["colbert cold"].append(cold_ms)
         _, warm_ms, warm = run(RerankRequest(texts[0] + " ", documents, colbert, strategy="direct"))
         speed["colbert warm"].append(warm_ms)
+        engine.late.cache._entries.clear()
+        with threadpool_limits(len(os.sched_getaffinity(0)), user_api="blas"):
+            speed[blas_all_cores].append(run(RerankRequest(texts[0], documents, colbert, strategy="direct"))[1])
         if round_ == 0:
             a = np.array([r.score for r in sorted(cold.results, key=lambda r: r.index)])
             b = np.array([r.score for r in sorted(warm.results, key=lambda r: r.index)])
@@ -112,7 +124,9 @@ def main() -> None:
     # -- accuracy and latency: BM25 top 100 ----------------------------------------------------------------------
     engine.late.cache._entries.clear()  # --queries 0: speed only (an untrained ColBERT's accuracy means nothing)
     cascade, hybrid, cached = "cascade colbert K=30 -> ce", "hybrid bm25 K=30 -> ce", "cascade, vectors cached"
-    variants = ["bm25", hybrid, cascade, "colbert alone, vectors cached", cached]
+    # Fusion (z-scores, the first stage's weight 0.5, not tuned here) mixes the first stage's score into the final one.
+    fused, hybrid_fused = "cascade, vectors cached + zscore w=0.5", "hybrid bm25 K=30 -> ce + zscore w=0.5"
+    variants = ["bm25", hybrid, hybrid_fused, cascade, "colbert alone, vectors cached", cached, fused]
     ndcg: dict[str, list[float]] = {name: [] for name in variants}
     latency: dict[str, list[float]] = {name: [] for name in variants[1:]}
     for q in range(1, len(texts) if args.queries else 1):
@@ -128,7 +142,12 @@ def main() -> None:
             cascade: colbert_first,
             "colbert alone, vectors cached": RerankRequest(texts[q], docs, colbert, strategy="direct"),
             cached: colbert_first,
-        }
+            fused: dataclasses.replace(colbert_first, fusion="zscore", fusion_weight=0.5),
+            hybrid_fused: RerankRequest(
+                texts[q], docs, ce, strategy="hybrid", candidates=30, first_stage_scores=first, fusion="zscore",
+                fusion_weight=0.5,
+            ),
+        }  # fmt: skip
         for name, request in requests.items():
             if name == cascade:
                 engine.late.cache._entries.clear()  # cold: none of the documents' vectors cached
@@ -149,10 +168,18 @@ def main() -> None:
     checks = [
         check("colbert cold / cross-encoder direct", best["colbert cold"] / best["cross-encoder direct"], "<=", 1.0),
         check("cross-encoder direct / colbert warm", best["cross-encoder direct"] / best["colbert warm"], ">=", 50.0),
+        check("BLAS on every core / on one (cold)", best[blas_all_cores] / best["colbert cold"], ">=", 1.0),
     ]
     if args.queries:
         checks += [
             check("cascade - hybrid NDCG@10", float(np.mean(ndcg[cascade]) - np.mean(ndcg[hybrid])), ">=", 0.0),
+            check("fused cascade - hybrid NDCG@10", float(np.mean(ndcg[fused]) - np.mean(ndcg[hybrid])), ">=", 0.0),
+            check(
+                "fused cascade - fused hybrid NDCG@10",
+                float(np.mean(ndcg[fused]) - np.mean(ndcg[hybrid_fused])),
+                ">=",
+                0.0,
+            ),
             check("cascade / hybrid p50", float(np.median(latency[cascade]) / np.median(latency[hybrid])), "<=", 1.0),
             check(
                 "cascade, vectors cached / hybrid p50",
