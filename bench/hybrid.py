@@ -9,6 +9,8 @@ the same requests, so the ratios are same-run ratios:
 - bi-encoder K=100, warm cache: all-MiniLM-L6-v2 similarity keeps 100 (document embeddings already cached, as
   when a RAG system sends the same documents again), the cross-encoder scores those.
 - auto with latency_budget_ms=1000: a bounded loop of requests; how many finished within the budget.
+- with `--first-stage-model DIR` (a ColBERT, bench/train_colbert.py): that model keeps 100 for the cross-encoder
+  (`first_stage_model`), cold (the documents' vectors not cached yet) and warm (the same request again).
 
 Two rates per strategy, because a pre-filter answers with every document but scores only some of them:
 `returned_docs_per_s` is documents in the answer per second of p50 latency (1,000 / p50), `scored_docs_per_s` is
@@ -62,12 +64,13 @@ def candidate_sets(count: int, seed: int = 0) -> list[tuple[str, list[str]]]:
 class Server:
     """`rerankd serve` in a subprocess on a free loopback port."""
 
-    def __init__(self, model: Path, log: Path) -> None:
+    def __init__(self, models: list[Path], log: Path) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
-        command = [sys.executable, "-m", "rerankd.cli", "serve", "--model", str(model), "--port", str(port)]
+        command = [sys.executable, "-m", "rerankd.cli", "serve", "--port", str(port)]
+        command += [argument for model in models for argument in ("--model", str(model))]
         command += ["--warmup-seconds", "3", "--log-level", "warning", "--score-cache-mb", "0"]
         # Latency is what is measured: on a busy machine direct scoring of 1,000 documents can pass the default 60 s.
         command += ["--request-timeout-seconds", "600"]
@@ -103,9 +106,12 @@ def timed(client: httpx.Client, url: str, body: dict[str, Any]) -> dict[str, Any
     return {"ms": elapsed, "returned": len(results), "scored": scored, **answer["meta"]["rerankd"]}
 
 
-def compare(client: httpx.Client, url: str, sets: list[tuple[str, list[str]]]) -> dict[str, list[dict[str, Any]]]:
-    """Direct, hybrid and warm bi-encoder on the same requests, taking turns."""
+def compare(
+    client: httpx.Client, url: str, sets: list[tuple[str, list[str]]], first_model: str | None
+) -> dict[str, list[dict[str, Any]]]:
+    """Direct, hybrid, warm bi-encoder and the first-stage model's cascade on the same requests, taking turns."""
     runs: dict[str, list[dict[str, Any]]] = {"direct": [], "hybrid K=100": [], "bi-encoder K=100 (warm)": []}
+    cold, warm = f"cascade {first_model} K=100 (cold)", f"cascade {first_model} K=100 (warm)"
     for query, documents in sets:
         base = {"query": query, "documents": documents}
         runs["direct"].append(timed(client, url, {**base, "strategy": "direct"}))
@@ -113,6 +119,10 @@ def compare(client: httpx.Client, url: str, sets: list[tuple[str, list[str]]]) -
         bi = {**base, "strategy": "bi-encoder", "candidates": CANDIDATES}
         timed(client, url, bi)  # fills the embedding cache with these documents
         runs["bi-encoder K=100 (warm)"].append(timed(client, url, bi))
+        if first_model is not None:
+            cascade = {**base, "strategy": "hybrid", "candidates": CANDIDATES, "first_stage_model": first_model}
+            runs.setdefault(cold, []).append(timed(client, url, cascade))
+            runs.setdefault(warm, []).append(timed(client, url, cascade))
         print("  round: " + ", ".join(f"{k} {v[-1]['ms']:.0f} ms" for k, v in runs.items()), file=sys.stderr)
     return runs
 
@@ -176,15 +186,18 @@ def main() -> int:
     parser.add_argument("--auto-requests", type=int, default=60, help="requests in the auto loop")
     parser.add_argument("--auto-limit-s", type=float, default=300, help="the auto loop stops after this long")
     parser.add_argument("--model", default=str(TRAINED_CE))
+    parser.add_argument("--first-stage-model", type=Path, default=None, help="a ColBERT folder: its cascade rows")
     parser.add_argument("--name", default="hybrid", help="results name: bench/results/NAME.json and .png")
     args = parser.parse_args()
 
     load_before = os.getloadavg()  # the machine may be shared: recorded beside the numbers
     sets = candidate_sets(max(args.rounds, 20))
     log = Path(tempfile.mkdtemp(prefix="rerankd-bench-")) / "server.log"
-    with Server(Path(args.model), log) as server, httpx.Client(timeout=600) as client:
+    models = [Path(args.model)] + ([args.first_stage_model] if args.first_stage_model else [])
+    first_model = args.first_stage_model.name if args.first_stage_model else None  # a folder's served name
+    with Server(models, log) as server, httpx.Client(timeout=600) as client:
         timed(client, server.url, {"query": sets[0][0], "documents": sets[0][1][:200]})  # first-request costs
-        runs = compare(client, server.url, sets[: args.rounds])
+        runs = compare(client, server.url, sets[: args.rounds], first_model)
         auto = auto_loop(client, server.url, sets, args.auto_requests, args.auto_limit_s)
 
     direct = percentile([run["ms"] for run in runs["direct"]], 50)

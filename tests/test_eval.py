@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 from sentence_transformers import CrossEncoder
+from sentence_transformers.multi_vector_encoder import MultiVectorEncoder
+
+from testing.colbert_fixtures import build_pylate_colbert
 
 pytestmark = pytest.mark.slow  # every test reads one `rerankd eval` run in a subprocess (minutes on 2 cores)
 
@@ -50,13 +53,18 @@ def mrr10(ranking: list[str], relevant: dict[str, int]) -> float:
 
 
 @pytest.fixture(scope="module")
-def evaluation(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def colbert() -> Path:
+    return build_pylate_colbert()
+
+
+@pytest.fixture(scope="module")
+def evaluation(tmp_path_factory: pytest.TempPathFactory, colbert: Path) -> dict:
     root = tmp_path_factory.mktemp("eval")
     write_beir(root / "tiny")
     command = [
         sys.executable, "-m", "rerankd.cli", "eval", str(root / "tiny"), "--model", "ce-fixture",
         "--backend", "torch", "--depth", "4", "--hybrid-k", "2", "--fit-fraction", "0", "--timed-queries", "1",
-        "--warmup-seconds", "0", "--out", str(root / "out"), "--no-progress",
+        "--warmup-seconds", "0", "--out", str(root / "out"), "--no-progress", "--first-stage-model", str(colbert),
     ]  # fmt: skip
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -98,6 +106,31 @@ def test_model_and_hybrid_metrics_by_hand(evaluation: dict, ce_fixture_path: Pat
         assert table[name]["mrr@10"] == pytest.approx(
             sum(mrr10(r, QRELS[q]) for r, q in zip(rankings, QRELS, strict=True)) / 2, abs=1e-6
         ), name
+
+
+def test_a_first_stage_model_alone_and_as_a_cascade_by_hand(
+    evaluation: dict, ce_fixture_path: Path, colbert: Path
+) -> None:
+    """`--first-stage-model`: the ColBERT alone, and picking K=2 of BM25's 4 for the cross-encoder (the rest in the
+    ColBERT's order), as the reference implementations score them."""
+    model = CrossEncoder(str(ce_fixture_path), device="cpu")
+    first = MultiVectorEncoder(str(colbert), device="cpu")
+    alone, cascade = [], []
+    for qid, candidates in BM25_TOP4.items():
+        texts = [CORPUS[d] for d in candidates]
+        maxsim = first.similarity(first.encode_query([QUERIES[qid]]), first.encode_document(texts))[0].tolist()
+        by_colbert = [d for _, d in sorted(zip(maxsim, candidates, strict=True), key=lambda pair: -pair[0])]
+        top = by_colbert[:2]
+        scores = dict(zip(top, model.predict([(QUERIES[qid], CORPUS[d]) for d in top]), strict=True))
+        alone.append(by_colbert)
+        cascade.append(sorted(top, key=lambda d: -scores[d]) + by_colbert[2:])
+    table = rows(evaluation)
+    name = colbert.name
+    for row, rankings in ((f"{name} only", alone), (f"cascade {name} K=2", cascade)):
+        assert table[row]["ndcg@10"] == pytest.approx(
+            sum(ndcg10(r, QRELS[q]) for r, q in zip(rankings, QRELS, strict=True)) / 2, abs=1e-6
+        ), row
+        assert table[row]["p50_ms"] > 0, row
 
 
 def test_every_strategy_is_reported_timed_and_plotted(evaluation: dict) -> None:

@@ -67,6 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--score-store", default=None, help="JSON file keeping model scores between runs (scoring is the slow part)"
     )
+    parser.add_argument(
+        "--first-stage-model",
+        default=None,
+        help="a model (a ColBERT, a small cross-encoder) also evaluated alone and as a cascade's first stage in "
+        "front of --model (requests' first_stage_model), at every --hybrid-k",
+    )
 
 
 def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -119,7 +125,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if final == settings.embedding_model or not settings.embedding_model
         else [final, settings.embedding_model]
     )
-    service = _service(settings, served)
+    first_model = args.first_stage_model
+    service = _service(settings, served if first_model is None else [*served, first_model])
     try:
         engines = service.registry.engines
         calibrations = [Calibration.load(path) for path in settings.calibration]
@@ -128,7 +135,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         )
         config = harness.EvalConfig(
             model=engines[0].spec.name,
-            bi_model=engines[-1].spec.name if settings.embedding_model else None,
+            bi_model=engines[len(served) - 1].spec.name if settings.embedding_model else None,
+            first_model=None if first_model is None else engines[-1].spec.name,
             depths=tuple(args.depth or (100, 1000)),
             queries=args.queries,
             max_pairs=args.max_pairs,

@@ -34,6 +34,7 @@ FIT_GRID = tuple(round(w, 2) for w in np.arange(0.0, 1.0001, 0.05))
 class EvalConfig:
     model: str  # the served name of the final scorer
     bi_model: str | None  # the served name of the bi-encoder; None: no bi-encoder rows (calibrate)
+    first_model: str | None = None  # a served model evaluated alone and as a cascade's first stage
     depths: Sequence[int] = (100, 1000)
     queries: int | None = None  # evaluate at most this many queries (a seeded sample)
     max_pairs: int = 100_000  # per depth: queries x depth model pairs at most
@@ -149,6 +150,7 @@ class Evaluation:
             fitted,  # type: ignore[arg-type]
             server=server,
             maps=calibration.maps if calibration else None,
+            first_model=self.config.first_model,
         )
         if self.config.bi_model is None:
             variants = [variant for variant in variants if "bi-encoder" not in variant.kind]
@@ -192,10 +194,13 @@ class Evaluation:
             doc_ids = [self.doc_ids[p] for p in positions[row]]
             query = self.dataset.queries[qid]
             model, server, statistics = await self._model_and_server_bm25(query, texts, doc_ids)
-            bi = np.zeros(len(texts))
+            bi, first_model = np.zeros(len(texts)), None
             if self.config.bi_model is not None:
                 request = RerankRequest(query, texts, self.config.bi_model, strategy="direct")
                 bi = await self._stored(request, doc_ids, lambda result: [r.score for r in result.results])
+            if self.config.first_model is not None:  # the score a cascade selects by: as the service reports it
+                request = RerankRequest(query, texts, self.config.first_model, strategy="direct")
+                first_model = await self._stored(request, doc_ids, lambda result: [r.score for r in result.results])
             scores[qid] = QueryScores(
                 query,
                 doc_ids,
@@ -207,6 +212,7 @@ class Evaluation:
                 self._reported(model),
                 server,
                 statistics,
+                first_model,
             )
             if row % 25 == 24:  # a long run cut short keeps most of its scores
                 self.store.save()
@@ -303,9 +309,13 @@ class Evaluation:
         sample = queries[: self.config.timed_queries]
         for qid in self._progress(sample, f"timing top {depth}"):
             for key, variant in timed.items():
-                request = variant.request(scores[qid], model=self.config.model, bi_model=self.config.bi_model)
-                if variant.kind == "bi-encoder":
-                    await self.service.rerank(request)  # the cache is warm in the RAG setting this row models
+                config = self.config
+                request = variant.request(
+                    scores[qid], model=config.model, bi_model=config.bi_model, first_model=config.first_model
+                )
+                if variant.kind in ("bi-encoder", "cascade", "first-model-only"):
+                    # The embedding (or ColBERT vector) cache is warm in the RAG setting these rows model.
+                    await self.service.rerank(request)
                 started = time.perf_counter()
                 await self.service.rerank(request)
                 times[key].append(1000 * (time.perf_counter() - started))

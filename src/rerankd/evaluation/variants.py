@@ -18,7 +18,7 @@ from rerankd.pipeline.fusion import FusionMethod, best_first
 from rerankd.pipeline.ranking import rank_candidates, select
 from rerankd.pipeline.types import RerankRequest
 
-VariantKind = Literal["first-stage", "bi-encoder-only", "direct", "hybrid", "bi-encoder"]
+VariantKind = Literal["first-stage", "bi-encoder-only", "first-model-only", "direct", "hybrid", "bi-encoder", "cascade"]
 # Which first stage hybrid and fusion use: the client's (corpus BM25 sent as `first_stage_scores`), BM25 over the
 # request's documents alone, or the server's BM25 with whatever statistics it has (a file, or learned).
 FirstStage = Literal["client", "request", "server"]
@@ -38,6 +38,7 @@ class QueryScores:
     reported: np.ndarray  # the model's score as the service reports it (the sigmoid of the logit)
     server_bm25: np.ndarray  # the service's own BM25 of every candidate, with its statistics
     statistics: str = "request"  # which statistics the service's BM25 used (request, learned, file)
+    first_model: np.ndarray | None = None  # the cascade's first-stage model's score of every candidate
 
 
 @dataclass(frozen=True)
@@ -64,10 +65,19 @@ class Variant:
         Without client scores the service runs its own BM25, whatever the replay compares it with."""
         return self.kind, self.candidates, self.fusion != "none", self.first_stage == "client"
 
-    def request(self, scores: QueryScores, *, model: str, bi_model: str) -> RerankRequest:
+    def request(
+        self, scores: QueryScores, *, model: str, bi_model: str | None, first_model: str | None = None
+    ) -> RerankRequest:
         """The service request that runs this strategy on the query's candidates."""
-        if self.kind == "bi-encoder-only":
-            return RerankRequest(scores.query, scores.texts, bi_model, strategy="direct")
+        if self.kind in ("bi-encoder-only", "first-model-only"):
+            alone = bi_model if self.kind == "bi-encoder-only" else first_model
+            assert alone is not None, f"{self.name} needs its model"
+            return RerankRequest(scores.query, scores.texts, alone, strategy="direct")
+        if self.kind == "cascade":
+            return RerankRequest(
+                scores.query, scores.texts, model, strategy="hybrid", candidates=self.candidates,
+                first_stage_model=first_model,
+            )  # fmt: skip
         client = scores.first.tolist() if self.first_stage == "client" else None
         return RerankRequest(
             scores.query,
@@ -89,13 +99,17 @@ class Variant:
         model score, or the fused value of the logits; mapped to a probability when calibrated)."""
         first = {"client": scores.first, "request": scores.request_bm25, "server": scores.server_bm25}[self.first_stage]
         everything = np.arange(len(scores.doc_ids))
-        if self.kind in ("first-stage", "bi-encoder-only"):
-            values = scores.first if self.kind == "first-stage" else scores.bi
+        if self.kind == "cascade":  # the first-stage model's scores pick the candidates and order the rest
+            assert scores.first_model is not None, "a cascade needs its first-stage model's scores"
+            first = scores.first_model
+        if self.kind in ("first-stage", "bi-encoder-only", "first-model-only"):
+            values = {"first-stage": scores.first, "bi-encoder-only": scores.bi}.get(self.kind, scores.first_model)
+            assert values is not None
             return best_first(values), values
         if self.kind == "direct":
             candidates, rest = everything, everything[:0]
         else:
-            candidates, rest = select(first if self.kind == "hybrid" else scores.bi, self.candidates or 0)
+            candidates, rest = select(scores.bi if self.kind == "bi-encoder" else first, self.candidates or 0)
         model = scores.model if self.fusion != "none" else scores.reported  # as run/rank.py ranks
         order, values = rank_candidates(
             candidates, rest, model[candidates], first, fusion=self.fusion, weight=self.weight, rrf_k=rrf_k
@@ -117,10 +131,12 @@ def standard_variants(
     *,
     server: str | None = None,
     maps: dict[str, ScoreMap] | None = None,
+    first_model: str | None = None,
 ) -> list[Variant]:
     """The table's rows: first stage, bi-encoder, direct, hybrid at several K, fusion at several weights; with
-    `server` (the statistics the service's BM25 had, when not only the request's) fusion with that BM25; and a
-    calibrated row per map of the model's calibration."""
+    `server` (the statistics the service's BM25 had, when not only the request's) fusion with that BM25; with
+    `first_model` (its name) that model alone and as a cascade's first stage at each K; and a calibrated row per
+    map of the model's calibration."""
     ks = [k for k in hybrid_ks if k < depth]
     middle = 30 if 30 in ks else (ks[len(ks) // 2] if ks else None)
     z, rrf = fitted.get("zscore", 0.5), fitted.get("rrf", 0.5)
@@ -152,4 +168,7 @@ def standard_variants(
         ]
         if middle is not None:
             rows.append(Variant(f"hybrid K={middle} + zscore w={z:g}, {tag}", "hybrid", middle, "zscore", z, "server"))
+    if first_model is not None:
+        rows.append(Variant(f"{first_model} only", "first-model-only"))
+        rows += [Variant(f"cascade {first_model} K={k}", "cascade", k) for k in ks]
     return rows + [Variant.from_key(key, score_map) for key, score_map in (maps or {}).items()]
