@@ -71,8 +71,8 @@ def _quota(folder: Path) -> float | None:
 
 def leave_cores_to_the_runtime() -> None:
     """Run numpy's BLAS (heads, pooling, MaxSim) on one thread. Its pool's threads spin after each call and take the
-    cores from the inference runtime's next batch: a ColBERT projection after an ONNX Runtime body cost 14% of the
-    batch with OpenBLAS's 2 threads, nothing measurable with 1 (2 cores)."""
+    cores from the inference runtime's next batch: with OpenBLAS on both of 2 cores, a ColBERT (its projection in
+    numpy after an ONNX Runtime body) took 1.21x as long on 1,000 documents (bench/results/late_interaction.json)."""
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1, user_api="blas")
