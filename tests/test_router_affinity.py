@@ -6,9 +6,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rerankd.config import Settings
-from rerankd.fleet.routing import ReplicaLoad, WorkLedger, affine_index, affinity_key, pick_replica, rank_replicas
+from rerankd.fleet.routing import (
+    ReplicaLoad,
+    WorkLedger,
+    affine_index,
+    affinity_key,
+    document_affinity_key,
+    pick_replica,
+    rank_replicas,
+)
 from rerankd.fleet.service import request_affinity
-from rerankd.pipeline.types import RerankRequest
+from rerankd.pipeline.types import ModelInfo, RerankRequest
 
 
 def finish(load: ReplicaLoad, tokens: float) -> float:
@@ -144,3 +152,39 @@ def test_the_ingress_sends_an_affinity_key_only_where_replicas_cache_scores_and_
     assert request_affinity(Settings(score_cache_mb=0), request) is None
     other_page = RerankRequest("what is sqlite", ["another database"], model="m", top_n=3)
     assert request_affinity(Settings(), other_page) == request_affinity(Settings(), request)
+
+
+LATE = ModelInfo("colbert", "late-interaction", ("colbert-small",), 512, "onnx/fp32")
+CROSS = ModelInfo("ce", "cross-encoder", ("default",), 512, "onnx/fp32")
+
+
+def test_a_late_interaction_request_is_keyed_by_its_documents_whatever_the_query() -> None:
+    documents = ["sqlite: a C library", "postgresql server", "a strategy game"]
+    key = document_affinity_key("colbert", documents)
+    assert key == document_affinity_key("colbert", list(reversed(documents)))  # a set: order does not matter
+    assert key != document_affinity_key("other-model", documents)
+    for request in (
+        RerankRequest("what is sqlite", documents, model="colbert"),
+        RerankRequest("another query", documents, model="colbert-small"),  # an alias: the same model
+        RerankRequest("a cascade", documents, model="ce", first_stage_model="colbert"),  # its first stage
+    ):
+        assert request_affinity(Settings(), request, [CROSS, LATE]) == key, request
+    # Without a vector cache the documents' vectors are nowhere: the query's score cache is what affinity serves.
+    plain = RerankRequest("what is sqlite", documents, model="colbert")
+    assert request_affinity(Settings(vector_cache_mb=0), plain, [LATE]) == affinity_key(
+        "colbert", "what is sqlite", None
+    )
+    assert request_affinity(Settings(cache_affinity=False), plain, [LATE]) is None
+    assert request_affinity(Settings(), RerankRequest("q", documents), [CROSS, LATE]) == affinity_key("", "q", None)
+
+
+def test_overlapping_document_sets_share_a_key_as_often_as_they_overlap() -> None:
+    # MinHash: two sets with Jaccard similarity J get the same key with probability J.
+    agree = 0
+    trials = 2000
+    for trial in range(trials):
+        shared = [f"doc {trial} shared {i}" for i in range(50)]
+        first = shared + [f"doc {trial} first {i}" for i in range(25)]
+        second = shared + [f"doc {trial} second {i}" for i in range(25)]  # J = 50 / 100
+        agree += document_affinity_key("m", first) == document_affinity_key("m", second)
+    assert 0.45 <= agree / trials <= 0.55

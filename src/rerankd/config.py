@@ -277,7 +277,9 @@ class Settings(BaseSettings):
         default=True,
         description="With `tokens` routing, send a request to the replica that last served the same query (model, "
         "query, instruction) while it would finish there within the request's own work of the least loaded one, "
-        "so that replica's score cache answers the pairs it has seen; off (or score_cache_mb 0) = least loaded only.",
+        "so that replica's score cache answers the pairs it has seen; for a late-interaction model (or first stage), "
+        "the replica that last served overlapping documents (a MinHash of them), whose vector cache holds them; off "
+        "(or no such cache) = least loaded only.",
     )
     replica_cpus: float = Field(
         default=1.0, gt=0, description="CPUs per model replica; CPU replicas run that many threads (unless threads)."

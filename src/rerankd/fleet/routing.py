@@ -46,6 +46,15 @@ def affinity_key(model: str, query: str, instruction: str | None) -> str:
     return digest.hexdigest()
 
 
+def document_affinity_key(model: str, documents: Sequence[str]) -> str:
+    """What makes two requests share a late-interaction model's vector cache: their documents, whatever the query.
+    A MinHash (the smallest of the documents' digests, with the model): two requests whose document sets overlap by a
+    share J of their union get the same key with probability J, so overlapping candidate sets tend to one replica."""
+    prefix = model.encode() + b"\0"
+    return min(hashlib.blake2b(prefix + document.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+               for document in documents)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Work:
     """What a router needs to know about one request; travels with the call as the `work` keyword.

@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import PurePath
 from typing import Any
 
 from ray.exceptions import RayActorError
@@ -18,7 +20,7 @@ from ray.exceptions import RayActorError
 from rerankd.config import Settings
 from rerankd.errors import EngineFailure, NotReady
 from rerankd.fleet.metrics import FleetMetrics
-from rerankd.fleet.routing import Work, affinity_key, estimate_tokens, origin_id
+from rerankd.fleet.routing import Work, affinity_key, document_affinity_key, estimate_tokens, origin_id
 from rerankd.pipeline.types import ModelInfo, RerankRequest, RerankResult, State, check_limits
 from rerankd.vocabulary import CHARS_PER_TOKEN, PAIR_SPECIAL_TOKENS
 
@@ -31,12 +33,26 @@ STATUS_PERIOD_SECONDS = 1.0  # how often the ingress asks Ray how many replicas 
 LOADING_WAIT_SECONDS = 5.0
 
 
-def request_affinity(settings: Settings, request: RerankRequest) -> str | None:
-    """The request's cache-affinity key for the router, or None where replicas cache no scores or the setting is off
-    (the router then picks the least loaded replica, as without the setting)."""
-    if not (settings.cache_affinity and settings.score_cache_mb):
+def request_affinity(settings: Settings, request: RerankRequest, models: Sequence[ModelInfo] = ()) -> str | None:
+    """The request's cache-affinity key for the router: its documents where a late-interaction model scores them
+    (the model or the cascade's first stage: replicas cache document vectors), else its query where replicas cache
+    scores; None with the setting off or no cache (the router then picks the least loaded replica)."""
+    if not settings.cache_affinity:
+        return None
+    served = (_served(models, name) for name in (request.model, request.first_stage_model))
+    late = [info.id for info in served if info is not None and info.kind == "late-interaction"]
+    if late and settings.vector_cache_mb:
+        return document_affinity_key(late[0], request.documents)
+    if not settings.score_cache_mb:
         return None
     return affinity_key(request.model or "", request.query, request.instruction)
+
+
+def _served(models: Sequence[ModelInfo], name: str | None) -> ModelInfo | None:
+    """The served model `name` answers to (None: the default, the first), if known."""
+    if name is None:
+        return models[0] if models else None
+    return next((info for info in models if name in (info.id, *info.aliases) or PurePath(name).name == info.id), None)
 
 
 class FleetService:
@@ -86,7 +102,7 @@ class FleetService:
             query_tokens = len(request.query) // CHARS_PER_TOKEN
             max_length = min(max_length, request.max_tokens_per_doc + query_tokens + PAIR_SPECIAL_TOKENS)
         tokens = estimate_tokens(request.query, request.documents, max_length)
-        work = Work(tokens, self.origin, uuid.uuid4().hex, affinity=request_affinity(self.settings, request))
+        work = Work(tokens, self.origin, uuid.uuid4().hex, affinity=request_affinity(self.settings, request, models))
         self._track(+1, work.tokens)
         try:
             reply = await self._handle.rerank.remote(request, work=work)
