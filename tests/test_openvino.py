@@ -150,7 +150,7 @@ def test_int8_rescore_on_openvino_serves_scores_in_their_order(head: str) -> Non
 
 
 @pytest.mark.parametrize("flags", [AVX2, VNNI, SAPPHIRE_RAPIDS])
-@pytest.mark.parametrize("kind", ["cross-encoder", "bi-encoder"])
+@pytest.mark.parametrize("kind", ["cross-encoder", "bi-encoder", "late-interaction"])
 def test_auto_picks_the_fastest_engine_measured_faithful_for_the_cpu_class(flags: frozenset[str], kind: str) -> None:
     choice = choose(Settings(device="cpu"), flags, kind=kind)
     group = cpu_class(Cpu("given", flags))

@@ -111,6 +111,16 @@ FIDELITY: dict[str, dict[Engine, Fidelity]] = {
         OV_INT8_BF16_HEAD: Fidelity(0.997, 0.0004),
         OV_INT8_FP32_HEAD: Fidelity(1.0, 0.0),
     },
+    # The ColBERT trained by bench/train_colbert.py, MaxSim scores, 100 Debian dev queries x BM25 top 100
+    # (bench/results/late_interaction_engines.json, same machine; not rescorable: no int8-rescore rows). Its cold
+    # speed there against ONNX Runtime fp32: OpenVINO fp32 1.30x, bf16 3.57x, int8 3.92x; ONNX Runtime int8 2.24x.
+    "late-interaction": {
+        ORT_FP32: Fidelity(1.0, 0.0),
+        OV_FP32: Fidelity(1.0, 0.0),
+        ORT_INT8: Fidelity(0.882, -0.012),
+        OV_BF16: Fidelity(0.993, 0.0),
+        OV_INT8: Fidelity(0.920, 0.001),
+    },
 }
 
 # LLM rerankers on CPUs with bf16: torch bf16 against torch fp32 (bench/results/llm_bf16.json, Intel Xeon with
@@ -141,7 +151,7 @@ def fastest_faithful(cpu: Cpu, kind: str, *, backend: str | None = None) -> Pick
             )
             return Pick("torch", "bf16", None, reason)
         return Pick("torch", "fp32", None, f"exact scores on the CPU; {LLM_BACKEND_REASON}")
-    if kind not in RESCORABLE_KINDS:
+    if kind not in FIDELITY:
         return Pick("onnx", "fp32", None, "exact scores on the CPU")
     group = cpu_class(cpu)
     measured = FIDELITY.get(kind, {})

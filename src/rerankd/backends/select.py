@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from rerankd.backends.fidelity import LLM_BACKEND_REASON, RESCORABLE_KINDS, fastest_faithful
+from rerankd.backends.fidelity import FIDELITY, LLM_BACKEND_REASON, RESCORABLE_KINDS, fastest_faithful
 from rerankd.cpu import Cpu, this_cpu
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ def _configured(settings: Settings, device: str, kind: str, cpu: Cpu) -> Choice:
     if precision == "auto":
         if device == "cuda":
             precision, reason = "fp16", "auto: GPU"
-        elif settings.backend == "auto" or settings.backend == "onnx" or kind not in RESCORABLE_KINDS:
+        elif settings.backend == "auto" or settings.backend == "onnx" or kind not in FIDELITY:
             precision, reason = "fp32", "auto: exact scores on the CPU"
         else:  # a backend was named: its fastest faithful precision on this CPU
             measured = fastest_faithful(cpu, kind, backend=settings.backend)
@@ -106,7 +106,7 @@ def _configured(settings: Settings, device: str, kind: str, cpu: Cpu) -> Choice:
         if kind == "causal-lm" and device == "cpu" and precision in ("fp32", "bf16"):
             backend, reason = "torch", f"{reason}; {LLM_BACKEND_REASON}"
         elif precision == "bf16":
-            backend = "openvino" if kind in RESCORABLE_KINDS else "torch"
+            backend = "openvino"  # encoders (an LLM reranker took torch above)
     head = None
     if precision == INT8_RESCORE:
         head = settings.rescore_head_precision
