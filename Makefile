@@ -47,9 +47,8 @@ lint: install
 	$(BIN)/ruff format --check src tests bench testing
 	if [ -x $(BIN)/hadolint ]; then $(BIN)/hadolint deploy/Dockerfile deploy/Dockerfile.cuda; fi
 
-# Two workers: the Ray modules on one, the rest shared (tests/conftest.py groups them by module).
 test: lint
-	HF_HUB_OFFLINE=1 $(BIN)/pytest -n 2 --dist loadgroup
+	HF_HUB_OFFLINE=1 $(BIN)/pytest
 
 # The edit loop, under 3 minutes on 2 cores: no Ray, no subprocesses, no long real-model runs (tests marked slow).
 # The ten slowest are listed at the end, so a test that grows past the loop shows itself.

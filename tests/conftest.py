@@ -49,18 +49,10 @@ SERVER_MAX_REQUEST_BYTES = 200_000
 SUBPROCESS_SERVER_FIXTURES = frozenset({"server", "hostile_server"})
 
 
-# Modules that start Ray (a local fleet, a cluster to join, a multi-node cluster): one at a time.
-RAY_MODULES = frozenset({"test_fleet", "test_fleet_join", "test_fleet_nodes"})
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SUBPROCESS_SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-        # Under pytest-xdist (`make test` runs two workers, `--dist loadgroup`) a module runs on one worker, so its
-        # module fixtures start once, and the Ray modules share one worker, so only one Ray runs at a time.
-        module = item.path.stem
-        item.add_marker(pytest.mark.xdist_group("ray" if module in RAY_MODULES else module))
 
 
 def free_port() -> int:
