@@ -176,6 +176,10 @@ def test_a_late_interaction_request_is_keyed_by_its_documents_whatever_the_query
     )
     assert request_affinity(Settings(cache_affinity=False), plain, [LATE]) is None
     assert request_affinity(Settings(), RerankRequest("q", documents), [CROSS, LATE]) == affinity_key("", "q", None)
+    # A cross-encoder request with no first stage keeps its query key, whichever model is the default.
+    assert request_affinity(Settings(), RerankRequest("q", documents, model="ce"), [LATE, CROSS]) == affinity_key(
+        "ce", "q", None
+    )
 
 
 def test_overlapping_document_sets_share_a_key_as_often_as_they_overlap() -> None:

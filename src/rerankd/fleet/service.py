@@ -39,7 +39,8 @@ def request_affinity(settings: Settings, request: RerankRequest, models: Sequenc
     scores; None with the setting off or no cache (the router then picks the least loaded replica)."""
     if not settings.cache_affinity:
         return None
-    served = (_served(models, name) for name in (request.model, request.first_stage_model))
+    named = [request.model] + ([request.first_stage_model] if request.first_stage_model else [])
+    served = (_served(models, name) for name in named)
     late = [info.id for info in served if info is not None and info.kind == "late-interaction"]
     if late and settings.vector_cache_mb:
         return document_affinity_key(late[0], request.documents)
