@@ -102,9 +102,10 @@ class Variant:
         if self.kind == "cascade":  # the first-stage model's scores pick the candidates and order the rest
             assert scores.first_model is not None, "a cascade needs its first-stage model's scores"
             first = scores.first_model
-        if self.kind in ("first-stage", "bi-encoder-only", "first-model-only"):
-            values = {"first-stage": scores.first, "bi-encoder-only": scores.bi}.get(self.kind, scores.first_model)
-            assert values is not None
+        alone = {"first-stage": scores.first, "bi-encoder-only": scores.bi, "first-model-only": scores.first_model}
+        if self.kind in alone:  # one stage's own order
+            values = alone[self.kind]
+            assert values is not None, f"{self.name} needs its model's scores"
             return best_first(values), values
         if self.kind == "direct":
             candidates, rest = everything, everything[:0]
